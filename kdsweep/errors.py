@@ -1,0 +1,5 @@
+"""The one exception type for bad user input: a clear message, no traceback needed."""
+
+
+class KDSweepError(ValueError):
+    """Bad input (config, YAML, dataset, checkpoint). The message names the field and the file."""

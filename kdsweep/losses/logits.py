@@ -1,0 +1,73 @@
+"""Distillation losses on logits, hidden states and attention maps: pure tensor functions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Hinton et al.'s KL(teacher_T || student_T) * T**2, averaged over the batch.
+
+    Softening both distributions by T shrinks the soft-target gradients by 1/T**2; multiplying by
+    T**2 keeps the KD term's gradient scale comparable to the CE term's whatever T is, so alpha
+    means the same thing at T=1 and T=8. Computed in float32 with log_softmax on both sides
+    (log_target=True) so that near-zero teacher probabilities cannot produce log(0).
+    """
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature**2
+
+
+def soft_kd_objective(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """alpha * soft_kd + (1 - alpha) * CE; returns (total, ce, kd). alpha=0 is plain CE."""
+    ce = F.cross_entropy(student_logits.float(), labels)
+    kd = soft_kd_loss(student_logits, teacher_logits, temperature)
+    return alpha * kd + (1.0 - alpha) * ce, ce, kd
+
+
+def hard_kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """alpha * CE(student, teacher argmax) + (1 - alpha) * CE(student, gold); (total, ce, kd)."""
+    ce = F.cross_entropy(student_logits.float(), labels)
+    kd = F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=-1))
+    return alpha * kd + (1.0 - alpha) * ce, ce, kd
+
+
+def hidden_mse_loss(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """MSE between (already projected) student and teacher states over real tokens only.
+
+    Shapes [B, S, H]; mask [B, S] (1 = token). Padding positions carry arbitrary activations in
+    both models, so they are excluded; the mean is over real tokens and hidden units.
+    """
+    m = mask.unsqueeze(-1).to(student_hidden.dtype)
+    sq = (student_hidden.float() - teacher_hidden.float()) ** 2 * m
+    return sq.sum() / (m.sum() * student_hidden.shape[-1]).clamp_min(1.0)
+
+
+def attention_kd_loss(
+    student_attn: torch.Tensor, teacher_attn: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher || student) between head-averaged attention rows, over real query tokens.
+
+    Shapes [B, S, S] (rows = queries, each a distribution over keys); mask [B, S]. Teacher and
+    student usually have different head counts, so both are averaged over heads first (a head
+    average of softmax rows is still a distribution). Rows of padded queries are dropped; the
+    1e-8 floor guards log(0) where the student puts no mass on a key.
+    """
+    t = teacher_attn.float().clamp_min(1e-8)
+    s = student_attn.float().clamp_min(1e-8)
+    kl_rows = (t * (t.log() - s.log())).sum(-1)  # [B, S]
+    m = mask.to(kl_rows.dtype)
+    return (kl_rows * m).sum() / m.sum().clamp_min(1.0)

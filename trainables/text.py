@@ -1,0 +1,136 @@
+"""Text-classification conditions: one Ray Tune function trainable per condition.
+
+Each reads top to bottom: build its typed config, define its loss, run the shared epoch loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+
+from kdsweep.losses.logits import (
+    attention_kd_loss,
+    hard_kd_loss,
+    hidden_mse_loss,
+    soft_kd_loss,
+    soft_kd_objective,
+)
+from trainables.text_config import (
+    AttentionConfig,
+    CascadeConfig,
+    HardConfig,
+    HiddenConfig,
+    SoftConfig,
+    TextConfig,
+)
+from trainables.text_loop import Needs, run_text_trial
+
+
+def independent(config: dict[str, Any]) -> None:
+    """Labels only: the baseline every distilled condition is compared against."""
+    cfg = TextConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        ce = F.cross_entropy(out.logits.float(), batch["labels"])
+        return ce, {"loss_ce": ce}
+
+    run_text_trial(cfg, loss_fn)
+
+
+def soft(config: dict[str, Any]) -> None:
+    """Soft logit KD from cached teacher logits (the teacher never runs here)."""
+    cfg = SoftConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        total, ce, kd = soft_kd_objective(
+            out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha, cfg.temperature
+        )
+        return total, {"loss_ce": ce, "loss_kd": kd}
+
+    run_text_trial(cfg, loss_fn, Needs(logits=True))
+
+
+def hard(config: dict[str, Any]) -> None:
+    """Hard KD: the teacher's argmax predictions as training labels."""
+    cfg = HardConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        total, ce, kd = hard_kd_loss(out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha)
+        return total, {"loss_ce": ce, "loss_kd": kd}
+
+    run_text_trial(cfg, loss_fn, Needs(logits=True))
+
+
+def hidden(config: dict[str, Any]) -> None:
+    """Hidden-state KD: MSE between projected student layers and mapped teacher layers."""
+    cfg = HiddenConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        ce = F.cross_entropy(out.logits.float(), batch["labels"])
+        mask = batch["attention_mask"]
+        # hidden_states[0] is the embedding output; student layer i is hidden_states[i].
+        mse = sum(
+            hidden_mse_loss(proj(out.hidden_states[i + 1]), batch["teacher_hidden"][:, i], mask)
+            for i, proj in enumerate(aux["proj"])
+        ) / len(aux["proj"])
+        total = (1 - cfg.alpha) * ce + cfg.hidden_weight * mse
+        parts = {"loss_ce": ce, "loss_hidden": mse}
+        if cfg.alpha > 0:
+            kd = soft_kd_loss(out.logits, batch["teacher_logits"], cfg.temperature)
+            total, parts["loss_kd"] = total + cfg.alpha * kd, kd
+        return total, parts
+
+    run_text_trial(cfg, loss_fn, Needs(logits=cfg.alpha > 0, hidden=True))
+
+
+def attention(config: dict[str, Any]) -> None:
+    """Attention KD: KL between head-averaged attention maps of mapped layers."""
+    cfg = AttentionConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        ce = F.cross_entropy(out.logits.float(), batch["labels"])
+        mask = batch["attention_mask"]
+        att = sum(
+            attention_kd_loss(a.mean(dim=1), batch["teacher_attention"][:, i], mask)
+            for i, a in enumerate(out.attentions)
+        ) / len(out.attentions)
+        total = (1 - cfg.alpha) * ce + cfg.attention_weight * att
+        parts = {"loss_ce": ce, "loss_attention": att}
+        if cfg.alpha > 0:
+            kd = soft_kd_loss(out.logits, batch["teacher_logits"], cfg.temperature)
+            total, parts["loss_kd"] = total + cfg.alpha * kd, kd
+        return total, parts
+
+    run_text_trial(cfg, loss_fn, Needs(logits=cfg.alpha > 0, attention=True))
+
+
+def cascade(config: dict[str, Any]) -> None:
+    """A cascade stage: soft KD from a previous stage's student (teacher -> s1 -> s2)."""
+    cfg = CascadeConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        total, ce, kd = soft_kd_objective(
+            out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha, cfg.temperature
+        )
+        return total, {"loss_ce": ce, "loss_kd": kd}
+
+    run_text_trial(cfg, loss_fn, Needs(logits=True))
+
+
+TEXT_TRAINABLES = {
+    "independent": independent,
+    "soft": soft,
+    "hard": hard,
+    "hidden": hidden,
+    "attention": attention,
+    "cascade": cascade,
+}
+TEXT_CONFIGS = {
+    "independent": TextConfig,
+    "soft": SoftConfig,
+    "hard": HardConfig,
+    "hidden": HiddenConfig,
+    "attention": AttentionConfig,
+    "cascade": CascadeConfig,
+}

@@ -1,0 +1,120 @@
+"""Typed configs of the text-classification conditions (one dataclass per trainable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdsweep.config import BaseConfig, choice, in_range, positive
+from kdsweep.data.text import BUILTIN, DataSpec
+from kdsweep.errors import KDSweepError
+from kdsweep.models.text import parse_size
+from kdsweep.teacher_store import TeacherRecipe
+
+
+@dataclass
+class TextConfig(BaseConfig):
+    """Independent training of a BERT student on labels only (the baseline)."""
+
+    dataset: str = "fortunes"  # fortunes | rotten_tomatoes | hf:<name> | path to .csv/.tsv/.jsonl
+    text_column: str = "text"
+    label_column: str = "label"
+    data_subset: int = 0  # 0 = all training examples
+    eval_subset: int = 0  # 0 = all dev/test examples (smoke runs cap them)
+    per_class: int = 500  # fortunes: records per topic
+    max_chars: int = 400
+    split_seed: int = 0
+    max_len: int = 64
+    teacher: str = "minilm"  # minilm (shipped) | local model dir | hub name (needs internet)
+    teacher_epochs: int = 2
+    teacher_lr: float = 5e-5
+    student: str = "L2-H128"  # L<layers>-H<hidden>[-A<heads>] or a named size
+    student_init: str = "random"  # random | teacher (every other teacher layer, DistilBERT-style)
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset not in BUILTIN and not self.dataset:
+            raise KDSweepError("field 'dataset' is empty")
+        in_range(self, "data_subset", 0, 10**9)
+        in_range(self, "eval_subset", 0, 10**9)
+        positive(self, "per_class", "max_chars", "max_len", "teacher_epochs")
+        in_range(self, "max_len", 8, 512)
+        in_range(self, "teacher_lr", 0.0, 1.0, low_open=True)
+        in_range(self, "dropout", 0.0, 1.0, high_open=True)
+        choice(self, "student_init", ("random", "teacher"))
+        parse_size(self.student)  # raises on an unknown size
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(
+            dataset=self.dataset,
+            text_column=self.text_column,
+            label_column=self.label_column,
+            per_class=self.per_class,
+            max_chars=self.max_chars,
+            split_seed=self.split_seed,
+        )
+
+    def teacher_recipe(self) -> TeacherRecipe:
+        return TeacherRecipe(
+            backbone=self.teacher,
+            epochs=self.teacher_epochs,
+            lr=self.teacher_lr,
+            max_len=self.max_len,
+        )
+
+
+@dataclass
+class SoftConfig(TextConfig):
+    """Soft logit KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        in_range(self, "alpha", 0.0, 1.0)
+        in_range(self, "temperature", 0.0, 100.0, low_open=True)
+
+
+@dataclass
+class HardConfig(TextConfig):
+    """Hard KD: the teacher's argmax as labels (alpha = weight of teacher labels vs gold)."""
+
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        in_range(self, "alpha", 0.0, 1.0)
+
+
+@dataclass
+class HiddenConfig(SoftConfig):
+    """Hidden-state KD: MSE(proj(student layer), mapped teacher layer), plus optional soft KD."""
+
+    alpha: float = 0.0  # weight of the soft-logit term (0 = hidden states + CE only)
+    hidden_weight: float = 1.0
+    layer_map: str = ""  # "" = uniform (student layer i -> teacher layer ceil(i*Lt/Ls)); "3,6"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        in_range(self, "hidden_weight", 0.0, 1e6)
+
+
+@dataclass
+class AttentionConfig(SoftConfig):
+    """Attention KD: KL between head-averaged attention maps of mapped layers."""
+
+    alpha: float = 0.0
+    attention_weight: float = 1.0
+    layer_map: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        in_range(self, "attention_weight", 0.0, 1e6)
+
+
+@dataclass
+class CascadeConfig(SoftConfig):
+    """A cascade stage: soft KD whose teacher is a previously trained student checkpoint."""
+
+    teacher_checkpoint: str = ""  # a trial checkpoint directory ("" = the fine-tuned teacher)

@@ -1,0 +1,314 @@
+"""The epoch loop every text condition shares: data, teacher, student, resume, eval, report.
+
+A condition supplies only its loss (`LossFn`) and what teacher outputs it needs (`Needs`).
+Teacher logits/features come from the teacher store's cache: soft and hard KD trials never
+run the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kdsweep.data.text import TextSplits, load_text_dataset, tokenize_splits
+from kdsweep.errors import KDSweepError
+from kdsweep.models.text import (
+    build_student,
+    count_parameters,
+    layer_map,
+    model_size_mb,
+    pick_device,
+    resolve_backbone,
+)
+from kdsweep.paths import cache_root
+from kdsweep.teacher_store import StoredTeacher, TeacherStore
+from kdsweep.train_utils import (
+    batches,
+    classification_metrics,
+    predict_logits,
+    set_threads,
+    trim_padding,
+    warmup_linear,
+)
+from trainables import tune_io
+from trainables.text_config import CascadeConfig, TextConfig
+
+# loss_fn(student_output, batch, aux) -> (total loss, {component name: value})
+LossFn = Callable[[Any, dict[str, torch.Tensor], nn.ModuleDict], tuple[torch.Tensor, dict]]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which cached teacher outputs a condition reads."""
+
+    logits: bool = False
+    hidden: bool = False
+    attention: bool = False
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/Inf loss: the trial stops with the component, epoch and step that went bad."""
+
+
+@dataclass
+class TextData:
+    """Everything a text trial reads: splits, tokens, the stored teacher."""
+
+    splits: TextSplits
+    tokens: dict[str, dict[str, torch.Tensor]]
+    teacher: StoredTeacher
+    teacher_hit: bool
+
+
+def prepare_text(cfg: TextConfig, log: Callable[[str], None] = print) -> TextData:
+    """Load + tokenize the data and get (or fine-tune once) the teacher. Idempotent, cached.
+
+    Sweep drivers call this before any trial starts, so bad input fails early and the teacher is
+    trained once, not by the first trials racing each other.
+    """
+    cache = cache_root(cfg.cache_dir)
+    splits = load_text_dataset(cfg.data_spec())
+    tokenizer_dir = resolve_backbone(cfg.teacher)
+    tokens = tokenize_splits(splits, tokenizer_dir, cfg.max_len, cache)
+    store = TeacherStore(cache / "teachers")
+    teacher, hit = store.get_or_train(
+        cfg.teacher_recipe(), splits.fingerprint(), splits.label_names, tokens, log=log
+    )
+    if teacher.meta["label_names"] != splits.label_names:
+        raise KDSweepError(
+            f"teacher {teacher.id}: labels {teacher.meta['label_names']} do not match dataset "
+            f"labels {splits.label_names}"
+        )
+    if isinstance(cfg, CascadeConfig) and cfg.teacher_checkpoint:
+        teacher = cascade_teacher(cfg, teacher, tokens, log)
+    return TextData(splits, tokens, teacher, hit)
+
+
+def cascade_teacher(
+    cfg: CascadeConfig, base: StoredTeacher, tokens: dict, log: Callable[[str], None]
+) -> StoredTeacher:
+    """Register a trained student checkpoint as a teacher (its logits cached like any other)."""
+    ckpt = Path(cfg.teacher_checkpoint)
+    if not (ckpt / "model.safetensors").is_file():
+        raise KDSweepError(f"field 'teacher_checkpoint': {ckpt} has no model.safetensors")
+    model, _ = load_student_from_checkpoint(ckpt, base)
+    store = TeacherStore(base.path.parent)
+    source = f"{ckpt.resolve()}|{(ckpt / 'model.safetensors').stat().st_mtime_ns}"
+    return store.register(model, source, base.model_dir, base.meta["label_names"], tokens, log)
+
+
+def load_student_from_checkpoint(ckpt: Path, teacher: StoredTeacher) -> tuple[nn.Module, dict]:
+    """Rebuild a student from a trial checkpoint (config.json + model.safetensors)."""
+    from transformers import AutoConfig
+
+    trial_cfg = json.loads((ckpt / "config.json").read_text())
+    model = build_student(
+        trial_cfg["student"],
+        AutoConfig.from_pretrained(teacher.model_dir),
+        len(teacher.meta["label_names"]),
+    )
+    state = load_file(str(ckpt / "model.safetensors"))
+    model.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
+    return model.eval(), trial_cfg
+
+
+def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> None:
+    """Train `cfg.student` for `cfg.epochs`, reporting dev metrics + a checkpoint every epoch."""
+    threads = set_threads(cfg.threads or int(tune_io.cpu_share()))
+    device = pick_device(cfg.device)
+    data = prepare_text(cfg, log=lambda m: None)
+    teacher = data.teacher
+    from transformers import AutoConfig
+
+    teacher_config = AutoConfig.from_pretrained(teacher.model_dir)
+    torch.manual_seed(cfg.seed)
+
+    # ---- data: the labeled train prefix, dev capped for smoke runs
+    train = _take(data.tokens["train"], cfg.data_subset)
+    dev = _take(data.tokens["dev"], cfg.eval_subset)
+    if needs.logits:  # cached logits, aligned row by row with the tokenized split
+        train["teacher_logits"] = teacher.logits("train")[: len(train["labels"])]
+    n_layers = parse_layers(cfg)
+    mapped = layer_map(n_layers, teacher_config.num_hidden_layers, getattr(cfg, "layer_map", ""))
+    for kind in ("hidden", "attention"):
+        if getattr(needs, kind):
+            feats = teacher.features("train", kind, mapped, data.tokens["train"])
+            train[f"teacher_{kind}"] = feats[: len(train["labels"])]
+
+    # ---- student (+ projections for hidden-state KD)
+    teacher_model = teacher.load_model() if cfg.student_init == "teacher" else None
+    student = build_student(
+        cfg.student,
+        teacher_config,
+        data.splits.num_labels,
+        init=cfg.student_init,
+        dropout=cfg.dropout,
+        eager_attention=needs.attention,
+        teacher=teacher_model,
+    )
+    del teacher_model
+    aux = nn.ModuleDict()
+    if needs.hidden:  # student width -> teacher width, one projection per mapped layer
+        aux["proj"] = nn.ModuleList(
+            nn.Linear(student.config.hidden_size, teacher_config.hidden_size) for _ in mapped
+        )
+    model = nn.ModuleDict({"student": student, "aux": aux}).to(device)
+
+    n = len(train["labels"])
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = warmup_linear(opt, cfg.epochs * steps_per_epoch, cfg.warmup_ratio)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    use_amp = device.type == "cuda" and amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    # ---- resume: model, optimizer, scheduler, scaler, RNG and the epoch counter
+    start_epoch, train_seconds = 0, 0.0
+    with tune_io.restored_checkpoint() as ckpt:
+        if ckpt is not None:
+            start_epoch, train_seconds = _load_state(ckpt, model, opt, sched, scaler)
+
+    params = count_parameters(student)
+    static = {
+        **params,
+        "size_mb": model_size_mb(student),
+        "teacher_dev_accuracy": teacher.metrics.get("dev_accuracy", math.nan),
+        "threads": threads,
+    }
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        for step, idx in enumerate(batches(n, cfg.batch_size, True, cfg.seed, epoch)):
+            batch = _batch(train, idx, device)
+            ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
+            with ctx:
+                out = student(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    output_hidden_states=needs.hidden,
+                    output_attentions=needs.attention,
+                )
+                loss, parts = loss_fn(out, batch, aux)
+            _check_finite(loss, parts, epoch + 1, step)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            for k, v in {"loss": loss, **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+        metrics = {k: v / (step + 1) for k, v in sums.items()}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            dev_m = classification_metrics(
+                predict_logits(student, dev, 128, device), dev["labels"]
+            )
+            metrics.update(dev_accuracy=dev_m["accuracy"], dev_f1=dev_m["f1"])
+        metrics.update(
+            static,
+            epoch=epoch + 1,
+            epoch_seconds=epoch_seconds,
+            train_seconds=train_seconds,
+            lr=sched.get_last_lr()[0],
+        )
+        ckpt_dir = tune_io.new_checkpoint_dir()
+        _save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg)
+        tune_io.report(metrics, ckpt_dir)
+
+
+def evaluate_text_checkpoint(
+    config: dict[str, Any], ckpt: Path, split: str = "test"
+) -> dict[str, float]:
+    """Accuracy/F1 of a trial checkpoint on a split (the sweep's final answer uses 'test')."""
+    from trainables.registry import config_for
+
+    cfg = config_for(config)
+    data = prepare_text(cfg, log=lambda m: None)
+    model, _ = load_student_from_checkpoint(Path(ckpt), data.teacher)
+    tokens = _take(data.tokens[split], cfg.eval_subset)
+    m = classification_metrics(predict_logits(model, tokens, 128, torch.device("cpu")), tokens["labels"])
+    return {f"{split}_accuracy": m["accuracy"], f"{split}_f1": m["f1"]}
+
+
+# ---------------------------------------------------------------- helpers
+def parse_layers(cfg: TextConfig) -> int:
+    from kdsweep.models.text import parse_size
+
+    return parse_size(cfg.student)[0]
+
+
+def _take(split: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {k: (v[:n] if n else v) for k, v in split.items()}
+
+
+def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor, device: torch.device) -> dict:
+    ids, mask = trim_padding(data["input_ids"][idx], data["attention_mask"][idx])
+    s = ids.shape[1]
+    out = {"input_ids": ids.long(), "attention_mask": mask.long(), "labels": data["labels"][idx]}
+    if "teacher_logits" in data:
+        out["teacher_logits"] = data["teacher_logits"][idx]
+    if "teacher_hidden" in data:  # [B, L, S, H] memmap rows -> trimmed float tensor
+        rows = data["teacher_hidden"][idx.numpy()][:, :, :s]
+        out["teacher_hidden"] = torch.from_numpy(rows.astype("float32"))
+    if "teacher_attention" in data:
+        rows = data["teacher_attention"][idx.numpy()][:, :, :s, :s]
+        out["teacher_attention"] = torch.from_numpy(rows.astype("float32"))
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _check_finite(loss: torch.Tensor, parts: dict, epoch: int, step: int) -> None:
+    if torch.isfinite(loss):
+        return
+    bad = [k for k, v in parts.items() if not torch.isfinite(v)] or ["loss"]
+    raise NonFiniteLossError(
+        f"non-finite loss ({loss.item()}) at epoch {epoch} step {step}: component(s) "
+        f"{', '.join(bad)}; lower lr or temperature, or keep grad_clip on"
+    )
+
+
+def _save_state(ckpt, model, opt, sched, scaler, epoch, train_seconds, cfg) -> None:
+    # Weights as safetensors; optimizer/scheduler/RNG as plain tensors+numbers, so loading with
+    # weights_only=True works (no pickled code from a checkpoint ever runs).
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
+    state = {
+        "epoch": epoch,
+        "train_seconds": train_seconds,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save(state, ckpt / "state.pt")
+    (ckpt / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def _load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:
+    try:
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+    except Exception as e:  # corrupt/foreign checkpoint: say which file
+        raise KDSweepError(f"checkpoint {ckpt}: cannot load ({type(e).__name__}: {e})") from e
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["epoch"]), float(state["train_seconds"])

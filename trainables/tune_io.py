@@ -1,0 +1,114 @@
+"""The one seam between trainables and Ray Tune: report, checkpoint, trial resources.
+
+Ray's trainable API has churned (`tune.report` / `tune.get_checkpoint` / `tune.Checkpoint` in
+Ray 2.60; `session.report`, `air`, `ray.train.report` inside Tune are gone or hard errors).
+Trainables call only the functions below. Outside a Tune trial (tests, benchmarks, a plain
+Python loop) a `LocalSession` stands in: it records reports and keeps checkpoints on disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_LOCAL: LocalSession | None = None
+
+
+@dataclass
+class LocalSession:
+    """Stand-in for a Tune session: reports land in `results`, checkpoints in `checkpoints`."""
+
+    root: Path
+    restore_from: Path | None = None
+    cpus: float = 1.0
+    results: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+
+@contextmanager
+def local_session(
+    root: Path, restore_from: Path | None = None, cpus: float = 1.0
+) -> Iterator[LocalSession]:
+    """Run trainables outside Ray: `with local_session(tmp) as s: soft(config)`."""
+    global _LOCAL
+    prev, _LOCAL = _LOCAL, LocalSession(Path(root), restore_from, cpus)
+    try:
+        yield _LOCAL
+    finally:
+        _LOCAL = prev
+
+
+def _in_tune() -> bool:
+    from ray.train._internal.session import get_session  # the check Tune itself uses
+
+    return get_session() is not None
+
+
+def cpu_share() -> float:
+    """CPUs granted to this trial (1 outside Tune unless the local session says otherwise)."""
+    if _LOCAL is not None:
+        return _LOCAL.cpus
+    if not _in_tune():
+        return 1.0
+    from ray import tune
+
+    res = tune.get_context().get_trial_resources().required_resources
+    return float(res.get("CPU", 1.0))
+
+
+def trial_id() -> str:
+    if _LOCAL is not None or not _in_tune():
+        return "local"
+    from ray import tune
+
+    return tune.get_context().get_trial_id()
+
+
+@contextmanager
+def restored_checkpoint() -> Iterator[Path | None]:
+    """The directory of the checkpoint to resume from, or None for a fresh start."""
+    if _LOCAL is not None:
+        yield _LOCAL.restore_from
+        return
+    if not _in_tune():
+        yield None
+        return
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        yield None
+        return
+    with ckpt.as_directory() as d:
+        yield Path(d)
+
+
+def report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+    """Report one epoch's metrics, with the checkpoint written for that epoch."""
+    if _LOCAL is not None:
+        _LOCAL.results.append(dict(metrics))
+        if checkpoint_dir is not None:
+            dest = _LOCAL.root / f"checkpoint_{len(_LOCAL.results):06d}"
+            shutil.copytree(checkpoint_dir, dest)
+            _LOCAL.checkpoints.append(dest)
+        return
+    if not _in_tune():
+        return
+    from ray import tune
+
+    ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    tune.report(metrics, checkpoint=ckpt)
+
+
+def new_checkpoint_dir() -> Path:
+    """A fresh temporary directory to write a checkpoint into before reporting it."""
+    return Path(tempfile.mkdtemp(prefix="kdsweep-ckpt-"))
