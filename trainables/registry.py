@@ -7,9 +7,30 @@ from typing import Any
 from kdsweep.config import BaseConfig
 from kdsweep.errors import KDSweepError
 from trainables.text import TEXT_CONFIGS, TEXT_TRAINABLES
+from trainables.text_loop import evaluate_text_checkpoint, prepare_text
 
 TRAINABLES: dict[str, dict[str, Any]] = {"text": TEXT_TRAINABLES}
 CONFIGS: dict[str, dict[str, type[BaseConfig]]] = {"text": TEXT_CONFIGS}
+EVALUATORS: dict[str, Any] = {"text": evaluate_text_checkpoint}
+
+
+def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
+    data = prepare_text(cfg, log)
+    t = data.teacher
+    log(
+        f"[kdsweep] teacher {t.id} ({cfg.teacher}) {'reused from' if data.teacher_hit else 'stored in'}"
+        f" the teacher store: dev accuracy {t.metrics.get('dev_accuracy', float('nan')):.3f}, "
+        f"test {t.metrics.get('test_accuracy', float('nan')):.3f}; data {data.splits.name}: "
+        f"{len(data.splits.train)}/{len(data.splits.dev)}/{len(data.splits.test)}, "
+        f"{data.splits.num_labels} labels"
+    )
+    tags = {"teacher_id": t.id, "teacher": cfg.teacher}
+    tags.update({f"teacher_{k}": f"{v:.4f}" for k, v in t.metrics.items()})
+    return {"tags": tags, "teacher_hit": data.teacher_hit}
+
+
+# Driver-side preparation per task (data + teacher, before any trial starts).
+PREPARERS: dict[str, Any] = {"text": _prepare_text}
 
 
 def config_class(task: str, condition: str) -> type[BaseConfig]:
@@ -30,7 +51,19 @@ def config_for(config: dict[str, Any]) -> BaseConfig:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """The function trainable handed to Tune: dispatch on (task, condition)."""
+    """The function trainable handed to Tune: dispatch on (task, condition).
+
+    A sweep over several conditions shares one param space, so a trial drops the keys its own
+    condition does not have (the space was validated key by key before the sweep started).
+    """
     task, condition = config.get("task", "text"), config.get("condition", "independent")
-    config_class(task, condition)  # clear error for an unknown task/condition
-    TRAINABLES[task][condition](config)
+    names = config_class(task, condition).field_names() | {"task", "condition"}
+    TRAINABLES[task][condition]({k: v for k, v in config.items() if k in names})
+
+
+def evaluate_checkpoint(config: dict[str, Any], ckpt: Any, split: str = "test") -> dict:
+    """Metrics of a trial checkpoint on a split (the sweep's final answer uses 'test')."""
+    task = config.get("task", "text")
+    names = config_class(task, config.get("condition", "independent")).field_names()
+    config = {k: v for k, v in config.items() if k in names | {"task", "condition"}}
+    return EVALUATORS[task](config, ckpt, split)

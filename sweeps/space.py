@@ -1,0 +1,263 @@
+"""Search-space YAML: load, validate against the trainables' typed configs, convert for Tune.
+
+The format is flat and readable (see search_spaces/*.yaml):
+
+    task: text                      # text | asr
+    condition: soft                 # one condition, or {grid: [independent, soft, ...]}
+    num_samples: 1                  # grid: repeats of the grid; optuna: number of trials
+    asha: {grace_period: 1, reduction_factor: 2}
+    params:                         # config field -> value
+      alpha: 0.9                    #   a fixed value
+      temperature: {grid: [1, 2, 4, 8]}   # every value (exhaustive)
+      student: [L2-H128, L4-H256]   #   a plain list = a choice sampled by the searcher
+      lr: {loguniform: [1.0e-4, 3.0e-3]}  # also uniform, randint, choice
+
+Everything is checked before Ray starts: unknown keys, values of the wrong type or range.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdsweep.errors import KDSweepError
+from trainables.registry import CONFIGS, config_class
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+TOP_KEYS = {"task", "condition", "num_samples", "asha", "params", "resources", "description", "stages"}
+ASHA_KEYS = {"grace_period", "reduction_factor", "max_t"}
+DIST_KINDS = {"grid", "choice", "uniform", "loguniform", "randint"}
+
+
+@dataclass
+class SweepSpace:
+    """A validated search space."""
+
+    source: str
+    task: str
+    conditions: list[str]
+    condition_is_grid: bool
+    fixed: dict[str, Any] = field(default_factory=dict)
+    dists: dict[str, tuple[str, list]] = field(default_factory=dict)  # name -> (kind, args)
+    num_samples: int = 1
+    asha: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)  # cascade: the students, in order
+
+    @property
+    def uses_optuna(self) -> bool:
+        """Continuous or sampled dimensions go to Optuna (TPE); a pure grid is enumerated."""
+        return any(kind != "grid" for kind, _ in self.dists.values())
+
+    @property
+    def varied(self) -> list[str]:
+        names = list(self.dists)
+        return (["condition"] if len(self.conditions) > 1 else []) + names
+
+    def grid_size(self) -> int:
+        n = len(self.conditions) if self.condition_is_grid else 1
+        for kind, args in self.dists.values():
+            if kind == "grid":
+                n *= len(args)
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical form, stored with a sweep so `--resume` can detect a changed space."""
+        return {
+            "task": self.task,
+            "conditions": self.conditions,
+            "fixed": self.fixed,
+            "dists": {k: [kind, args] for k, (kind, args) in self.dists.items()},
+            "num_samples": self.num_samples,
+        }
+
+    def param_space(self) -> dict[str, Any]:
+        """The dict handed to tune.Tuner(param_space=...)."""
+        from ray import tune
+
+        space: dict[str, Any] = {"task": self.task, **self.fixed}
+        if len(self.conditions) == 1:
+            space["condition"] = self.conditions[0]
+        elif self.condition_is_grid and not self.uses_optuna:
+            space["condition"] = tune.grid_search(self.conditions)
+        else:
+            space["condition"] = tune.choice(self.conditions)
+        for name, (kind, args) in self.dists.items():
+            if kind == "grid":
+                # Optuna cannot enumerate a grid: it samples the values as a choice instead.
+                space[name] = tune.choice(args) if self.uses_optuna else tune.grid_search(args)
+            elif kind == "choice":
+                space[name] = tune.choice(args)
+            elif kind == "uniform":
+                space[name] = tune.uniform(*args)
+            elif kind == "loguniform":
+                space[name] = tune.loguniform(*args)
+            elif kind == "randint":
+                space[name] = tune.randint(args[0], args[1] + 1)  # YAML bounds are inclusive
+        return space
+
+
+def load_space(
+    name_or_path: str, overrides: dict[str, Any] | None = None, seeds: int = 0
+) -> SweepSpace:
+    """Read `search_spaces/<name>.yaml` (or a path), apply CLI overrides, validate."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise KDSweepError(f"search space {path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise KDSweepError(f"search space {path}: invalid YAML: {e}") from None
+    return parse_space(raw, str(path), overrides or {}, seeds)
+
+
+def parse_space(
+    raw: Any, where: str, overrides: dict[str, Any] | None = None, seeds: int = 0
+) -> SweepSpace:
+    """Validate a loaded YAML document (see the module docstring for the format)."""
+    if not isinstance(raw, dict):
+        raise KDSweepError(f"search space {where}: expected a mapping at the top level")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise KDSweepError(
+            f"search space {where}: unknown top-level key(s) {sorted(unknown)}; "
+            f"allowed: {sorted(TOP_KEYS)}"
+        )
+    task = raw.get("task", "text")
+    if task not in CONFIGS:
+        raise KDSweepError(f"search space {where}: task {task!r} is not one of {sorted(CONFIGS)}")
+    overrides = dict(overrides or {})
+    task = overrides.pop("task", task)
+    cond_raw = overrides.pop("condition", raw.get("condition", "independent"))
+    conditions, cond_grid = _conditions(cond_raw, where)
+    for c in conditions:
+        config_class(task, c)
+
+    params = copy.deepcopy(raw.get("params") or {})
+    if not isinstance(params, dict):
+        raise KDSweepError(f"search space {where}: 'params' must be a mapping")
+    params.update(overrides)
+    if seeds:
+        params["seed"] = {"grid": list(range(seeds))}
+
+    space = SweepSpace(source=where, task=task, conditions=conditions, condition_is_grid=cond_grid)
+    for key, value in params.items():
+        if isinstance(value, dict):
+            space.dists[key] = _dist(key, value, where)
+        elif isinstance(value, list):
+            space.dists[key] = _dist(key, {"choice": value}, where)
+        else:
+            space.fixed[key] = value
+    space.num_samples = _int(raw.get("num_samples", 1), "num_samples", where, minimum=1)
+    asha = raw.get("asha") or {}
+    if not isinstance(asha, dict) or set(asha) - ASHA_KEYS:
+        raise KDSweepError(f"search space {where}: 'asha' keys must be among {sorted(ASHA_KEYS)}")
+    space.asha = dict(asha)
+    res = raw.get("resources") or {}
+    if not isinstance(res, dict) or set(res) - {"cpu", "gpu"}:
+        raise KDSweepError(f"search space {where}: 'resources' takes cpu and gpu only")
+    space.resources = {k: float(v) for k, v in res.items()}
+    stages = raw.get("stages") or []
+    if not isinstance(stages, list) or not all(isinstance(x, str) for x in stages):
+        raise KDSweepError(f"search space {where}: 'stages' must be a list of student sizes")
+    space.stages = stages
+    for student in stages:
+        config_class(task, conditions[0]).from_dict(
+            {"student": student}, where=f"search space {where}, stages"
+        )
+    if seeds and space.uses_optuna:
+        raise KDSweepError(
+            f"search space {where}: --seeds repeats each config of a grid; this space has "
+            f"sampled dimensions ({[k for k, (kind, _) in space.dists.items() if kind != 'grid']})"
+        )
+    validate(space)
+    return space
+
+
+def _conditions(raw: Any, where: str) -> tuple[list[str], bool]:
+    if isinstance(raw, str):
+        return [raw], False
+    if isinstance(raw, list) and raw:
+        return [str(c) for c in raw], False
+    if isinstance(raw, dict) and set(raw) <= {"grid", "choice"} and len(raw) == 1:
+        values = next(iter(raw.values()))
+        if isinstance(values, list) and values:
+            return [str(c) for c in values], "grid" in raw
+    raise KDSweepError(f"search space {where}: 'condition' must be a name, a list or {{grid: [..]}}")
+
+
+def _dist(key: str, spec: dict, where: str) -> tuple[str, list]:
+    if len(spec) != 1 or next(iter(spec)) not in DIST_KINDS:
+        raise KDSweepError(
+            f"search space {where}: parameter {key!r} must be a value, a list, or one of "
+            f"{{{', '.join(sorted(DIST_KINDS))}: ...}}; got {spec!r}"
+        )
+    kind, args = next(iter(spec.items()))
+    if not isinstance(args, list) or not args:
+        raise KDSweepError(f"search space {where}: parameter {key!r}: {kind} needs a non-empty list")
+    if kind in ("uniform", "loguniform", "randint"):
+        if len(args) != 2 or not all(isinstance(a, int | float) for a in args) or args[0] >= args[1]:
+            raise KDSweepError(
+                f"search space {where}: parameter {key!r}: {kind} needs [low, high] with low < high"
+            )
+        if kind == "loguniform" and args[0] <= 0:
+            raise KDSweepError(f"search space {where}: parameter {key!r}: loguniform needs low > 0")
+    return kind, list(args)
+
+
+def _int(value: Any, key: str, where: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise KDSweepError(f"search space {where}: {key!r} must be an integer >= {minimum}")
+    return value
+
+
+def representative_values(kind: str, args: list) -> list:
+    """Values that stand for a dimension in validation: every listed value, or both bounds."""
+    return list(args) if kind in ("grid", "choice") else [args[0], args[1]]
+
+
+def validate(space: SweepSpace) -> None:
+    """Every key must be a field of some condition's config, and every value must pass that
+    config's checks (each dimension's values tried one at a time on top of the fixed ones)."""
+    classes = {c: config_class(space.task, c) for c in space.conditions}
+    all_fields = set().union(*(cls.field_names() for cls in classes.values()))
+    for key in [*space.fixed, *space.dists]:
+        if key not in all_fields:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(all_fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise KDSweepError(
+                f"search space {space.source}: unknown parameter {key!r} for condition(s) "
+                f"{space.conditions}{hint}"
+            )
+    for cond, cls in classes.items():
+        names = cls.field_names()
+        fixed = {k: v for k, v in space.fixed.items() if k in names}
+        where = f"search space {space.source} (condition {cond})"
+        cls.from_dict(fixed, where=where)
+        for key, (kind, args) in space.dists.items():
+            if key not in names:
+                continue
+            for value in representative_values(kind, args):
+                cls.from_dict({**fixed, key: value}, where=f"{where}, {key}={value!r}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """CLI `key=value` pairs; values parsed as YAML scalars/lists (`T=4`, `student=[a,b]`)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise KDSweepError(f"override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out

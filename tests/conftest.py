@@ -1,0 +1,48 @@
+"""Shared fixtures: a small real data config and a session-wide cache with its teacher."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small but real: 40 fortunes per topic (192/24/24), a MiniLM teacher fine-tuned 3 quick epochs,
+# a 3-layer student initialized from teacher layers. A trial epoch takes ~2 s on 2 cores.
+SMALL_TEXT = {
+    "task": "text",
+    "per_class": 40,
+    "max_len": 32,
+    "teacher_epochs": 3,
+    "teacher_lr": 2e-4,
+    "student": "L3-H384",
+    "student_init": "teacher",
+    "lr": 2e-4,
+    "batch_size": 16,
+    "epochs": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache (tokens + teacher) for the whole session: the teacher is trained once."""
+    return tmp_path_factory.mktemp("kdsweep-cache")
+
+
+@pytest.fixture(scope="session")
+def small_text(cache_dir) -> dict:
+    """The small text config with its teacher already in the store."""
+    from trainables.text_config import TextConfig
+    from trainables.text_loop import prepare_text
+
+    cfg = {**SMALL_TEXT, "cache_dir": str(cache_dir)}
+    prepare_text(TextConfig.from_dict(cfg), log=lambda m: None)
+    return cfg
