@@ -208,7 +208,9 @@ class TeacherStore:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "model").mkdir(parents=True)
         model.save_pretrained(tmp / "model")  # safetensors
-        AutoTokenizer.from_pretrained(resolve_backbone(tokenizer_src)).save_pretrained(tmp / "model")
+        AutoTokenizer.from_pretrained(resolve_backbone(tokenizer_src)).save_pretrained(
+            tmp / "model"
+        )
         device = next(model.parameters()).device
         metrics = {}
         for split in SPLITS:
@@ -220,7 +222,10 @@ class TeacherStore:
         meta = {"id": entry_id, "label_names": label_names, "metrics": metrics, "source": source}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         os.replace(tmp, final)  # atomic publish: readers never see a half-written entry
-        log(f"teacher store: saved {entry_id}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+        log(
+            f"teacher store: saved {entry_id}: "
+            + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+        )
         return final
 
 

@@ -50,7 +50,9 @@ def predict_logits(
     out = []
     for idx in batches(len(tokens["labels"]), batch_size, shuffle=False):
         ids, mask = trim_padding(tokens["input_ids"][idx], tokens["attention_mask"][idx])
-        logits = model(input_ids=ids.long().to(device), attention_mask=mask.long().to(device)).logits
+        logits = model(
+            input_ids=ids.long().to(device), attention_mask=mask.long().to(device)
+        ).logits
         out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 

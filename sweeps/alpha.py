@@ -1,7 +1,7 @@
 """Alpha sweep: how much weight the soft KD term gets (0 = labels only, 1 = teacher only).
 
-    python sweeps/alpha.py                       # alpha in {0, .25, .5, .75, 1} at T=4
-    python sweeps/alpha.py temperature=2 --seeds 3
+python sweeps/alpha.py                       # alpha in {0, .25, .5, .75, 1} at T=4
+python sweeps/alpha.py temperature=2 --seeds 3
 """
 
 import sys

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> list:
             stage.fixed.update(student=student, teacher_checkpoint=teacher_ckpt)
             stage.dists.pop("student", None)
             args.name = f"{base_name or 'cascade-' + stage.task}-stage{i}-{student}"
-            print(f"[kdsweep] cascade stage {i}: {student} taught by {teacher_ckpt or 'the teacher'}")
+            print(
+                f"[kdsweep] cascade stage {i}: {student} taught by {teacher_ckpt or 'the teacher'}"
+            )
             outcome = run_sweep("cascade", args, stage)
             if not outcome.best or "checkpoint" not in outcome.best:
                 raise KDSweepError(f"cascade stage {i} ({student}) produced no checkpoint")

@@ -174,7 +174,9 @@ def resolve_resources(space: SweepSpace, args: argparse.Namespace) -> dict[str, 
     cpu = args.cpus_per_trial or space.resources.get("cpu", 1.0)
     gpu = args.gpus_per_trial if args.gpus_per_trial is not None else space.resources.get("gpu", 0)
     if cpu <= 0 or gpu < 0 or gpu > 1 and not float(gpu).is_integer():
-        raise KDSweepError(f"resources: cpu must be > 0 and gpu a share <= 1 or whole GPUs ({cpu}, {gpu})")
+        raise KDSweepError(
+            f"resources: cpu must be > 0 and gpu a share <= 1 or whole GPUs ({cpu}, {gpu})"
+        )
     if gpu > 0 and not args.address and not os.environ.get("RAY_ADDRESS"):
         import torch
 
@@ -231,7 +233,9 @@ def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
 
 
 def run_sweep(
-    name: str, args: argparse.Namespace, space: SweepSpace | None = None,
+    name: str,
+    args: argparse.Namespace,
+    space: SweepSpace | None = None,
     parent_run_id: str | None = None,
 ) -> SweepOutcome:
     """Validate, prepare, run (or resume) the sweep, then summarize and test the best trial."""
@@ -262,11 +266,10 @@ def run_sweep(
                 f"--resume: the search space of {path} changed since the sweep started "
                 f"(was {before}, now {now}); restore the YAML/overrides or use --fresh"
             )
+    print(f"[kdsweep] sweep {sweep}: {'resuming' if restorable else 'starting'} ({path})")
+    prep = prepare(space)  # bad data/teacher fails here, before anything is written
     path.mkdir(parents=True, exist_ok=True)
     space_file.write_text(json.dumps(space.to_dict(), default=str, indent=1))
-
-    print(f"[kdsweep] sweep {sweep}: {'resuming' if restorable else 'starting'} ({path})")
-    prep = prepare(space)
     max_t = int(max([space.fixed.get("epochs", 0)] + list(space.dists.get("epochs", (0, [0]))[1])))
     max_t = max_t or config_class(task, space.conditions[0])().epochs
 
@@ -278,8 +281,11 @@ def run_sweep(
         uid=f"sweep:{sweep}",
         name=sweep,
         tags={"kdsweep.sweep": sweep, "task": task, **prep.get("tags", {})},
-        params={"space": space.source, **{f"fixed.{k}": v for k, v in space.fixed.items()},
-                **{f"space.{k}": f"{kind}{vals}" for k, (kind, vals) in space.dists.items()}},
+        params={
+            "space": space.source,
+            **{f"fixed.{k}": v for k, v in space.fixed.items()},
+            **{f"space.{k}": f"{kind}{vals}" for k, (kind, vals) in space.dists.items()},
+        },
     )
     journal.sync(force=True)
     callback = MlflowTrialCallback(
@@ -330,9 +336,10 @@ def run_sweep(
                 ),
                 run_config=run_config,
             )
+        n_trials = space.num_samples * (1 if space.uses_optuna else space.grid_size())
         print(
-            f"[kdsweep] {space.grid_size() * space.num_samples if not space.uses_optuna else space.num_samples} "
-            f"trial(s), {slots} at a time, {res['cpu']:g} CPU / {res['gpu']:g} GPU each; "
+            f"[kdsweep] {n_trials} trial(s), {slots} at a time, "
+            f"{res['cpu']:g} CPU / {res['gpu']:g} GPU each; "
             f"metric {metric} ({mode}); MLflow: {tracking_uri}"
         )
         t0 = time.time()
@@ -358,12 +365,19 @@ def run_sweep(
     artifacts = write_tables(outcome, path)
     best_metrics = {}
     if outcome.best:
-        best_metrics = {f"best_{metric}": outcome.best["value"], **{f"best_{k}": v for k, v in outcome.best.get("test", {}).items()}}
+        best_metrics = {
+            f"best_{metric}": outcome.best["value"],
+            **{f"best_{k}": v for k, v in outcome.best.get("test", {}).items()},
+        }
     journal.append(
         ev="parent_end",
         status="KILLED" if outcome.interrupted else "FINISHED",
-        metrics={**best_metrics, "wall_seconds": wall, "trials": len(outcome.rows),
-                 "pruned": sum(r["status"] == "pruned" for r in outcome.rows)},
+        metrics={
+            **best_metrics,
+            "wall_seconds": wall,
+            "trials": len(outcome.rows),
+            "pruned": sum(r["status"] == "pruned" for r in outcome.rows),
+        },
         tags={"best_trial": outcome.best["trial_id"] if outcome.best else ""},
         artifacts=[str(a) for a in artifacts],
     )
@@ -372,9 +386,10 @@ def run_sweep(
     print(outcome.best_summary())
     print(f"[kdsweep] wall time {wall:.0f} s; table: {artifacts[1]}")
     if not synced:
-        print(f"[kdsweep] {journal.pending()} MLflow event(s) pending: python -m sweeps.sync_mlflow {path}")
+        pending = journal.pending()
+        print(f"[kdsweep] {pending} MLflow event(s) pending: python -m sweeps.sync_mlflow {path}")
     if outcome.interrupted:
-        print(f"[kdsweep] interrupted: run the same command again (or add --resume) to continue")
+        print("[kdsweep] interrupted: run the same command again (or add --resume) to continue")
     return outcome
 
 
@@ -483,8 +498,10 @@ def write_tables(outcome: SweepOutcome, path: Path) -> list[Path]:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
             w.writerows(outcome.rows)
-        metric = outcome.best["metric"] if outcome.best else next(
-            (c for c in cols if c.startswith("dev_")), cols[0]
+        metric = (
+            outcome.best["metric"]
+            if outcome.best
+            else next((c for c in cols if c.startswith("dev_")), cols[0])
         )
         table = format_table(outcome.rows, metric).splitlines()
         md = [f"# {outcome.name}", "", "| " + table[0].replace(" | ", " | ") + " |"]

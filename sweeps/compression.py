@@ -1,7 +1,7 @@
 """Compression sweep: every student size, trained independently and distilled.
 
-    python sweeps/compression.py                 # L2-H128, L4-H256, L4-H312 x {independent, soft}
-    python sweeps/compression.py --seeds 3
+python sweeps/compression.py                 # L2-H128, L4-H256, L4-H312 x {independent, soft}
+python sweeps/compression.py --seeds 3
 """
 
 import sys

@@ -47,9 +47,10 @@ def reap(pid_file: Path) -> int:
         return 0
     if psutil.pid_exists(data.get("driver", -1)):
         try:
-            if _looks_like_ray(psutil.Process(data["driver"])) or "python" in psutil.Process(
-                data["driver"]
-            ).name():
+            if (
+                _looks_like_ray(psutil.Process(data["driver"]))
+                or "python" in psutil.Process(data["driver"]).name()
+            ):
                 return 0  # that driver is still alive (another sweep): leave its Ray alone
         except psutil.NoSuchProcess:
             pass

@@ -28,7 +28,16 @@ from kdsweep.errors import KDSweepError
 from trainables.registry import CONFIGS, config_class
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
-TOP_KEYS = {"task", "condition", "num_samples", "asha", "params", "resources", "description", "stages"}
+TOP_KEYS = {
+    "task",
+    "condition",
+    "num_samples",
+    "asha",
+    "params",
+    "resources",
+    "description",
+    "stages",
+}
 ASHA_KEYS = {"grace_period", "reduction_factor", "max_t"}
 DIST_KINDS = {"grid", "choice", "uniform", "loguniform", "randint"}
 
@@ -137,7 +146,10 @@ def parse_space(
     cond_raw = overrides.pop("condition", raw.get("condition", "independent"))
     conditions, cond_grid = _conditions(cond_raw, where)
     for c in conditions:
-        config_class(task, c)
+        try:
+            config_class(task, c)
+        except KDSweepError as e:
+            raise KDSweepError(f"search space {where}: {e}") from None
 
     params = copy.deepcopy(raw.get("params") or {})
     if not isinstance(params, dict):
@@ -189,7 +201,9 @@ def _conditions(raw: Any, where: str) -> tuple[list[str], bool]:
         values = next(iter(raw.values()))
         if isinstance(values, list) and values:
             return [str(c) for c in values], "grid" in raw
-    raise KDSweepError(f"search space {where}: 'condition' must be a name, a list or {{grid: [..]}}")
+    raise KDSweepError(
+        f"search space {where}: 'condition' must be a name, a list or {{grid: [..]}}"
+    )
 
 
 def _dist(key: str, spec: dict, where: str) -> tuple[str, list]:
@@ -200,9 +214,15 @@ def _dist(key: str, spec: dict, where: str) -> tuple[str, list]:
         )
     kind, args = next(iter(spec.items()))
     if not isinstance(args, list) or not args:
-        raise KDSweepError(f"search space {where}: parameter {key!r}: {kind} needs a non-empty list")
+        raise KDSweepError(
+            f"search space {where}: parameter {key!r}: {kind} needs a non-empty list"
+        )
     if kind in ("uniform", "loguniform", "randint"):
-        if len(args) != 2 or not all(isinstance(a, int | float) for a in args) or args[0] >= args[1]:
+        if (
+            len(args) != 2
+            or not all(isinstance(a, int | float) for a in args)
+            or args[0] >= args[1]
+        ):
             raise KDSweepError(
                 f"search space {where}: parameter {key!r}: {kind} needs [low, high] with low < high"
             )

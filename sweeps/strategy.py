@@ -1,7 +1,7 @@
 """Strategy sweep: independent vs soft vs hard vs hidden-state vs attention KD.
 
-    python sweeps/strategy.py                    # same student, same data, method varied
-    python sweeps/strategy.py --seeds 3 --student L4-H312
+python sweeps/strategy.py                    # same student, same data, method varied
+python sweeps/strategy.py --seeds 3 --student L4-H312
 """
 
 import sys

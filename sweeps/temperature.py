@@ -1,8 +1,8 @@
 """Temperature sweep: soft KD with the teacher's targets softened at T in {1, 2, 4, 8}.
 
-    python sweeps/temperature.py                 # fortunes topics, L2-H128 student
-    python sweeps/temperature.py --smoke         # seconds per trial
-    python sweeps/temperature.py alpha=0.5 --student L4-H256 --seeds 3
+python sweeps/temperature.py                 # fortunes topics, L2-H128 student
+python sweeps/temperature.py --smoke         # seconds per trial
+python sweeps/temperature.py alpha=0.5 --student L4-H256 --seeds 3
 """
 
 import sys

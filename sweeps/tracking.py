@@ -180,9 +180,7 @@ class Journal:
             else:  # resumed trial: the same run goes on
                 client.update_run(run, status="RUNNING")
         elif kind == "result":
-            metrics = [
-                Metric(k, float(v), ev["ts"], ev["step"]) for k, v in ev["metrics"].items()
-            ]
+            metrics = [Metric(k, float(v), ev["ts"], ev["step"]) for k, v in ev["metrics"].items()]
             for i in range(0, len(metrics), 500):
                 client.log_batch(state["runs"][trial], metrics=metrics[i : i + 500])
         elif kind == "end":
@@ -199,7 +197,9 @@ class Journal:
         if found:
             return found[0].info.run_id
         tags = {**tags, "kdsweep.uid": uid}
-        return client.create_run(exp_id, run_name=name, tags={k: str(v) for k, v in tags.items()}).info.run_id
+        return client.create_run(
+            exp_id, run_name=name, tags={k: str(v) for k, v in tags.items()}
+        ).info.run_id
 
 
 class MlflowTrialCallback(tune.Callback):
@@ -249,9 +249,7 @@ class MlflowTrialCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = error_reason(trial)
-        self.journal.append(
-            ev="end", trial=trial.trial_id, status="FAILED", tags={"error": reason}
-        )
+        self.journal.append(ev="end", trial=trial.trial_id, status="FAILED", tags={"error": reason})
         self.journal.sync()
 
     def close_open_runs(self) -> None:

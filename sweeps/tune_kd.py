@@ -1,7 +1,7 @@
 """Optuna sweep: TPE proposes alpha, temperature and lr; ASHA stops bad configs early.
 
-    python sweeps/tune_kd.py                     # 12 trials
-    python sweeps/tune_kd.py --num-samples 40 --optuna-storage sqlite:///optuna.db
+python sweeps/tune_kd.py                     # 12 trials
+python sweeps/tune_kd.py --num-samples 40 --optuna-storage sqlite:///optuna.db
 """
 
 import sys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kdsweep.config import BaseConfig
@@ -17,12 +18,14 @@ EVALUATORS: dict[str, Any] = {"text": evaluate_text_checkpoint}
 def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
     data = prepare_text(cfg, log)
     t = data.teacher
+    how = "reused from" if data.teacher_hit else "stored in"
+    source = t.meta.get("source") or cfg.teacher
+    dev, test = t.metrics.get("dev_accuracy", math.nan), t.metrics.get("test_accuracy", math.nan)
+    split = data.splits
     log(
-        f"[kdsweep] teacher {t.id} ({cfg.teacher}) {'reused from' if data.teacher_hit else 'stored in'}"
-        f" the teacher store: dev accuracy {t.metrics.get('dev_accuracy', float('nan')):.3f}, "
-        f"test {t.metrics.get('test_accuracy', float('nan')):.3f}; data {data.splits.name}: "
-        f"{len(data.splits.train)}/{len(data.splits.dev)}/{len(data.splits.test)}, "
-        f"{data.splits.num_labels} labels"
+        f"[kdsweep] teacher {t.id} ({source}) {how} the teacher store: dev accuracy {dev:.3f}, "
+        f"test {test:.3f}; data {split.name}: {len(split.train)}/{len(split.dev)}/"
+        f"{len(split.test)}, {split.num_labels} labels"
     )
     tags = {"teacher_id": t.id, "teacher": cfg.teacher}
     tags.update({f"teacher_{k}": f"{v:.4f}" for k, v in t.metrics.items()})

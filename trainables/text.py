@@ -56,7 +56,9 @@ def hard(config: dict[str, Any]) -> None:
     cfg = HardConfig.from_dict(config)
 
     def loss_fn(out, batch, aux):
-        total, ce, kd = hard_kd_loss(out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha)
+        total, ce, kd = hard_kd_loss(
+            out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha
+        )
         return total, {"loss_ce": ce, "loss_kd": kd}
 
     run_text_trial(cfg, loss_fn, Needs(logits=True))

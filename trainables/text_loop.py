@@ -118,7 +118,9 @@ def load_student_from_checkpoint(ckpt: Path, teacher: StoredTeacher) -> tuple[nn
         len(teacher.meta["label_names"]),
     )
     state = load_file(str(ckpt / "model.safetensors"))
-    model.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
+    model.load_state_dict(
+        {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+    )
     return model.eval(), trial_cfg
 
 
@@ -215,9 +217,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
         train_seconds += epoch_seconds
         metrics = {k: v / (step + 1) for k, v in sums.items()}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            dev_m = classification_metrics(
-                predict_logits(student, dev, 128, device), dev["labels"]
-            )
+            dev_m = classification_metrics(predict_logits(student, dev, 128, device), dev["labels"])
             metrics.update(dev_accuracy=dev_m["accuracy"], dev_f1=dev_m["f1"])
         metrics.update(
             static,
@@ -241,7 +241,9 @@ def evaluate_text_checkpoint(
     data = prepare_text(cfg, log=lambda m: None)
     model, _ = load_student_from_checkpoint(Path(ckpt), data.teacher)
     tokens = _take(data.tokens[split], cfg.eval_subset)
-    m = classification_metrics(predict_logits(model, tokens, 128, torch.device("cpu")), tokens["labels"])
+    m = classification_metrics(
+        predict_logits(model, tokens, 128, torch.device("cpu")), tokens["labels"]
+    )
     return {f"{split}_accuracy": m["accuracy"], f"{split}_f1": m["f1"]}
 
 
@@ -284,7 +286,9 @@ def _check_finite(loss: torch.Tensor, parts: dict, epoch: int, step: int) -> Non
 def _save_state(ckpt, model, opt, sched, scaler, epoch, train_seconds, cfg) -> None:
     # Weights as safetensors; optimizer/scheduler/RNG as plain tensors+numbers, so loading with
     # weights_only=True works (no pickled code from a checkpoint ever runs).
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors")
+    )
     state = {
         "epoch": epoch,
         "train_seconds": train_seconds,

