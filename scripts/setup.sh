@@ -7,8 +7,9 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
 # 1. Debian packages: fortunes (text data), espeak-ng/flite/sox (synthetic speech),
-#    pocketsphinx-testdata (real CMU clips for out-of-domain WER).
-DEB_PKGS="fortunes espeak-ng flite sox pocketsphinx-testdata"
+#    pocketsphinx-testdata (real CMU clips for out-of-domain WER); postgresql: server binaries
+#    for tests/test_cluster.py (its throwaway MLflow store; the tests start and stop their own).
+DEB_PKGS="fortunes espeak-ng flite sox pocketsphinx-testdata chromium postgresql"
 missing=""
 for p in $DEB_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -22,7 +22,7 @@ from typing import Any
 
 from kdsweep.errors import KDSweepError
 from kdsweep.paths import cache_root
-from sweeps.space import SweepSpace, load_space, parse_overrides
+from sweeps.space import SPACES_DIR, SweepSpace, load_space, parse_overrides
 from trainables.metrics import METRIC, MODE
 from trainables.registry import config_class, evaluate_checkpoint, run_trial
 
@@ -39,8 +39,21 @@ SMOKE = {
         "student": "L2-H128",
         "lr": 1e-3,
     },
-    "asr": {},  # filled in by the speech trainables' smoke preset
+    "asr": {
+        "n_utterances": 40,
+        "layers": 1,
+        "hidden": 32,
+        "teacher_layers": 1,
+        "teacher_hidden": 48,
+        "epochs": 2,
+        "teacher_epochs": 2,
+        "batch_size": 8,
+        "beam_width": 8,
+    },
 }
+# Smoke keeps these asr sizes fixed even where the YAML varies them (like `student` for text).
+ASR_SIZES = ("n_utterances", "layers", "hidden", "teacher_layers", "teacher_hidden")
+MODE_OF_METRIC = {METRIC[t]: MODE[t] for t in METRIC}  # best first in tables
 # Short labels for run names: "soft T=4 a=0.9 L2-H128 s0".
 SHORT = {"temperature": "T", "alpha": "a", "seed": "s", "lr": "lr", "data_subset": "n"}
 
@@ -106,6 +119,8 @@ def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
     """YAML + smoke preset + CLI flags/overrides -> a validated space."""
     overrides: dict[str, Any] = {}
     task = args.task
+    if task == "asr" and args.space == name and (SPACES_DIR / f"asr_{name}.yaml").is_file():
+        args.space = f"asr_{name}"  # `--task asr` picks the speech version of the sweep
     if task is None:
         import yaml
 
@@ -121,7 +136,8 @@ def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
         overrides["task"] = args.task
     for flag in ("dataset", "teacher", "student"):
         if getattr(args, flag):
-            overrides[flag] = getattr(args, flag)
+            key = "corpus" if task == "asr" and flag == "dataset" else flag
+            overrides[key] = getattr(args, flag)
     if args.max_epochs:
         overrides["epochs"] = args.max_epochs
     overrides.update(parse_overrides(args.overrides))
@@ -129,7 +145,7 @@ def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
     space = load_space(args.space, overrides, seeds=args.seeds)
     if args.smoke:
         # Smoke fixes what would make it slow even if the YAML varies it.
-        for k in ("epochs", "student", "per_class", "max_len", "teacher_epochs"):
+        for k in ("epochs", "student", "per_class", "max_len", "teacher_epochs", *ASR_SIZES):
             if k in space.dists and k in SMOKE.get(task, {}) and k not in overrides_cli(args):
                 del space.dists[k]
                 space.fixed[k] = SMOKE[task][k]
@@ -147,7 +163,8 @@ def overrides_cli(args: argparse.Namespace) -> set[str]:
 def sweep_name(name: str, space: SweepSpace, args: argparse.Namespace) -> str:
     if args.name:
         return args.name
-    dataset = Path(str(space.fixed.get("dataset", "fortunes"))).stem
+    data = space.fixed.get("corpus", "commands") if space.task == "asr" else None
+    dataset = Path(str(data or space.fixed.get("dataset", "fortunes"))).stem
     suffix = "-smoke" if args.smoke else ""
     base = f"{name}-{space.task}-{dataset}{suffix}"
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}" if args.fresh else base
@@ -163,7 +180,10 @@ def describe(config: dict[str, Any], varied: list[str]) -> str:
         if isinstance(v, float):
             v = f"{v:.3g}"
         parts.append(f"{SHORT.get(k, k)}={v}")
-    parts.append(str(config.get("student", "")))
+    size = config.get("student") or (  # asr: L<layers>-H<hidden>
+        f"L{config['layers']}-H{config['hidden']}" if "hidden" in config else ""
+    )
+    parts.append(str(size))
     if "seed" in varied:
         parts.append(f"s{config.get('seed', 0)}")
     return " ".join(p for p in parts if p)
@@ -226,10 +246,15 @@ def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
     from trainables.registry import PREPARERS
 
     first = {k: (args[0]) for k, (kind, args) in space.dists.items()}
-    cfg_dict = {**space.fixed, **first, "task": space.task, "condition": space.conditions[0]}
-    cls = config_class(space.task, space.conditions[0])
-    cfg = cls.from_dict({k: v for k, v in cfg_dict.items() if k in cls.field_names()})
-    return PREPARERS[space.task](cfg, log)
+    out: dict[str, Any] = {}
+    # asr: conditions learn from different stored models (big teacher, the student's twin)
+    for cond in space.conditions if space.task == "asr" else space.conditions[:1]:
+        cfg_dict = {**space.fixed, **first, "task": space.task, "condition": cond}
+        cls = config_class(space.task, cond)
+        cfg = cls.from_dict({k: v for k, v in cfg_dict.items() if k in cls.field_names()})
+        prep = PREPARERS[space.task](cfg, log)
+        out = {**out, **prep, "tags": {**out.get("tags", {}), **prep.get("tags", {})}}
+    return out
 
 
 def run_sweep(
@@ -483,7 +508,8 @@ def format_table(rows: list[dict], metric: str) -> str:
     width = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols}
     lines = [" | ".join(c.ljust(width[c]) for c in cols)]
     lines.append("-|-".join("-" * width[c] for c in cols))
-    key = lambda r: -r[metric] if _finite(r[metric]) else math.inf  # noqa: E731
+    sign = -1 if metric not in MODE_OF_METRIC or MODE_OF_METRIC[metric] == "max" else 1
+    key = lambda r: sign * r[metric] if _finite(r[metric]) else math.inf  # noqa: E731
     for r in sorted(rows, key=key):
         lines.append(" | ".join(fmt(r.get(c, "")).ljust(width[c]) for c in cols))
     return "\n".join(lines)

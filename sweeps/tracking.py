@@ -28,6 +28,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 SECRET_MARKERS = ("token", "password", "secret", "key", "credential")
 RETRY_AFTER_S = 20.0
+MIN_INTERVAL_S = 2.0
 
 
 def default_tracking_uri(project_dir: Path) -> str:
@@ -52,6 +53,7 @@ class Journal:
         self.artifact_root = artifact_root
         self._client = None
         self._next_try = 0.0
+        self._last_sync = 0.0
         self.warned = False
         self.last_epoch: dict[str, int] = {}
         self.started: set[str] = set()
@@ -95,9 +97,15 @@ class Journal:
 
     # ---- replay into MLflow
     def sync(self, force: bool = False) -> bool:
-        """Send pending events; True when nothing is left. Never raises on an MLflow outage."""
-        if not force and time.monotonic() < self._next_try:
+        """Send pending events; True when nothing is left. Never raises on an MLflow outage.
+
+        Unforced syncs (per-epoch results) are batched to one every MIN_INTERVAL_S, so a slow
+        store never holds up Tune's event loop; trial ends and sweep ends force a sync.
+        """
+        now = time.monotonic()
+        if not force and (now < self._next_try or now - self._last_sync < MIN_INTERVAL_S):
             return False
+        self._last_sync = now
         with locked(self.dir / "mlflow_sync.lock"):
             state = self.state()
             events = self.events()
@@ -245,7 +253,7 @@ class MlflowTrialCallback(tune.Callback):
         if epochs < self.max_epochs:
             tags["stopped_by"] = "asha"
         self.journal.append(ev="end", trial=trial.trial_id, status="FINISHED", tags=tags)
-        self.journal.sync()
+        self.journal.sync(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = error_reason(trial)

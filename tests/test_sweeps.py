@@ -96,7 +96,7 @@ def _env(cache_dir: Path) -> dict[str, str]:
     return env
 
 
-def _sweep(script: str, tmp: Path, cache_dir: Path, *extra: str, timeout: int = 400):
+def _sweep(script: str, tmp: Path, cache_dir: Path, *extra: str, timeout: int = 900):
     cmd = [
         PY,
         str(ROOT / "sweeps" / f"{script}.py"),

@@ -7,12 +7,14 @@ from typing import Any
 
 from kdsweep.config import BaseConfig
 from kdsweep.errors import KDSweepError
+from trainables.asr import ASR_CONFIGS, ASR_TRAINABLES
+from trainables.asr_loop import evaluate_asr_checkpoint, prepare_asr
 from trainables.text import TEXT_CONFIGS, TEXT_TRAINABLES
 from trainables.text_loop import evaluate_text_checkpoint, prepare_text
 
-TRAINABLES: dict[str, dict[str, Any]] = {"text": TEXT_TRAINABLES}
-CONFIGS: dict[str, dict[str, type[BaseConfig]]] = {"text": TEXT_CONFIGS}
-EVALUATORS: dict[str, Any] = {"text": evaluate_text_checkpoint}
+TRAINABLES: dict[str, dict[str, Any]] = {"text": TEXT_TRAINABLES, "asr": ASR_TRAINABLES}
+CONFIGS: dict[str, dict[str, type[BaseConfig]]] = {"text": TEXT_CONFIGS, "asr": ASR_CONFIGS}
+EVALUATORS: dict[str, Any] = {"text": evaluate_text_checkpoint, "asr": evaluate_asr_checkpoint}
 
 
 def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
@@ -32,8 +34,28 @@ def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
     return {"tags": tags, "teacher_hit": data.teacher_hit}
 
 
+def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
+    data = prepare_asr(cfg, log)
+    n = data.sizes
+    msg = f"[kdsweep] corpus {data.name}: {n['train']}/{n['dev']}/{n['test']} utterances"
+    tags = {"corpus": data.name, "corpus_fingerprint": data.fingerprint, "lm": data.arpa.name}
+    t = data.teacher
+    if t is not None:
+        kind = cfg.teacher_kind  # "teacher" (the big one) or "twin" (self-distillation)
+        how = "reused from" if data.teacher_hit else "stored in"
+        m = t.metrics
+        msg += (
+            f"; {kind} {t.id} ({t.meta['arch']}) {how} the ASR teacher store: dev WER "
+            f"{m['dev_wer']:.3f}, test WER {m['test_wer']:.3f}"
+        )
+        tags.update({f"{kind}_id": t.id, f"{kind}_arch": t.meta["arch"]})
+        tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in m.items()})
+    log(msg)
+    return {"tags": tags, "teacher_hit": data.teacher_hit}
+
+
 # Driver-side preparation per task (data + teacher, before any trial starts).
-PREPARERS: dict[str, Any] = {"text": _prepare_text}
+PREPARERS: dict[str, Any] = {"text": _prepare_text, "asr": _prepare_asr}
 
 
 def config_class(task: str, condition: str) -> type[BaseConfig]:

@@ -93,22 +93,48 @@ def restored_checkpoint() -> Iterator[Path | None]:
 
 
 def report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-    """Report one epoch's metrics, with the checkpoint written for that epoch."""
+    """Report one epoch's metrics, with the checkpoint written for that epoch.
+
+    A directory from `new_checkpoint_dir()` is consumed: the local session moves it, and after
+    `tune.report` (which copies it to the trial's storage before returning) it is removed, so
+    every epoch's checkpoint no longer stays behind in /tmp.
+    """
+    try:
+        _report(metrics, checkpoint_dir)
+    finally:
+        if checkpoint_dir is not None and _is_scratch(checkpoint_dir):
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def _is_scratch(path: Path) -> bool:
+    path = Path(path)
+    return path.name.startswith(_SCRATCH) and path.parent == Path(tempfile.gettempdir())
+
+
+def _report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
     if _LOCAL is not None:
         _LOCAL.results.append(dict(metrics))
         if checkpoint_dir is not None:
             dest = _LOCAL.root / f"checkpoint_{len(_LOCAL.results):06d}"
-            shutil.copytree(checkpoint_dir, dest)
+            keep = shutil.move if _is_scratch(checkpoint_dir) else shutil.copytree
+            keep(str(checkpoint_dir), str(dest))
             _LOCAL.checkpoints.append(dest)
         return
     if not _in_tune():
         return
+    import ray
     from ray import tune
 
+    # Which Ray node ran this epoch: on a cluster, node_ip/hostname can repeat (several nodes
+    # per host, containers); the node id cannot. A string, so it stays out of MLflow metrics.
+    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
     ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
     tune.report(metrics, checkpoint=ckpt)
 
 
 def new_checkpoint_dir() -> Path:
     """A fresh temporary directory to write a checkpoint into before reporting it."""
-    return Path(tempfile.mkdtemp(prefix="kdsweep-ckpt-"))
+    return Path(tempfile.mkdtemp(prefix=_SCRATCH))
+
+
+_SCRATCH = "kdsweep-ckpt-"

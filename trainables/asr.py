@@ -1,0 +1,135 @@
+"""Speech-recognition (BiLSTM-CTC) conditions: one Ray Tune function trainable per condition.
+
+Each reads top to bottom: build its typed config, define its loss, run the shared epoch loop.
+Teacher posteriors / hidden states are cached in the ASR teacher store: no teacher forward here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdsweep.losses.ctc import ctc_frame_kd_loss, ctc_loss, masked_hidden_mse
+from trainables.asr_config import (
+    ASRConfig,
+    ASRHardConfig,
+    ASRHiddenConfig,
+    ASRSoftConfig,
+    SelfDistillConfig,
+)
+from trainables.asr_loop import Needs, run_asr_trial
+
+
+def _ctc(out, batch):
+    return ctc_loss(out.logits, batch["targets"], out.out_lens, batch["target_lens"])
+
+
+def independent(config: dict[str, Any]) -> None:
+    """CTC on the gold transcripts only: the baseline every distilled condition is compared to."""
+    cfg = ASRConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        ctc = _ctc(out, batch)
+        return ctc, {"loss_ctc": ctc}
+
+    run_asr_trial(cfg, loss_fn)
+
+
+def soft(config: dict[str, Any]) -> None:
+    """Frame-level soft KD from the teacher's cached posteriors (same frame rate and vocab)."""
+    cfg = ASRSoftConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        ctc = _ctc(out, batch)
+        kd = ctc_frame_kd_loss(
+            out.logits, batch["teacher_logits"], out.out_lens, cfg.temperature,
+            cfg.blank_frame_weight,
+        )  # fmt: skip
+        return cfg.alpha * kd + (1 - cfg.alpha) * ctc, {"loss_ctc": ctc, "loss_kd": kd}
+
+    run_asr_trial(cfg, loss_fn, Needs(logits=True), temperature=lambda epoch: cfg.temperature)
+
+
+def hard(config: dict[str, Any]) -> None:
+    """Hard KD: the teacher's greedy transcripts are the CTC targets (pseudo-labels)."""
+    cfg = ASRHardConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        ctc = _ctc(out, batch)
+        kd = ctc_loss(
+            out.logits, batch["teacher_targets"], out.out_lens, batch["teacher_target_lens"]
+        )
+        return cfg.alpha * kd + (1 - cfg.alpha) * ctc, {"loss_ctc": ctc, "loss_kd": kd}
+
+    run_asr_trial(cfg, loss_fn, Needs(transcripts=True))
+
+
+def hidden(config: dict[str, Any]) -> None:
+    """Hidden-state KD: MSE(proj(student layer i), teacher layer map(i)) + CTC [+ soft KD]."""
+    cfg = ASRHiddenConfig.from_dict(config)
+    mapped = tuple(cfg.mapped_layers())
+
+    def loss_fn(out, batch, aux):
+        ctc = _ctc(out, batch)
+        mse = sum(
+            masked_hidden_mse(proj(out.hidden_states[i]), batch["teacher_hidden"][:, :, i],
+                              out.out_lens)
+            for i, proj in enumerate(aux["proj"])
+        ) / len(mapped)  # fmt: skip
+        total = (1 - cfg.alpha) * ctc + cfg.hidden_weight * mse
+        parts = {"loss_ctc": ctc, "loss_hidden": mse}
+        if cfg.alpha > 0:
+            kd = ctc_frame_kd_loss(
+                out.logits, batch["teacher_logits"], out.out_lens, cfg.temperature,
+                cfg.blank_frame_weight,
+            )  # fmt: skip
+            total, parts["loss_kd"] = total + cfg.alpha * kd, kd
+        return total, parts
+
+    needs = Needs(logits=cfg.alpha > 0, hidden_layers=mapped, project=True)
+    run_asr_trial(cfg, loss_fn, needs)
+
+
+def self_distill(config: dict[str, Any]) -> None:
+    """Self-distillation: the teacher is the student's stored twin (same architecture, trained
+    alone); alpha * KL_soft(T(epoch)) + beta * CTC(gold) + gamma * MSE(every hidden layer)."""
+    cfg = SelfDistillConfig.from_dict(config)
+    # Same width layer by layer: no projection. gamma = 0 skips the hidden states entirely.
+    layers = tuple(range(1, cfg.layers + 1)) if cfg.gamma > 0 else ()
+
+    def loss_fn(out, batch, aux):
+        kd = ctc_frame_kd_loss(
+            out.logits, batch["teacher_logits"], out.out_lens, cfg.temperature_at(batch["epoch"]),
+            cfg.blank_frame_weight,
+        )  # fmt: skip
+        ctc = _ctc(out, batch)
+        mse = (
+            sum(
+                masked_hidden_mse(
+                    out.hidden_states[i], batch["teacher_hidden"][:, :, i], out.out_lens
+                )
+                for i in range(len(layers))
+            )
+            / max(1, len(layers))
+            + 0 * ctc
+        )
+        total = cfg.alpha * kd + cfg.beta * ctc + cfg.gamma * mse
+        return total, {"loss_kd": kd, "loss_ctc": ctc, "loss_hidden": mse}
+
+    needs = Needs(logits=True, hidden_layers=layers)
+    run_asr_trial(cfg, loss_fn, needs, temperature=cfg.temperature_at)
+
+
+ASR_TRAINABLES = {
+    "independent": independent,
+    "soft": soft,
+    "hard": hard,
+    "hidden": hidden,
+    "self": self_distill,
+}
+ASR_CONFIGS = {
+    "independent": ASRConfig,
+    "soft": ASRSoftConfig,
+    "hard": ASRHardConfig,
+    "hidden": ASRHiddenConfig,
+    "self": SelfDistillConfig,
+}

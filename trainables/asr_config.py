@@ -1,0 +1,233 @@
+"""Typed configs of the speech-recognition (BiLSTM-CTC) conditions, one dataclass per trainable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from kdsweep.asr_teacher import ASRTeacherRecipe
+from kdsweep.config import BaseConfig, in_range, positive
+from kdsweep.errors import KDSweepError
+from kdsweep.losses.ctc import scale_milestones, temperature_at
+from kdsweep.models.text import layer_map
+
+SYNTHETIC = ("commands", "open")
+
+
+@dataclass
+class ASRConfig(BaseConfig):
+    """Independent CTC training of a BiLSTM student on transcripts only (the baseline)."""
+
+    # Which stored model teaches this condition: "" none, "teacher" the big one, "twin" the
+    # student's own architecture trained alone (self-distillation).
+    teacher_kind: ClassVar[str] = ""
+
+    # ---- corpus: synthetic TTS domain, a manifest CSV/TSV, or a LibriSpeech-style folder
+    corpus: str = "commands"  # commands | open | path/to/manifest.tsv|.csv | LibriSpeech dir
+    n_utterances: int = 1500  # synthetic corpora: 80/10/10 train/dev/test, held-out voices
+    corpus_seed: int = 0
+    audio_column: str = "path"  # user manifests (not kdsweep manifests)
+    text_column: str = "transcript"
+    specaugment: bool = False  # time + frequency masks on training features (for long runs)
+    # ---- student: frame stacking -> `layers` BiLSTMs of `hidden` units per direction -> CTC
+    layers: int = 2
+    hidden: int = 128
+    stack: int = 3
+    dropout: float = 0.1
+    epochs: int = 12
+    lr: float = 2e-3
+    warmup_ratio: float = 0.05
+    # ---- teacher (soft, hard, hidden): a bigger BiLSTM-CTC trained once per corpus + recipe
+    teacher_layers: int = 3
+    teacher_hidden: int = 256
+    teacher_epochs: int = 15
+    teacher_lr: float = 2e-3
+    teacher_seed: int = 1  # != the default student seed: a twin never starts from its pupil's init
+    # ---- decoding: greedy every epoch; beam + KenLM trigram at the end (and every beam_every)
+    lm_weight: float = 0.5  # alpha: weight of the LM log-probability
+    word_bonus: float = 1.0  # beta: bonus per word
+    beam_width: int = 32
+    beam_every: int = 0  # 0 = beam search only at the final epoch
+    eval_cmu: bool = True  # out-of-domain WER on the real CMU clips at the final epoch
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.corpus not in SYNTHETIC:
+            if not self.corpus:
+                raise KDSweepError("field 'corpus' is empty")
+            if not Path(self.corpus).expanduser().exists():
+                raise KDSweepError(
+                    f"field 'corpus': manifest file or folder not found: {self.corpus}"
+                )
+        in_range(self, "n_utterances", 10, 1_000_000)
+        positive(self, "layers", "hidden", "stack", "teacher_layers", "teacher_hidden")
+        positive(self, "teacher_epochs", "beam_width")
+        in_range(self, "layers", 1, 12)
+        in_range(self, "teacher_layers", 1, 12)
+        in_range(self, "hidden", 1, 4096)
+        in_range(self, "teacher_hidden", 1, 4096)
+        in_range(self, "stack", 1, 8)
+        in_range(self, "dropout", 0.0, 1.0, high_open=True)
+        in_range(self, "teacher_lr", 0.0, 1.0, low_open=True)
+        in_range(self, "lm_weight", 0.0, 10.0)
+        in_range(self, "word_bonus", -10.0, 10.0)
+        in_range(self, "beam_every", 0, 10**6)
+
+    @property
+    def domain(self) -> str | None:
+        return self.corpus if self.corpus in SYNTHETIC else None
+
+    def student_size(self) -> str:
+        return f"L{self.layers}-H{self.hidden}"
+
+    def teacher_recipe(self) -> ASRTeacherRecipe:
+        """The big teacher of soft/hard/hidden KD (stored once per corpus + recipe)."""
+        return ASRTeacherRecipe(
+            layers=self.teacher_layers,
+            hidden=self.teacher_hidden,
+            stack=self.stack,
+            dropout=self.dropout,
+            epochs=self.teacher_epochs,
+            lr=self.teacher_lr,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            grad_clip=self.grad_clip,
+            specaugment=self.specaugment,
+            seed=self.teacher_seed,
+        )
+
+    def twin_recipe(self) -> ASRTeacherRecipe:
+        """The student's independently trained twin: same architecture and training recipe as an
+        `independent` trial with seed `teacher_seed` (the teacher of self-distillation)."""
+        return ASRTeacherRecipe(
+            layers=self.layers,
+            hidden=self.hidden,
+            stack=self.stack,
+            dropout=self.dropout,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            warmup_ratio=self.warmup_ratio,
+            grad_clip=self.grad_clip,
+            specaugment=self.specaugment,
+            seed=self.teacher_seed,
+        )
+
+    def stored_teacher_recipe(self) -> ASRTeacherRecipe | None:
+        """The recipe of the stored model this condition learns from (None: no teacher)."""
+        if self.teacher_kind == "teacher":
+            return self.teacher_recipe()
+        if self.teacher_kind == "twin":
+            return self.twin_recipe()
+        return None
+
+
+@dataclass
+class ASRSoftConfig(ASRConfig):
+    """Frame-level soft KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CTC."""
+
+    teacher_kind: ClassVar[str] = "teacher"
+
+    alpha: float = 0.5
+    temperature: float = 2.0
+    blank_frame_weight: float = 1.0  # weight of frames whose teacher argmax is blank
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        in_range(self, "alpha", 0.0, 1.0)
+        in_range(self, "temperature", 0.0, 100.0, low_open=True)
+        in_range(self, "blank_frame_weight", 0.0, 1.0)
+
+
+@dataclass
+class ASRHardConfig(ASRConfig):
+    """Hard KD: the teacher's greedy transcripts as CTC targets (alpha = their weight vs gold)."""
+
+    teacher_kind: ClassVar[str] = "teacher"
+
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        in_range(self, "alpha", 0.0, 1.0)
+
+
+@dataclass
+class ASRHiddenConfig(ASRSoftConfig):
+    """Hidden-state KD: MSE(proj(student layer i), teacher layer map(i)) + CTC [+ soft KD]."""
+
+    alpha: float = 0.0  # weight of the soft-logit term (0 = hidden states + CTC only)
+    hidden_weight: float = 1.0
+    layer_map: str = ""  # "" = uniform (student layer i -> teacher layer ceil(i*Lt/Ls)); "2,3"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        in_range(self, "hidden_weight", 0.0, 1e6)
+        self.mapped_layers()  # raises on a bad map, naming the field
+
+    def mapped_layers(self) -> list[int]:
+        """1-based teacher layer for each student layer."""
+        return layer_map(self.layers, self.teacher_layers, self.layer_map)
+
+
+@dataclass
+class SelfDistillConfig(ASRConfig):
+    """Self-distillation from the student's stored twin (same architecture, trained alone):
+    alpha * T(epoch)^2 * KL(twin_T || student_T) + beta * CTC(gold) + gamma * MSE(hidden states).
+
+    The temperature follows a step schedule written for `reference_epochs` and rescaled to this
+    run's `epochs` (milestones 30,70 of 80 -> 4,9 of 10 epochs)."""
+
+    teacher_kind: ClassVar[str] = "twin"
+
+    alpha: float = 0.7  # KL_soft
+    beta: float = 0.2  # CTC_hard (the gold transcripts)
+    gamma: float = 0.1  # MSE_feat (every layer, same width: no projection)
+    temperatures: str = "4.0,3.5,3.0"
+    milestones: str = "30,70"
+    reference_epochs: int = 80
+    blank_frame_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("alpha", "beta", "gamma"):
+            in_range(self, name, 0.0, 1.0)
+        if self.alpha + self.beta + self.gamma <= 0:
+            raise KDSweepError("fields 'alpha', 'beta', 'gamma': at least one must be > 0")
+        positive(self, "reference_epochs")
+        in_range(self, "blank_frame_weight", 0.0, 1.0)
+        values, stones = self.schedule_values(), self.schedule_milestones()
+        if any(t <= 0 for t in values):
+            raise KDSweepError(f"field 'temperatures': every value must be > 0, got {values}")
+        if len(values) != len(stones) + 1:
+            raise KDSweepError(
+                f"fields 'temperatures'/'milestones': need one more temperature than milestones, "
+                f"got {len(values)} and {len(stones)}"
+            )
+        if stones != sorted(stones) or any(m < 1 for m in stones):
+            raise KDSweepError(f"field 'milestones': must be increasing epochs >= 1, got {stones}")
+
+    def schedule_values(self) -> list[float]:
+        return _floats(self.temperatures, "temperatures")
+
+    def schedule_milestones(self) -> list[int]:
+        return [int(x) for x in _floats(self.milestones, "milestones", ints=True)]
+
+    def scaled_milestones(self) -> list[int]:
+        return scale_milestones(self.schedule_milestones(), self.reference_epochs, self.epochs)
+
+    def temperature_at(self, epoch: int) -> float:
+        """Temperature of 0-based `epoch` (switches at each scaled milestone)."""
+        return temperature_at(epoch, self.scaled_milestones(), self.schedule_values())
+
+
+def _floats(spec: str, name: str, ints: bool = False) -> list[float]:
+    try:
+        out = [(int if ints else float)(x) for x in str(spec).split(",") if x.strip()]
+    except ValueError:
+        kind = "ints" if ints else "numbers"
+        raise KDSweepError(f"field {name!r}: {spec!r} is not a comma list of {kind}") from None
+    return out

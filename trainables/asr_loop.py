@@ -1,0 +1,438 @@
+"""The epoch loop every speech condition shares: corpus, features, LM, teacher, resume, eval.
+
+A condition supplies only its loss (`LossFn`) and which cached teacher outputs it reads
+(`Needs`). Teacher posteriors and hidden states come from the ASR teacher store's cache: KD
+trials never run the teacher. Dev WER/CER (greedy) every epoch; beam search with the KenLM
+trigram at the final epoch (and every `beam_every`), plus the real CMU clips with `eval_cmu`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from kdsweep.asr_teacher import (
+    ASRTeacherStore,
+    LossFn,
+    NonFiniteLossError,
+    StoredASRTeacher,
+    build_model,
+    greedy_scores,
+    make_optimizer,
+    pad_frames,
+    predict,
+    steps_per_epoch,
+    train_epoch,
+)
+from kdsweep.data.speech import (
+    MANIFEST_COLUMNS,
+    CharVocab,
+    FeatureSet,
+    SpecAugment,
+    Utterance,
+    build_synthetic_corpus,
+    featurize,
+    load_cmu_clips,
+    load_librispeech_dir,
+    load_manifest,
+    load_user_manifest,
+)
+from kdsweep.decoding import BeamDecoder, build_lm_corpus, cer, wer, write_arpa
+from kdsweep.errors import KDSweepError
+from kdsweep.filelock import locked
+from kdsweep.models.speech import count_parameters
+from kdsweep.models.text import pick_device
+from kdsweep.paths import cache_root
+from kdsweep.train_utils import set_threads
+from trainables import tune_io
+from trainables.asr_config import ASRConfig
+from trainables.checkpointing import load_state, save_state
+
+__all__ = ["LossFn", "Needs", "NonFiniteLossError", "prepare_asr", "run_asr_trial"]
+SPLITS = ("train", "dev", "test")
+LM_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which cached teacher outputs a condition reads."""
+
+    logits: bool = False  # frame posteriors (soft KD, self-distillation)
+    transcripts: bool = False  # the teacher's greedy transcripts as CTC targets (hard KD)
+    hidden_layers: tuple[int, ...] = ()  # 1-based teacher layers, one per student layer
+    project: bool = False  # learn Linear(student 2H -> teacher 2H) per mapped layer
+
+
+@dataclass
+class ASRData:
+    """Everything a speech trial reads: features per split, the LM, the stored teacher."""
+
+    name: str
+    feats: dict[str, FeatureSet]
+    fingerprint: str
+    arpa: Path
+    teacher: StoredASRTeacher | None = None
+    teacher_hit: bool = True
+    ood: FeatureSet | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ data
+def load_corpus(cfg: ASRConfig, cache: Path) -> tuple[str, list[Utterance]]:
+    """(corpus name, utterances with train/dev/test splits) for `cfg.corpus`."""
+    if cfg.domain:
+        out_dir = cache / "speech" / "corpora"
+        with locked(out_dir / f"{cfg.domain}-{cfg.n_utterances}-{cfg.corpus_seed}.lock"):
+            manifest = build_synthetic_corpus(
+                out_dir, cfg.n_utterances, cfg.corpus_seed, cfg.domain
+            )
+        return f"{cfg.domain}{cfg.n_utterances}", load_manifest(manifest)
+    path = Path(cfg.corpus).expanduser().resolve()
+    if path.is_dir():
+        utts = _librispeech(path)
+    elif _has_manifest_columns(path):
+        utts = load_manifest(path)
+    else:
+        utts = load_user_manifest(path, cfg.audio_column, cfg.text_column, split="")
+    utts = _ensure_splits(utts, str(path))
+    return path.stem, utts
+
+
+def _has_manifest_columns(path: Path) -> bool:
+    try:
+        header = path.open(encoding="utf-8").readline()
+    except OSError as e:
+        raise KDSweepError(f"field 'corpus': cannot read {path}: {e}") from None
+    cols = [c.strip() for c in header.replace("\t", ",").split(",")]
+    return all(c in cols for c in MANIFEST_COLUMNS)
+
+
+def _librispeech(root: Path) -> list[Utterance]:
+    """A LibriSpeech-style folder; sub-folders named *train*/*dev*/*test* give the splits."""
+    subs = {s: sorted(p for p in root.iterdir() if p.is_dir() and s in p.name) for s in SPLITS}
+    if all(subs.values()):
+        return [u for s, dirs in subs.items() for d in dirs for u in load_librispeech_dir(d, s)]
+    return load_librispeech_dir(root, split="")
+
+
+def _ensure_splits(utts: list[Utterance], where: str) -> list[Utterance]:
+    """Rows without a train/dev/test split get one from a hash of their id (80/10/10)."""
+    out = []
+    for u in utts:
+        split = u.split
+        if split not in SPLITS:
+            h = int(hashlib.sha1(u.id.encode()).hexdigest()[:8], 16) % 10
+            split = "dev" if h == 0 else "test" if h == 1 else "train"
+        out.append(Utterance(u.id, u.path, u.seconds, u.transcript, u.voice, split))
+    have = {s: sum(u.split == s for u in out) for s in SPLITS}
+    if not all(have.values()):
+        raise KDSweepError(f"field 'corpus': {where} needs train, dev and test rows, got {have}")
+    return out
+
+
+def fingerprint(feats: dict[str, FeatureSet]) -> str:
+    """Content hash of the features, transcripts and splits (the teacher store's data key)."""
+    h = hashlib.sha1()
+    for split in SPLITS:
+        fs = feats[split]
+        h.update(json.dumps([split, fs.ids, fs.transcripts]).encode())
+        for f in fs.feats:
+            h.update(f.to(torch.float16).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def build_lm(name: str, feats: dict[str, FeatureSet], domain: str | None, cache: Path) -> Path:
+    """A trigram ARPA from offline text (the domain's sentences + the training transcripts),
+    never containing a dev or test transcript as a sentence. Built once, cached."""
+    sources = ("commands",) if domain == "commands" else ("fortunes",)
+    held_out = sorted(set(feats["dev"].transcripts) | set(feats["test"].transcripts))
+    train = sorted(set(feats["train"].transcripts))
+    key = json.dumps({"v": LM_VERSION, "sources": sources, "train": train, "held_out": held_out})
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    lm_dir = cache / "speech" / "lm"
+    arpa = lm_dir / f"{name}-{'+'.join(sources)}-3gram-{digest}.arpa"
+    if arpa.is_file():
+        return arpa
+    with locked(lm_dir / f"{arpa.name}.lock"):
+        if not arpa.is_file():
+            train_txt = lm_dir / f"{arpa.stem}.train.txt"
+            train_txt.write_text("\n".join(train) + "\n", encoding="utf-8")
+            sentences = build_lm_corpus(exclude=held_out, sources=sources, extra_files=[train_txt])
+            tmp = arpa.with_name(f".{arpa.name}.tmp")
+            write_arpa(sentences, tmp, order=3)
+            tmp.replace(arpa)
+    return arpa
+
+
+@contextmanager
+def torch_threads(n: int):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def prepare_asr(
+    cfg: ASRConfig,
+    log: Callable[[str], None] = print,
+    with_teacher: bool = True,
+    threads: int = 0,
+) -> ASRData:
+    """Corpus (synthesized once), features, LM and the stored teacher this condition learns
+    from (trained once). Idempotent and cached: sweep drivers call it before any trial, so bad
+    input fails early and the teacher is trained once, not by trials racing each other."""
+    cache = cache_root(cfg.cache_dir)
+    with torch_threads(threads or cfg.threads or 1):
+        name, utts = load_corpus(cfg, cache)
+        all_feats = featurize(utts, cache / "speech" / "feats")
+        feats = {s: all_feats.select(s) for s in SPLITS}
+        data = ASRData(name, feats, fingerprint(feats), build_lm(name, feats, cfg.domain, cache))
+        data.sizes = {s: len(feats[s]) for s in SPLITS}
+        if cfg.eval_cmu:
+            data.ood = featurize(load_cmu_clips(), cache / "speech" / "feats")
+        recipe = cfg.stored_teacher_recipe() if with_teacher else None
+        if recipe is not None:
+            store = ASRTeacherStore(cache / "asr_teachers")
+            data.teacher, data.teacher_hit = store.get_or_train(
+                recipe,
+                data.fingerprint,
+                feats,
+                log=log,
+                device=pick_device(cfg.device),
+                threads=threads or cfg.threads or 1,
+                name=cfg.teacher_kind,
+            )
+    return data
+
+
+# ------------------------------------------------------------------------------------ trial
+def run_asr_trial(
+    cfg: ASRConfig,
+    loss_fn: LossFn,
+    needs: Needs = Needs(),
+    temperature: Callable[[int], float] | None = None,
+) -> None:
+    """Train the student for `cfg.epochs`, reporting dev WER/CER + a checkpoint every epoch.
+
+    `temperature(epoch)` (0-based) is the KD temperature of that epoch; reported per epoch.
+    """
+    threads = set_threads(cfg.threads or int(tune_io.cpu_share()))
+    device = pick_device(cfg.device)
+    data = prepare_asr(cfg, log=lambda m: None, threads=threads)
+    train, dev = data.feats["train"], data.feats["dev"]
+    torch.manual_seed(cfg.seed)
+
+    # ---- student (+ projections for hidden-state KD)
+    student = build_model(cfg.layers, cfg.hidden, cfg.stack, cfg.dropout)
+    aux = nn.ModuleDict()
+    teacher = data.teacher
+    if needs.hidden_layers and needs.project:
+        width = 2 * teacher.recipe.hidden
+        aux["proj"] = nn.ModuleList(
+            nn.Linear(student.hidden_dim, width) for _ in needs.hidden_layers
+        )
+    model = nn.ModuleDict({"student": student, "aux": aux}).to(device)
+
+    # ---- cached teacher outputs, aligned utterance by utterance with the training split
+    extras = _teacher_extras(teacher, train, needs, device)
+
+    total = cfg.epochs * steps_per_epoch(train, cfg.batch_size)
+    opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_ratio, total)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    use_amp = device.type == "cuda" and amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    specaug = SpecAugment().to(device) if cfg.specaugment else None
+
+    # ---- resume: model, optimizer, scheduler, scaler, RNG and the epoch counter
+    start_epoch, train_seconds = 0, 0.0
+    with tune_io.restored_checkpoint() as ckpt:
+        if ckpt is not None:
+            start_epoch, train_seconds = load_state(ckpt, model, opt, sched, scaler)
+
+    static: dict[str, Any] = {"params": count_parameters(student), "threads": threads}
+    if teacher is not None:
+        static.update({f"teacher_{k}": v for k, v in teacher.metrics.items()})
+    decoder = Decoders(data.arpa)
+    last_dev: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        metrics: dict[str, Any] = train_epoch(
+            model, train, opt, sched, scaler, epoch=epoch, seed=cfg.seed,
+            batch_size=cfg.batch_size, grad_clip=cfg.grad_clip, loss_fn=loss_fn,
+            specaug=specaug, device=device, extras=extras,
+            need_hidden=bool(needs.hidden_layers), amp_dtype=amp_dtype if use_amp else None,
+        )  # fmt: skip
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+        final = epoch + 1 == cfg.epochs
+        t1 = time.perf_counter()
+        beam = final or (cfg.beam_every > 0 and (epoch + 1) % cfg.beam_every == 0)
+        if beam or (epoch + 1) % cfg.eval_every == 0 or not last_dev:
+            scores = evaluate(student, dev, "dev", cfg, decoder if beam else None, device)
+            metrics.update(scores)
+            last_dev = {k: scores[k] for k in ("dev_wer", "dev_cer")}
+        metrics.update(last_dev)  # repeated between evaluations: ASHA needs it every epoch
+        if final and cfg.eval_cmu and data.ood is not None:
+            metrics.update(evaluate_ood(student, data.ood, cfg, decoder, device))
+        if temperature is not None:
+            metrics["temperature"] = temperature(epoch)
+        metrics.update(
+            static,
+            epoch=epoch + 1,
+            epoch_seconds=epoch_seconds,
+            eval_seconds=time.perf_counter() - t1,
+            train_seconds=train_seconds,
+            lr=sched.get_last_lr()[0],
+        )
+        ckpt_dir = tune_io.new_checkpoint_dir()
+        save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg)
+        tune_io.report(metrics, ckpt_dir)
+
+
+def _teacher_extras(teacher, train: FeatureSet, needs: Needs, device: torch.device):
+    """extras(indices, frames) -> padded teacher tensors of a batch (None without a teacher)."""
+    if teacher is None or not (needs.logits or needs.transcripts or needs.hidden_layers):
+        return None
+    logits = teacher.logits("train", train.ids) if needs.logits or needs.transcripts else None
+    targets = None
+    if needs.transcripts:
+        from kdsweep.asr_teacher import greedy_texts
+
+        vocab = CharVocab()
+        targets = [torch.tensor(vocab.encode(t), dtype=torch.long) for t in greedy_texts(logits)]
+    hidden = None
+    if needs.hidden_layers:
+        hidden = teacher.hidden("train", needs.hidden_layers, train, device)
+
+    def extras(idx: list[int], frames: int) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        if needs.logits:
+            out["teacher_logits"] = pad_frames([logits[i] for i in idx], frames)
+        if targets is not None:
+            rows = [targets[i] for i in idx]
+            out["teacher_targets"] = torch.cat(rows)
+            out["teacher_target_lens"] = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        if hidden is not None:  # [B, T', L, 2H]
+            out["teacher_hidden"] = pad_frames([hidden[i] for i in idx], frames)
+        return out
+
+    return extras
+
+
+# ------------------------------------------------------------------------------------ eval
+class Decoders:
+    """One BeamDecoder per (alpha, beta), built on first use (loading the LM takes a second)."""
+
+    def __init__(self, arpa: Path):
+        self.arpa = arpa
+        self._cache: dict[tuple[float, float], BeamDecoder] = {}
+
+    def get(self, alpha: float, beta: float) -> BeamDecoder:
+        key = (float(alpha), float(beta))
+        if key not in self._cache:
+            self._cache[key] = BeamDecoder(CharVocab(), self.arpa, alpha=alpha, beta=beta)
+        return self._cache[key]
+
+
+def beam_texts(decoder: BeamDecoder, logits: Sequence[Tensor], width: int) -> list[str]:
+    lps = [torch.log_softmax(lg.float(), -1).numpy().astype(np.float32) for lg in logits]
+    return decoder.decode_batch(lps, beam_width=width)
+
+
+def beam_scores(
+    decoder: BeamDecoder, logits: Sequence[Tensor], refs: Sequence[str], width: int
+) -> dict[str, float]:
+    hyps = beam_texts(decoder, logits, width)
+    return {"wer": wer(refs, hyps), "cer": cer(refs, hyps)}
+
+
+def evaluate(
+    model: nn.Module,
+    fs: FeatureSet,
+    split: str,
+    cfg: ASRConfig,
+    decoders: Decoders | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """Greedy `<split>_wer/_cer`, and with `decoders` the beam + LM `<split>_wer_beam/_cer_beam`."""
+    logits, _ = predict(model, fs, device)
+    g = greedy_scores(logits, fs.transcripts)
+    out = {f"{split}_wer": g["wer"], f"{split}_cer": g["cer"]}
+    if decoders is not None:
+        b = beam_scores(
+            decoders.get(cfg.lm_weight, cfg.word_bonus), logits, fs.transcripts, cfg.beam_width
+        )
+        out.update({f"{split}_wer_beam": b["wer"], f"{split}_cer_beam": b["cer"]})
+    return out
+
+
+def evaluate_ood(
+    model: nn.Module, ood: FeatureSet, cfg: ASRConfig, decoders: Decoders, device: torch.device
+) -> dict[str, float]:
+    """WER/CER on the real CMU clips (all 10; beam also per set: cards, librivox)."""
+    out = evaluate(model, ood, "ood", cfg, decoders, device)
+    for split, name in (("ood-cards", "ood_cards"), ("ood", "ood_librivox")):
+        part = ood.select(split)
+        if len(part):
+            out.update(evaluate(model, part, name, cfg, decoders, device))
+    return out
+
+
+def load_student(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a student from a trial checkpoint (config.json + model.safetensors)."""
+    ckpt = Path(ckpt)
+    if not (ckpt / "model.safetensors").is_file() or not (ckpt / "config.json").is_file():
+        raise KDSweepError(f"checkpoint {ckpt}: needs model.safetensors and config.json")
+    trial_cfg = json.loads((ckpt / "config.json").read_text())
+    model = build_model(
+        int(trial_cfg.get("layers", 2)),
+        int(trial_cfg.get("hidden", 128)),
+        int(trial_cfg.get("stack", 3)),
+        0.0,
+    )
+    state = load_file(str(ckpt / "model.safetensors"))
+    try:
+        model.load_state_dict(
+            {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+        )
+    except RuntimeError as e:
+        raise KDSweepError(f"checkpoint {ckpt}: not an ASR student checkpoint ({e})") from None
+    return model.eval(), trial_cfg
+
+
+def evaluate_asr_checkpoint(
+    config: dict[str, Any], ckpt: Path, split: str = "test"
+) -> dict[str, float]:
+    """WER/CER (greedy and beam + LM) of a trial checkpoint on a split (+ the CMU clips with
+    eval_cmu); the sweep's final answer uses 'test'."""
+    from trainables.registry import config_for
+
+    cfg = config_for(config)
+    with torch_threads(cfg.threads or 1):
+        data = prepare_asr(cfg, log=lambda m: None, with_teacher=False)
+        model, _ = load_student(Path(ckpt))
+        device = torch.device("cpu")
+        decoders = Decoders(data.arpa)
+        out = evaluate(model, data.feats[split], split, cfg, decoders, device)
+        if cfg.eval_cmu and data.ood is not None:
+            ood = evaluate_ood(model, data.ood, cfg, decoders, device)
+            out.update({k: v for k, v in ood.items() if k in OOD_SUMMARY})
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+# The out-of-domain numbers a sweep's test evaluation reports (trials report every subset).
+OOD_SUMMARY = ("ood_wer", "ood_cer", "ood_wer_beam", "ood_cer_beam", "ood_cards_wer_beam")

@@ -1,0 +1,59 @@
+"""Trial checkpoints shared by every task's epoch loop (text, speech).
+
+One checkpoint directory holds:
+    model.safetensors   the model's weights (student + auxiliary heads)
+    state.pt            optimizer, scheduler, grad scaler, RNG states, epoch, seconds trained:
+                        plain tensors and numbers, loaded with weights_only=True (no pickled
+                        code from a checkpoint ever runs)
+    config.json         the trial's typed config, to rebuild the model for evaluation
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kdsweep.errors import KDSweepError
+
+
+def save_state(
+    ckpt: Path, model, opt, sched, scaler, epoch: int, train_seconds: float, cfg: Any
+) -> None:
+    """Write weights, training state and config into the directory `ckpt`."""
+    ckpt = Path(ckpt)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors")
+    )
+    state = {
+        "epoch": epoch,
+        "train_seconds": train_seconds,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save(state, ckpt / "state.pt")
+    (ckpt / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:
+    """Restore what `save_state` wrote; returns (epochs done, seconds trained so far)."""
+    ckpt = Path(ckpt)
+    try:
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+    except Exception as e:  # corrupt/foreign checkpoint: say which file
+        raise KDSweepError(f"checkpoint {ckpt}: cannot load ({type(e).__name__}: {e})") from e
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["epoch"]), float(state["train_seconds"])
