@@ -162,6 +162,8 @@ class TeacherStore:
             if found:
                 return found, True
             log(f"teacher store: miss for {recipe.backbone} ({entry_id}); fine-tuning once")
+            # Seeded before the new classifier head is initialised: same recipe, same teacher.
+            torch.manual_seed(recipe.seed)
             model = load_classifier(resolve_backbone(recipe.backbone), len(label_names))
             t0 = time.perf_counter()
             finetune(model, tokens, recipe, log)

@@ -38,6 +38,7 @@ SMOKE = {
         "batch_size": 16,
         "student": "L2-H128",
         "lr": 1e-3,
+        "attribution_examples": 16,
     },
     "asr": {
         "n_utterances": 40,

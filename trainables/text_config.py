@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from kdsweep.config import BaseConfig, choice, in_range, positive
 from kdsweep.data.text import BUILTIN, DataSpec
@@ -30,6 +31,8 @@ class TextConfig(BaseConfig):
     student: str = "L2-H128"  # L<layers>-H<hidden>[-A<heads>] or a named size
     student_init: str = "random"  # random | teacher (every other teacher layer, DistilBERT-style)
     dropout: float = 0.1
+    attribution_every: int = 0  # analysis epochs: 0 = the final one only; k = also every k-th
+    attribution_examples: int = 200  # dev probe for IG similarity to the teacher; 0 = off
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,6 +44,8 @@ class TextConfig(BaseConfig):
         in_range(self, "max_len", 8, 512)
         in_range(self, "teacher_lr", 0.0, 1.0, low_open=True)
         in_range(self, "dropout", 0.0, 1.0, high_open=True)
+        in_range(self, "attribution_every", 0, 10**6)
+        in_range(self, "attribution_examples", 0, 10**6)
         choice(self, "student_init", ("random", "teacher"))
         parse_size(self.student)  # raises on an unknown size
 
@@ -118,3 +123,10 @@ class CascadeConfig(SoftConfig):
     """A cascade stage: soft KD whose teacher is a previously trained student checkpoint."""
 
     teacher_checkpoint: str = ""  # a trial checkpoint directory ("" = the fine-tuned teacher)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.teacher_checkpoint and not Path(self.teacher_checkpoint).is_dir():
+            raise KDSweepError(
+                f"field 'teacher_checkpoint': {self.teacher_checkpoint} is not a directory"
+            )

@@ -7,8 +7,10 @@ run the teacher.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -17,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from kdsweep.data.text import TextSplits, load_text_dataset, tokenize_splits
 from kdsweep.errors import KDSweepError
+from kdsweep.filelock import locked
 from kdsweep.models.text import (
     build_student,
     count_parameters,
@@ -41,7 +44,10 @@ from kdsweep.train_utils import (
     warmup_linear,
 )
 from trainables import tune_io
+from trainables.checkpointing import load_state, save_state
 from trainables.text_config import CascadeConfig, TextConfig
+
+ATTRIBUTION_STEPS = 16  # Integrated Gradients steps (per example: 16 forward+backward passes)
 
 # loss_fn(student_output, batch, aux) -> (total loss, {component name: value})
 LossFn = Callable[[Any, dict[str, torch.Tensor], nn.ModuleDict], tuple[torch.Tensor, dict]]
@@ -178,7 +184,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
     start_epoch, train_seconds = 0, 0.0
     with tune_io.restored_checkpoint() as ckpt:
         if ckpt is not None:
-            start_epoch, train_seconds = _load_state(ckpt, model, opt, sched, scaler)
+            start_epoch, train_seconds = load_state(ckpt, model, opt, sched, scaler)
 
     params = count_parameters(student)
     static = {
@@ -187,6 +193,8 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
         "teacher_dev_accuracy": teacher.metrics.get("dev_accuracy", math.nan),
         "threads": threads,
     }
+    analysis_cache: dict[str, Any] = {}  # the teacher's attributions, once per trial
+    last_dev: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -216,9 +224,11 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
         metrics = {k: v / (step + 1) for k, v in sums.items()}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or not last_dev:
             dev_m = classification_metrics(predict_logits(student, dev, 128, device), dev["labels"])
-            metrics.update(dev_accuracy=dev_m["accuracy"], dev_f1=dev_m["f1"])
+            last_dev = {"dev_accuracy": dev_m["accuracy"], "dev_f1": dev_m["f1"]}
+        # Between evaluations the last dev values are repeated: ASHA needs the metric every epoch.
+        metrics.update(last_dev)
         metrics.update(
             static,
             epoch=epoch + 1,
@@ -226,8 +236,10 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
             train_seconds=train_seconds,
             lr=sched.get_last_lr()[0],
         )
+        if _analysis_due(cfg, epoch + 1):
+            metrics.update(_analysis_metrics(cfg, student, data, analysis_cache))
         ckpt_dir = tune_io.new_checkpoint_dir()
-        _save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg)
+        save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg)
         tune_io.report(metrics, ckpt_dir)
 
 
@@ -273,6 +285,63 @@ def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor, device: torch.devic
     return {k: v.to(device) for k, v in out.items()}
 
 
+def _analysis_due(cfg: TextConfig, epoch: int) -> bool:
+    """Attribution + efficiency at the final epoch, and every `attribution_every` epochs."""
+    every = cfg.attribution_every
+    return epoch == cfg.epochs or (every > 0 and epoch % every == 0)
+
+
+def _analysis_metrics(
+    cfg: TextConfig, student: nn.Module, data: TextData, cache: dict[str, Any]
+) -> dict[str, float]:
+    """Efficiency (params, size on disk, throughput, latency) and IG attribution similarity
+    to the teacher on the first `attribution_examples` dev examples. Bounded: the probe is
+    fixed and the teacher's attributions are computed once per teacher (see below)."""
+    from kdsweep.analysis import attribution_similarity, efficiency_metrics
+
+    t0 = time.perf_counter()
+    dev = data.tokens["dev"]
+    out = efficiency_metrics(student, _take(dev, 32))
+    if cfg.attribution_examples > 0:
+        probe = _take(dev, cfg.attribution_examples)
+        if "teacher_attr" not in cache:
+            cache["teacher_attr"] = _teacher_attributions(data.teacher, probe, student)
+        out.update(
+            attribution_similarity(
+                None,
+                student,
+                probe,
+                len(probe["labels"]),
+                ATTRIBUTION_STEPS,
+                teacher_attr=cache["teacher_attr"],
+            )
+        )
+    out["analysis_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _teacher_attributions(
+    teacher: StoredTeacher, probe: dict[str, torch.Tensor], student: nn.Module
+) -> torch.Tensor:
+    """The teacher's IG attributions on the probe, cached beside it in the teacher store: the
+    teacher is fixed, so only the first trial (under a lock) loads and runs it."""
+    from kdsweep.analysis import token_attributions
+
+    key = hashlib.sha256(
+        probe["input_ids"].numpy().tobytes() + probe["labels"].numpy().tobytes()
+    ).hexdigest()[:12]
+    path = teacher.path / f"attr_dev_n{len(probe['labels'])}_s{ATTRIBUTION_STEPS}_{key}.pt"
+    with locked(path.with_suffix(".lock")):
+        if not path.is_file():
+            model = teacher.load_model().to(next(student.parameters()).device)
+            attr = token_attributions(model, probe, len(probe["labels"]), ATTRIBUTION_STEPS)
+            del model
+            tmp = path.with_suffix(".tmp")
+            torch.save(attr, tmp)
+            os.replace(tmp, path)
+    return torch.load(path, weights_only=True)
+
+
 def _check_finite(loss: torch.Tensor, parts: dict, epoch: int, step: int) -> None:
     if torch.isfinite(loss):
         return
@@ -281,38 +350,3 @@ def _check_finite(loss: torch.Tensor, parts: dict, epoch: int, step: int) -> Non
         f"non-finite loss ({loss.item()}) at epoch {epoch} step {step}: component(s) "
         f"{', '.join(bad)}; lower lr or temperature, or keep grad_clip on"
     )
-
-
-def _save_state(ckpt, model, opt, sched, scaler, epoch, train_seconds, cfg) -> None:
-    # Weights as safetensors; optimizer/scheduler/RNG as plain tensors+numbers, so loading with
-    # weights_only=True works (no pickled code from a checkpoint ever runs).
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors")
-    )
-    state = {
-        "epoch": epoch,
-        "train_seconds": train_seconds,
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    torch.save(state, ckpt / "state.pt")
-    (ckpt / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-
-
-def _load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:
-    try:
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-        state = torch.load(ckpt / "state.pt", weights_only=True)
-    except Exception as e:  # corrupt/foreign checkpoint: say which file
-        raise KDSweepError(f"checkpoint {ckpt}: cannot load ({type(e).__name__}: {e})") from e
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["epoch"]), float(state["train_seconds"])

@@ -204,8 +204,11 @@ def _read_hf(name: str, spec: DataSpec) -> list[tuple[str, str, str]]:
         raise KDSweepError(f"dataset 'hf:{name}': install the `datasets` package first") from e
     ds = datasets.load_dataset(name)
     rows = []
+    known = {"train": "train", "validation": "dev", "dev": "dev", "test": "test"}
     for split_name, part in ds.items():
-        split = {"validation": "dev", "dev": "dev", "test": "test"}.get(split_name, "train")
+        split = known.get(split_name)
+        if split is None:  # e.g. imdb's 'unsupervised' (label -1): not a labeled split
+            continue
         recs = part.to_list()
         for text, label, _ in _rows_from_records(recs, spec, f"hf:{name}[{split_name}]"):
             # HF class labels are ints; keep their names when the feature knows them.

@@ -1,0 +1,317 @@
+"""Analysis: IG attribution similarity, efficiency, CI/paired-test math, and sweeps/report.py."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdsweep.analysis import (
+    attribution_similarity,
+    efficiency_metrics,
+    merge_word_pieces,
+    similarity_from_attributions,
+    spearman_correlation,
+    token_attributions,
+    word_level_similarity,
+)
+from kdsweep.analysis.attribution import real_token_mask, word_ids_from_offsets
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sweeps import report  # noqa: E402
+
+
+# ---------------------------------------------------------------- attribution
+def _tiny_bert(seed: int, hidden: int = 32, layers: int = 1):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        num_labels=3,
+        pad_token_id=0,
+    )
+    return BertForSequenceClassification(cfg).eval()
+
+
+def _tokens(n: int = 12, s: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """[CLS]=1 ... [SEP]=2 then padding (0), variable lengths, like the data pipeline."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(n, s, dtype=torch.int32)
+    mask = torch.zeros(n, s, dtype=torch.int8)
+    for i in range(n):
+        length = 5 + i % (s - 5)
+        ids[i, 0], ids[i, length - 1] = 1, 2
+        ids[i, 1 : length - 1] = torch.randint(5, 100, (length - 2,), generator=g)
+        mask[i, :length] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(n) % 3}
+
+
+def test_attribution_of_a_model_with_itself_is_one_and_of_two_random_models_lower():
+    tokens = _tokens()
+    a, b = _tiny_bert(0), _tiny_bert(1)
+    same = attribution_similarity(a, a, tokens, n=12, steps=8)
+    assert same["attr_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert same["attr_spearman"] == pytest.approx(1.0, abs=1e-6)
+    other = attribution_similarity(a, b, tokens, n=12, steps=8)
+    assert other["attr_cosine"] < 0.9 and other["attr_spearman"] < 0.9
+    # precomputed teacher attributions give the same answer without the teacher model
+    t_attr = token_attributions(a, tokens, 12, 8)
+    again = attribution_similarity(None, b, tokens, n=12, steps=8, teacher_attr=t_attr)
+    assert again == pytest.approx(other)
+
+
+def test_token_attributions_shape_and_special_tokens_zero():
+    tokens = _tokens(n=5)
+    attr = token_attributions(_tiny_bert(0), tokens, n=4, steps=4, batch_size=3)
+    assert attr.shape == (4, 16) and attr.dtype == torch.float32
+    real = real_token_mask(tokens["attention_mask"][:4])
+    assert torch.all(attr[~real] == 0)  # [CLS], [SEP], padding
+    assert torch.all(attr[real].abs().sum() > 0)
+    lengths = tokens["attention_mask"][:4].sum(1)
+    assert real.sum(1).tolist() == (lengths - 2).tolist()
+
+
+def test_similarity_functions():
+    assert spearman_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman_correlation([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # ties
+    assert math.isnan(spearman_correlation([1.0], [2.0]))
+    a = torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, -1.0, 1.0, 3.0]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 1, 1]])
+    sim = similarity_from_attributions(a, 2 * a, mask)
+    assert sim["attr_cosine"] == pytest.approx(1.0) and sim["attr_spearman"] == pytest.approx(1.0)
+    sim = similarity_from_attributions(a, -a, mask)
+    assert sim["attr_cosine"] == pytest.approx(-1.0)
+
+
+def test_word_pieces_merge_into_words():
+    attr = [0.5, 0.1, 0.2, 0.3, 0.4, 0.9]
+    # [CLS] un ##bel ##ievably fox [SEP]
+    assert merge_word_pieces(attr, [None, 0, 0, 0, 1, None]).tolist() == pytest.approx([0.6, 0.4])
+    assert merge_word_pieces(torch.tensor(attr), torch.tensor([-1, 0, 1, 1, 2, -1])).tolist() == (
+        pytest.approx([0.1, 0.5, 0.4])
+    )
+    # the same words tokenized two ways compare per word
+    a = torch.tensor([[0.0, 0.1, 0.2, 0.3, 0.4, 0.0]])
+    wa = torch.tensor([[-1, 0, 0, 0, 1, -1]])
+    b = torch.tensor([[0.0, 0.6, 0.4, 0.0, 0.0, 0.0]])
+    wb = torch.tensor([[-1, 0, 1, -1, -1, -1]])
+    sim = word_level_similarity(a, wa, b, wb)
+    assert sim["attr_cosine"] == pytest.approx(1.0)
+
+
+def test_word_ids_from_a_real_tokenizers_offsets():
+    from transformers import AutoTokenizer
+
+    from kdsweep.models.text import resolve_backbone
+
+    tok = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
+    text = "Unbelievably, the fox's tail!"
+    enc = tok(text, return_offsets_mapping=True)
+    pieces = tok.convert_ids_to_tokens(enc["input_ids"])
+    words = word_ids_from_offsets(enc["offset_mapping"], text)
+    assert words[0] is None and words[-1] is None  # [CLS], [SEP]
+    by_word: dict[int, list[str]] = {}
+    for p, w in zip(pieces, words):
+        if w is not None:
+            by_word.setdefault(w, []).append(p)
+    # whitespace words: punctuation stays with its word, word pieces merge
+    assert ["".join(x.replace("##", "") for x in v) for v in by_word.values()] == [
+        "unbelievably,",
+        "the",
+        "fox's",
+        "tail!",
+    ]
+
+
+def test_efficiency_metrics():
+    model = _tiny_bert(0)
+    m = efficiency_metrics(model, _tokens(), batch_size=8, repeats=3)
+    assert m["params"] == sum(p.numel() for p in model.parameters())
+    param_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    assert param_mb <= m["size_mb"] < param_mb * 1.2 + 0.05  # + header and buffers
+    assert m["throughput"] > 0 and m["latency_ms"] > 0
+    assert m["throughput"] == pytest.approx(8 / (m["latency_ms"] / 1000))
+
+
+# ---------------------------------------------------------------- statistics
+@pytest.mark.parametrize(
+    "df, q",
+    [(1, 12.706205), (2, 4.302653), (4, 2.776445), (9, 2.262157), (29, 2.045230), (1000, 1.962339)],
+)
+def test_t_quantile_known_values(df, q):
+    assert report.t_quantile(0.975, df) == pytest.approx(q, abs=1e-5)
+    assert report.t_quantile(0.025, df) == pytest.approx(-q, abs=1e-5)
+    assert report.t_cdf(q, df) == pytest.approx(0.975, abs=1e-6)
+
+
+def test_t_distribution_matches_scipy_when_present():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 3, 7, 15, 60):
+        for p in (0.6, 0.9, 0.95, 0.995):
+            assert report.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-7)
+        for t in (-3.0, -0.5, 0.0, 1.2, 4.0):
+            assert report.t_cdf(t, df) == pytest.approx(stats.t.cdf(t, df), abs=1e-10)
+
+
+def test_mean_ci():
+    m, lo, hi = report.mean_ci([1, 2, 3, 4, 5])
+    half = 2.776445 * math.sqrt(2.5) / math.sqrt(5)
+    assert (m, lo, hi) == pytest.approx((3.0, 3.0 - half, 3.0 + half), abs=1e-5)
+    m, lo, hi = report.mean_ci([0.7])
+    assert m == 0.7 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_paired_comparison():
+    same = report.paired_comparison([0.8, 0.82, 0.79], [0.8, 0.82, 0.79])
+    assert same["mean_diff"] == 0 and same["p"] == 1.0 and not same["significant"]
+    assert report.verdict(same, True).startswith("not significant")
+    noisy = report.paired_comparison([0.81, 0.79, 0.83, 0.78], [0.80, 0.80, 0.80, 0.80])
+    assert noisy["low"] < 0 < noisy["high"] and noisy["p"] >= 0.05 and not noisy["significant"]
+    # diffs 1, 2, 3: mean 2, sd 1, t = 2 * sqrt(3), p = 0.0742 (as scipy.stats.ttest_rel)
+    res = report.paired_comparison([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert res["t"] == pytest.approx(3.4641016) and res["p"] == pytest.approx(0.0741799, abs=1e-6)
+    assert not res["significant"]
+    res = report.paired_comparison([0.9, 0.91, 0.92, 0.93, 0.9], [0.8, 0.8, 0.81, 0.8, 0.8])
+    assert res["significant"] and res["low"] > 0
+    assert report.verdict(res, True) == "significant: better than independent"
+    assert report.verdict(res, False) == "significant: worse than independent"  # WER
+    one = report.paired_comparison([0.9], [0.8])
+    assert one["n"] == 1 and math.isnan(one["p"]) and report.verdict(one, True).startswith("not")
+
+
+# ---------------------------------------------------------------- report.py on a fake store
+def _fake_store(tmp_path: Path) -> tuple[str, str]:
+    """A sweep as sweeps/tracking.py logs it: a parent run, child runs with seeds/conditions."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(
+        "kdsweep/fake-sweep", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+    parent = client.create_run(exp, run_name="fake-sweep", tags={"task": "text"}).info.run_id
+    # (condition, temperature, accuracy offset); independent ignores T but logs it like Tune does
+    configs = [("independent", 4.0, 0.0), ("soft", 2.0, 0.0), ("soft", 4.0, 0.06)]
+    noise = [0.0, 0.01, -0.01, 0.005, -0.004]
+    for cond, temp, gain in configs:
+        for seed in range(5):
+            acc = 0.70 + gain + noise[seed] + (0.002 * seed if cond == "soft" and gain else 0)
+            if cond == "soft" and not gain:
+                acc = 0.70 + noise[seed]  # identical to the baseline, seed by seed
+            name = f"{cond} T={temp:g} L2-H128 s{seed}"
+            tags = {"mlflow.parentRunId": parent, "condition": cond, "task": "text"}
+            tags.update(student="L2-H128", dataset="fortunes")
+            run = client.create_run(exp, run_name=name, tags=tags).info.run_id
+            params = {"condition": cond, "student": "L2-H128", "seed": seed}
+            params.update(temperature=temp, alpha=0.9, epochs=3, task="text")
+            client.log_batch(run, params=[Param(k, str(v)) for k, v in params.items()])
+            metrics = []
+            for epoch in (1, 2, 3):
+                a = acc - 0.1 * (3 - epoch)
+                metrics += [
+                    Metric("dev_accuracy", a, 0, epoch),
+                    Metric("dev_f1", a - 0.05, 0, epoch),
+                ]
+                metrics += [Metric("train_seconds", 2.0 * epoch, 0, epoch)]
+            final = {"attr_cosine": 0.4 + gain, "attr_spearman": 0.3, "throughput": 900.0}
+            final.update(latency_ms=35.0, size_mb=16.7, params=4386694)
+            metrics += [Metric(k, v, 0, 3) for k, v in final.items()]
+            client.log_batch(run, metrics=metrics, tags=[RunTag("epochs_run", "3")])
+            client.set_terminated(run, "FINISHED")
+    # an ASHA-pruned and a failed trial are left out of the statistics
+    pruned = client.create_run(
+        exp,
+        run_name="soft T=8 L2-H128 s0",
+        tags={"mlflow.parentRunId": parent, "condition": "soft"},
+    ).info.run_id
+    client.log_batch(
+        pruned,
+        params=[Param("seed", "0"), Param("temperature", "8.0"), Param("condition", "soft")],
+        metrics=[Metric("dev_accuracy", 0.3, 0, 1)],
+        tags=[RunTag("stopped_by", "asha")],
+    )
+    client.set_terminated(pruned, "FINISHED")
+    failed = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+    client.set_terminated(failed, "FAILED")
+    client.set_terminated(parent, "FINISHED")
+    return uri, parent
+
+
+def test_report_on_a_fake_store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri, parent = _fake_store(tmp_path)
+    out = tmp_path / "report"
+    rc = report.main(["fake-sweep", "--mlflow-uri", uri, "--out", str(out)])
+    assert rc == 0
+    md = (out / "report.md").read_text()
+    assert "| student | condition | temperature | n | accuracy | F1 | attr cos |" in md
+    assert "| L2-H128 | independent | 4 | 5 | 0.700 ± 0.0" in md
+    assert "| L2-H128 | soft | 4 | 5 | 0.764 ± 0.0" in md
+    assert "1 failed, 1 pruned by ASHA" in md
+    # soft T=2 equals the baseline seed by seed; soft T=4 is clearly better
+    assert "- soft T=2 L2-H128 vs independent T=4 L2-H128: accuracy +0.0000" in md
+    line_t2 = next(ln for ln in md.splitlines() if ln.startswith("- soft T=2"))
+    assert "not significant" in line_t2
+    line_t4 = next(ln for ln in md.splitlines() if ln.startswith("- soft T=4"))
+    assert "significant: better than independent" in line_t4 and "n = 5 seeds" in line_t4
+    pngs = {p.name for p in out.glob("*.png")}
+    assert {
+        "metric_by_method.png",
+        "size_vs_metric.png",
+        "learning_curves.png",
+        "temperature_curve.png",
+    } <= pngs
+    assert "alpha_curve.png" not in pngs  # alpha does not vary
+    for p in pngs:
+        assert f"]({p})" in md
+        assert (out / p).stat().st_size > 5000
+    csv_text = (out / "report.csv").read_text()
+    assert "dev_accuracy_low" in csv_text.splitlines()[0]
+    # logged on the parent run
+    client = MlflowClient(uri)
+    logged = {Path(f.path).name for f in client.list_artifacts(parent, "report")}
+    assert {"report.md", "report.csv", "metric_by_method.png"} <= logged
+
+
+def test_report_unknown_sweep_names_the_known_ones(tmp_path):
+    uri, _ = _fake_store(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        report.build_report("nope", uri, tmp_path / "out")
+    assert "kdsweep/fake-sweep" in str(e.value)
+
+
+# ---------------------------------------------------------------- the epoch loop reports them
+def test_text_trial_reports_analysis_at_the_final_epoch(tmp_path, small_text):
+    from trainables.text import independent
+    from trainables.tune_io import local_session
+
+    cfg = {**small_text, "condition": "independent", "epochs": 2, "attribution_examples": 8}
+    cfg.update(student="L2-H128", student_init="random")
+    with local_session(tmp_path) as s:
+        independent(cfg)
+    first, last = s.results
+    keys = {"attr_cosine", "attr_spearman", "throughput", "latency_ms", "analysis_seconds"}
+    assert not keys & set(first)
+    assert keys <= set(last)
+    assert -1.0 <= last["attr_cosine"] <= 1.0 and -1.0 <= last["attr_spearman"] <= 1.0
+    assert last["throughput"] > 0 and last["size_mb"] > 0 and last["params"] > 0
+    # the teacher's attributions are cached once beside it in the store
+    cached = list((Path(small_text["cache_dir"]) / "teachers").glob("*/attr_dev_n8_s16_*.pt"))
+    assert len(cached) == 1
+    with local_session(tmp_path / "again") as s2:
+        independent({**cfg, "attribution_every": 1, "attribution_examples": 0})
+    assert all("throughput" in r and "attr_cosine" not in r for r in s2.results)
