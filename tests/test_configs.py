@@ -1,0 +1,238 @@
+"""Typed trial configs, student sizes, layer maps and parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdsweep.config import RESERVED_KEYS
+from kdsweep.errors import KDSweepError
+from kdsweep.models.text import (
+    NAMED_SIZES,
+    build_student,
+    count_parameters,
+    layer_map,
+    parse_size,
+    resolve_backbone,
+)
+from trainables import registry
+from trainables.text_config import (
+    AttentionConfig,
+    CascadeConfig,
+    HardConfig,
+    HiddenConfig,
+    SoftConfig,
+    TextConfig,
+)
+
+
+# ---------------------------------------------------------------- from_dict
+def test_defaults_build():
+    for cls in (TextConfig, SoftConfig, HardConfig, HiddenConfig, AttentionConfig, CascadeConfig):
+        cfg = cls.from_dict({})
+        assert cfg.to_dict() == cls().to_dict()
+
+
+def test_unknown_key_with_did_you_mean_hint():
+    with pytest.raises(KDSweepError) as e:
+        SoftConfig.from_dict({"temprature": 2.0}, where="sweep.yaml")
+    msg = str(e.value)
+    assert "sweep.yaml" in msg and "'temprature'" in msg and "SoftConfig" in msg
+    assert "did you mean 'temperature'?" in msg
+    assert "valid keys:" in msg
+
+
+def test_unknown_key_without_close_match_has_no_hint():
+    with pytest.raises(KDSweepError, match="unknown key 'zzzzzz'") as e:
+        TextConfig.from_dict({"zzzzzz": 1})
+    assert "did you mean" not in str(e.value)
+
+
+def test_key_of_another_condition_is_unknown():
+    # `temperature` is a soft-KD field; the independent baseline must not silently accept it.
+    with pytest.raises(KDSweepError, match="unknown key 'temperature' for TextConfig"):
+        TextConfig.from_dict({"temperature": 2.0})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lr", "abc"),
+        ("epochs", "two"),
+        ("epochs", 2.5),
+        ("epochs", True),
+        ("student", None),
+        ("lr", True),
+        ("student_init", 3.0 + 1j),
+    ],
+)
+def test_wrong_types_are_rejected(key, value):
+    with pytest.raises(KDSweepError, match=rf"field '{key}' must be (float|int|str)"):
+        SoftConfig.from_dict({key: value}, where="trial")
+
+
+def test_coercions():
+    cfg = SoftConfig.from_dict(
+        {
+            "lr": 1,
+            "temperature": 4,
+            "epochs": 3.0,
+            "batch_size": "16",
+            "alpha": "0.25",
+            "student": "L2-H128",
+        }
+    )
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.temperature == 4.0 and isinstance(cfg.temperature, float)
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+    assert cfg.batch_size == 16 and cfg.alpha == 0.25
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_alpha_outside_unit_interval(value):
+    with pytest.raises(KDSweepError, match=r"field 'alpha' must be in \[0.0, 1.0\]"):
+        SoftConfig.from_dict({"alpha": value})
+    with pytest.raises(KDSweepError, match="field 'alpha'"):
+        HardConfig.from_dict({"alpha": value})
+
+
+@pytest.mark.parametrize("value", [0, -1.0, 0.0])
+def test_temperature_must_be_positive(value):
+    with pytest.raises(KDSweepError, match=r"field 'temperature' must be in \(0.0"):
+        SoftConfig.from_dict({"temperature": value})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "pattern"),
+    [
+        ("lr", 0.0, r"field 'lr' must be in \(0.0, 1.0\]"),
+        ("epochs", 0, r"field 'epochs' must be > 0"),
+        ("batch_size", -4, r"field 'batch_size' must be > 0"),
+        ("device", "tpu", r"field 'device' must be one of"),
+        ("precision", "int8", r"field 'precision' must be one of"),
+        ("student_init", "pretrained", r"field 'student_init' must be one of"),
+        ("dropout", 1.0, r"field 'dropout' must be in \[0.0, 1.0\)"),
+        ("max_len", 4, r"field 'max_len' must be in \[8, 512\]"),
+        ("dataset", "", r"field 'dataset' is empty"),
+    ],
+)
+def test_out_of_range_values(key, value, pattern):
+    with pytest.raises(KDSweepError, match=pattern) as e:
+        TextConfig.from_dict({key: value}, where="grid.yaml")
+    assert str(e.value).startswith("grid.yaml: ")
+
+
+def test_unknown_student_size():
+    with pytest.raises(KDSweepError, match=r"field 'student': unknown size 'huge'.*L2-H128"):
+        TextConfig.from_dict({"student": "huge"})
+    with pytest.raises(KDSweepError, match=r"'L2-H100' is not a valid shape"):
+        TextConfig.from_dict({"student": "L2-H100"})
+
+
+def test_reserved_keys_are_ignored():
+    assert {"task", "condition"} <= RESERVED_KEYS
+    cfg = SoftConfig.from_dict({"task": "text", "condition": "soft", "alpha": 0.7})
+    assert cfg.alpha == 0.7
+    assert "task" not in cfg.to_dict() and "condition" not in cfg.to_dict()
+
+
+def test_registry_config_class_and_errors():
+    assert registry.config_class("text", "soft") is SoftConfig
+    assert registry.config_class("text", "cascade") is CascadeConfig
+    with pytest.raises(
+        KDSweepError, match=r"field 'task': unknown task 'vision'; choose from .*'text'"
+    ):
+        registry.config_class("vision", "soft")
+    with pytest.raises(KDSweepError, match=r"field 'condition': unknown condition 'sfot'"):
+        registry.config_class("text", "sfot")
+    cfg = registry.config_for({"task": "text", "condition": "hard", "alpha": 0.5})
+    assert isinstance(cfg, HardConfig) and cfg.alpha == 0.5
+    assert type(registry.config_for({})) is TextConfig  # defaults: text / independent
+    with pytest.raises(KDSweepError, match="unknown condition 'nope'"):
+        registry.run_trial({"condition": "nope"})
+
+
+def test_config_derived_specs():
+    cfg = SoftConfig.from_dict(
+        {
+            "dataset": "rotten_tomatoes",
+            "split_seed": 3,
+            "per_class": 7,
+            "max_len": 48,
+            "teacher_epochs": 4,
+            "teacher_lr": 1e-4,
+        }
+    )
+    spec = cfg.data_spec()
+    assert (spec.dataset, spec.split_seed, spec.per_class) == ("rotten_tomatoes", 3, 7)
+    recipe = cfg.teacher_recipe()
+    assert (recipe.backbone, recipe.epochs, recipe.lr, recipe.max_len) == ("minilm", 4, 1e-4, 48)
+
+
+# ---------------------------------------------------------------- sizes and layer maps
+def test_parse_size_named():
+    for name, shape in NAMED_SIZES.items():
+        assert parse_size(name) == shape
+    assert parse_size("tiny") == (2, 128, 2)
+    assert parse_size("minilm") == (6, 384, 12)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("L2-H128", (2, 128, 2)),
+        ("L4-H312", (4, 312, 12)),
+        ("L6-H384", (6, 384, 6)),
+        ("L3-H384-A12", (3, 384, 12)),
+        ("L1-H64-A1", (1, 64, 1)),
+    ],
+)
+def test_parse_size_generic(name, shape):
+    assert parse_size(name) == shape
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["L0-H128", "L49-H128", "L2-H100", "L2-H4", "L2-H128-A5", "2-128", "l2-h128", "L2H128", ""],
+)
+def test_parse_size_invalid(name):
+    with pytest.raises(KDSweepError, match="field 'student'"):
+        parse_size(name)
+
+
+def test_layer_map_uniform():
+    assert layer_map(3, 6) == [2, 4, 6]
+    assert layer_map(2, 6) == [3, 6]
+    assert layer_map(4, 6) == [2, 3, 5, 6]
+    assert layer_map(6, 6) == [1, 2, 3, 4, 5, 6]
+    assert layer_map(1, 12) == [12]
+    for ls in range(1, 7):
+        m = layer_map(ls, 6)
+        assert len(m) == ls and m[-1] == 6 and m == sorted(m) and m[0] >= 1
+
+
+def test_layer_map_explicit():
+    assert layer_map(2, 6, "3,6") == [3, 6]
+    assert layer_map(3, 6, "1, 1, 2") == [1, 1, 2]
+
+
+@pytest.mark.parametrize("spec", ["3", "3,6,6", "0,6", "3,7", "a,b", "3;6"])
+def test_layer_map_invalid(spec):
+    with pytest.raises(KDSweepError, match="field 'layer_map'"):
+        layer_map(2, 6, spec)
+
+
+def test_count_parameters_embeddings_dominate_small_students():
+    from transformers import AutoConfig
+
+    tcfg = AutoConfig.from_pretrained(resolve_backbone("minilm"))
+    assert tcfg.vocab_size == 30522
+    student = build_student("L2-H128", tcfg, num_labels=6)
+    counts = count_parameters(student)
+    h, v, p = 128, tcfg.vocab_size, tcfg.max_position_embeddings
+    emb = (v + p + tcfg.type_vocab_size) * h + 2 * h  # word + position + type + LayerNorm
+    per_layer = 4 * (h * h + h) + 2 * (2 * h) + (h * 4 * h + 4 * h) + (4 * h * h + h)
+    head = (h * h + h) + (h * 6 + 6)  # pooler + classifier
+    assert counts["params_embeddings"] == emb
+    assert counts["params_non_embedding"] == 2 * per_layer + head
+    assert counts["params"] == emb + 2 * per_layer + head
+    assert counts["params_embeddings"] > 0.9 * counts["params"]

@@ -1,0 +1,166 @@
+"""Distillation losses: pure tensor functions, checked against hand computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdsweep.losses.logits import (
+    attention_kd_loss,
+    hard_kd_loss,
+    hidden_mse_loss,
+    soft_kd_loss,
+    soft_kd_objective,
+)
+
+
+@pytest.fixture
+def logits():
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(8, 5, generator=g) * 3
+    teacher = torch.randn(8, 5, generator=g) * 3
+    labels = torch.randint(0, 5, (8,), generator=g)
+    return student, teacher, labels
+
+
+def _kl_by_hand(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """KL(p_teacher || p_student) at temperature t, per example, averaged over the batch."""
+    p = torch.softmax(teacher.double() / t, dim=-1)
+    q = torch.softmax(student.double() / t, dim=-1)
+    return (p * (p.log() - q.log())).sum(-1).mean()
+
+
+def test_identical_logits_give_zero_kl(logits):
+    student, _, _ = logits
+    for t in (1.0, 2.0, 8.0):
+        assert soft_kd_loss(student, student.clone(), t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0, 4.0, 8.0])
+def test_soft_kd_is_t_squared_times_kl(logits, t):
+    student, teacher, _ = logits
+    expected = t**2 * _kl_by_hand(student, teacher, t)
+    assert soft_kd_loss(student, teacher, t).double().item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
+
+
+def test_kl_is_nonnegative_and_positive_when_different(logits):
+    student, teacher, _ = logits
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        s, te = torch.randn(4, 7, generator=g) * 5, torch.randn(4, 7, generator=g) * 5
+        assert soft_kd_loss(s, te, 2.0).item() >= 0.0
+    assert soft_kd_loss(student, teacher, 2.0).item() > 1e-3
+
+
+def test_soft_kd_gradient_scale_stays_comparable_across_t(logits):
+    """The T**2 factor: without it the soft-target gradient shrinks ~1/T**2; with it it does not.
+
+    For large T the gradient of T^2*KL w.r.t. student logits tends to (s - t)/K (centred), so
+    its norm converges instead of vanishing.
+    """
+    student, teacher, _ = logits
+    norms = {}
+    for t in (1.0, 4.0, 16.0, 64.0):
+        s = student.clone().requires_grad_(True)
+        soft_kd_loss(s, teacher, t).backward()
+        norms[t] = s.grad.norm().item()
+    # Unscaled KL's gradient would drop by 64**2 / 16**2 = 16x between T=16 and T=64.
+    assert norms[64.0] / norms[16.0] == pytest.approx(1.0, rel=0.1)
+    assert norms[64.0] / norms[4.0] == pytest.approx(1.0, rel=0.5)
+    # And the large-T limit matches the centred logit difference / (K * batch).
+    k, b = student.shape[1], student.shape[0]
+    diff = (student - student.mean(-1, keepdim=True)) - (teacher - teacher.mean(-1, keepdim=True))
+    assert norms[64.0] == pytest.approx((diff / (k * b)).norm().item(), rel=0.05)
+
+
+def test_alpha_zero_is_plain_ce_exactly(logits):
+    student, teacher, labels = logits
+    total, ce, kd = soft_kd_objective(student, teacher, labels, alpha=0.0, temperature=4.0)
+    assert torch.equal(total, F.cross_entropy(student, labels))
+    assert torch.equal(ce, F.cross_entropy(student, labels))
+    assert kd.item() > 0  # still reported, just not weighted in
+
+
+def test_alpha_one_is_pure_kd_and_mixture_is_linear(logits):
+    student, teacher, labels = logits
+    total1, ce, kd = soft_kd_objective(student, teacher, labels, alpha=1.0, temperature=2.0)
+    assert total1.item() == pytest.approx(kd.item(), rel=1e-6)
+    total, ce, kd = soft_kd_objective(student, teacher, labels, alpha=0.3, temperature=2.0)
+    assert total.item() == pytest.approx(0.3 * kd.item() + 0.7 * ce.item(), rel=1e-6)
+
+
+def test_soft_kd_handles_extreme_and_half_precision_logits():
+    s = torch.tensor([[1000.0, -1000.0, 0.0]], dtype=torch.float16)
+    t = torch.tensor([[-1000.0, 1000.0, 0.0]], dtype=torch.float16)
+    loss = soft_kd_loss(s, t, 1.0)
+    assert loss.dtype == torch.float32
+    assert torch.isfinite(loss)
+
+
+def test_hard_kd_alpha_one_is_ce_on_teacher_argmax(logits):
+    student, teacher, labels = logits
+    total, ce, kd = hard_kd_loss(student, teacher, labels, alpha=1.0)
+    expected = F.cross_entropy(student, teacher.argmax(-1))
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert kd.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert ce.item() == pytest.approx(F.cross_entropy(student, labels).item(), rel=1e-6)
+    # alpha=0: gold labels only.
+    total0, _, _ = hard_kd_loss(student, teacher, labels, alpha=0.0)
+    assert total0.item() == pytest.approx(ce.item(), rel=1e-6)
+
+
+def _mask(lengths: list[int], s: int) -> torch.Tensor:
+    return (torch.arange(s)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
+def test_hidden_mse_ignores_padded_positions():
+    g = torch.Generator().manual_seed(2)
+    b, s, h = 3, 6, 4
+    student, teacher = torch.randn(b, s, h, generator=g), torch.randn(b, s, h, generator=g)
+    mask = _mask([6, 3, 1], s)
+    base = hidden_mse_loss(student, teacher, mask)
+    # By hand: mean over real tokens and hidden units.
+    real = mask.bool()
+    expected = ((student - teacher) ** 2)[real].mean()
+    assert base.item() == pytest.approx(expected.item(), rel=1e-6)
+    # Garbage at padded positions changes nothing.
+    s2, t2 = student.clone(), teacher.clone()
+    s2[~real] = 1e4
+    t2[~real] = -1e4
+    assert hidden_mse_loss(s2, t2, mask).item() == pytest.approx(base.item(), rel=1e-6)
+    # Identical states at real tokens -> zero, whatever the padding holds.
+    assert hidden_mse_loss(teacher.clone(), t2, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _attention_maps(b: int, s: int, mask: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(b, s, s, generator=g)
+    scores = scores.masked_fill(mask[:, None, :] == 0, float("-inf"))  # no attention to padding
+    return torch.softmax(scores, dim=-1)
+
+
+def test_attention_kd_zero_for_identical_maps():
+    mask = _mask([5, 2], 5)
+    a = _attention_maps(2, 5, mask, 0)
+    assert attention_kd_loss(a, a.clone(), mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attention_kd_positive_and_ignores_padded_query_rows():
+    b, s = 2, 5
+    mask = _mask([5, 2], s)
+    teacher, student = _attention_maps(b, s, mask, 0), _attention_maps(b, s, mask, 1)
+    base = attention_kd_loss(student, teacher, mask)
+    assert base.item() > 0
+    # By hand: KL per real query row, averaged over real query rows.
+    t, st = teacher.clamp_min(1e-8), student.clamp_min(1e-8)
+    rows = (t * (t.log() - st.log())).sum(-1)
+    assert base.item() == pytest.approx(rows[mask.bool()].mean().item(), rel=1e-5)
+    # Rewriting the rows of padded queries (any distribution) leaves the loss unchanged.
+    s2, t2 = student.clone(), teacher.clone()
+    pad_rows = ~mask.bool()
+    s2[pad_rows] = torch.tensor([1.0, 0, 0, 0, 0])
+    t2[pad_rows] = torch.tensor([0, 0, 0, 0, 1.0])
+    assert attention_kd_loss(s2, t2, mask).item() == pytest.approx(base.item(), rel=1e-6)

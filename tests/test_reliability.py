@@ -1,0 +1,162 @@
+"""Reliability: MLflow outages, failing trials, killed trial workers lose nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from sweeps.tracking import Journal
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _events(j: Journal) -> None:
+    j.append(ev="parent", uid="sweep:x", name="x", tags={"task": "text"}, params={"a": 1})
+    j.append(
+        ev="start",
+        trial="t1",
+        name="soft T=4",
+        params={"temperature": 4, "api_token": "s3cret"},
+        tags={"kdsweep.trial_id": "t1", "condition": "soft"},
+    )
+    for epoch in (1, 2, 3):
+        j.append(ev="result", trial="t1", step=epoch, metrics={"dev_accuracy": 0.1 * epoch})
+    j.append(ev="end", trial="t1", status="FINISHED", tags={})
+    j.append(ev="parent_end", status="FINISHED", metrics={"best": 0.3}, tags={}, artifacts=[])
+
+
+def test_mlflow_outage_keeps_events_and_sends_them_once(tmp_path, capsys):
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    j = Journal(tmp_path / "sweep", dead, "kdsweep/x", (tmp_path / "art").as_uri())
+    _events(j)
+    t0 = time.time()
+    assert j.sync(force=True) is False  # the server is down: nothing raised, nothing lost
+    assert time.time() - t0 < 30
+    assert j.pending() == 7
+    assert "unreachable" in capsys.readouterr().out
+
+    # The server is "back" (same journal, a reachable store): everything arrives exactly once.
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    j2 = Journal(tmp_path / "sweep", uri, "kdsweep/x", (tmp_path / "art").as_uri())
+    assert j2.sync(force=True) is True and j2.pending() == 0
+    assert j2.sync(force=True) is True  # a second sync sends nothing again
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("kdsweep/x")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "dev_accuracy")] == [
+        1,
+        2,
+        3,
+    ]
+    assert child.info.status == "FINISHED"
+    assert "api_token" not in child.data.params  # credentials never become params
+    assert child.data.params["temperature"] == "4"
+
+
+def test_journal_survives_a_line_cut_by_a_kill(tmp_path):
+    j = Journal(tmp_path / "sweep", "sqlite:///x.db", "e", (tmp_path / "a").as_uri())
+    _events(j)
+    with j.path.open("a") as f:
+        f.write('{"ev": "result", "trial": "t1", "st')  # SIGKILL mid-write
+    assert len(Journal(tmp_path / "sweep", "sqlite:///x.db", "e", "").events()) == 7
+
+
+def _env(cache_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(KDSWEEP_HOME=str(cache_dir), PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _cmd(tmp: Path, script: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "sweeps" / f"{script}.py"),
+        "--smoke",
+        "--storage",
+        str(tmp / "runs"),
+        "--mlflow-uri",
+        f"sqlite:///{tmp / 'mlruns.db'}",
+        *extra,
+    ]
+
+
+def test_failing_trial_ends_error_with_reason_and_sweep_goes_on(tmp_path, cache_dir):
+    empty = tmp_path / "not_a_checkpoint"
+    empty.mkdir()
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "task: text\ncondition: cascade\n"
+        f"params: {{teacher_checkpoint: {{grid: ['', '{empty}']}}, temperature: 2.0}}\n"
+    )
+    res = subprocess.run(
+        _cmd(tmp_path, "temperature", "--space", str(space)),
+        env=_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    out = res.stdout + res.stderr
+    assert "| error" in out and "model.safetensors" in out, out[-4000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert failed and all("model.safetensors" in r.data.tags.get("error", "") for r in failed)
+    assert any(r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags for r in runs)
+
+
+def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, cache_dir):
+    """SIGKILL a trial's worker process mid-trial: Tune restarts it from the last checkpoint."""
+    proc = subprocess.Popen(
+        _cmd(tmp_path, "temperature", "epochs=4", "temperature=4", "--no-asha"),
+        env=_env(cache_dir),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    journal = tmp_path / "runs" / "temperature-text-fortunes-smoke" / "mlflow_journal.jsonl"
+    killed = None
+    deadline = time.time() + 400
+    while time.time() < deadline and killed is None:
+        if journal.is_file() and journal.read_text().count('"ev": "result"') >= 1:
+            for p in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    if "ImplicitFunc" in " ".join(p.cmdline()):
+                        p.kill()
+                        killed = p.pid
+                except psutil.NoSuchProcess:
+                    continue
+        time.sleep(0.3)
+    out, _ = proc.communicate(timeout=600)
+    assert killed, "no trial worker found to kill"
+    assert proc.returncode == 0, out[-4000:]
+    assert "| finished" in out, out[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    child = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(child) == 1 and child[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(child[0].info.run_id, "epoch")]
+    assert steps == [1, 2, 3, 4]  # no epoch logged twice, none missing
