@@ -378,3 +378,20 @@ def test_tokenize_splits_is_cached(tmp_path, monkeypatch):
     # Another max_len is another cache entry (and would need the tokenizer).
     with pytest.raises(AssertionError, match="tokenizer loaded"):
         tokenize_splits(splits, tok_dir, 24, tmp_path)
+
+
+def test_hf_without_validation_split_gets_a_stratified_dev_set(monkeypatch):
+    def recs(n, off=0):
+        return [{"text": f"t{i + off}", "label": ["x", "y"][i % 2]} for i in range(n)]
+
+    parts = {"train": _Part(recs(40), {}), "test": _Part(recs(10, 100), {})}
+    monkeypatch.setitem(sys.modules, "datasets", _fake_datasets(parts, []))
+    s = load_text_dataset(DataSpec(dataset="hf:two_splits"))
+    assert len(s.dev) == 4 and len(s.train) == 36 and len(s.test) == 10
+    assert not {t for t, _ in s.dev} & {t for t, _ in s.train}
+
+
+def test_rotten_tomatoes_duplicates_do_not_leak_across_splits():
+    s = load_text_dataset(DataSpec(dataset="rotten_tomatoes"))
+    train = {t for t, _ in s.train}
+    assert not train & {t for t, _ in s.dev} and not train & {t for t, _ in s.test}

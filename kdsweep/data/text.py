@@ -222,7 +222,6 @@ def _read_hf(name: str, spec: DataSpec) -> list[tuple[str, str, str]]:
 def _split(rows: list[tuple[str, str, str]], spec: DataSpec, where: str) -> TextSplits:
     if not rows:
         raise KDSweepError(f"dataset {where!r} has no examples")
-    # Labels: sorted names from the training part, so ids are stable across runs.
     given = {s for _, _, s in rows if s}
     if given:
         parts = {"train": [], "dev": [], "test": []}
@@ -230,8 +229,22 @@ def _split(rows: list[tuple[str, str, str]], spec: DataSpec, where: str) -> Text
             if s not in ("train", "dev", "test", "validation"):
                 raise KDSweepError(f"dataset {where}: split value {s!r} (want train/dev/test)")
             parts["dev" if s == "validation" else s].append((text, label))
+        if parts["train"] and not parts["dev"]:
+            # Only train/test given (ag_news, imdb): carve a stratified dev set out of train.
+            carved = _stratified(
+                [(t, lab, "") for t, lab in parts["train"]],
+                DataSpec(
+                    dev_fraction=spec.dev_fraction, test_fraction=0.0, split_seed=spec.split_seed
+                ),
+            )
+            parts["train"], parts["dev"] = carved["train"], carved["dev"]
     else:
+        # Exact duplicate texts (Rotten Tomatoes has 56) would leak across the splits we make:
+        # keep the first. (Splits the user gave are taken as they are.)
+        seen: set[str] = set()
+        rows = [r for r in rows if not (r[0] in seen or seen.add(r[0]))]
         parts = _stratified(rows, spec)
+    # Labels: sorted names from the training part, so ids are stable across runs.
     label_names = sorted({lab for _, lab in parts["train"]})
     if len(label_names) < 2:
         raise KDSweepError(f"dataset {where}: the train split has {len(label_names)} label(s)")
