@@ -4,6 +4,7 @@ Layout of one entry (`<root>/<id>/`):
     model/              save_pretrained() output (safetensors) + tokenizer
     meta.json           recipe, data fingerprint, label names, dev/test metrics, seconds
     logits_<split>.npy  float32 [N, K]: soft/hard KD trials read these and never run the teacher
+    logits_transfer_<key>.npy  the same for a transfer set (key = hash of its tokens)
     feat_<...>.npy      float16 hidden states / attention maps, built lazily once per layer set
 
 The id hashes (recipe, data fingerprint): the same backbone, data and recipe always map to the
@@ -75,6 +76,23 @@ class StoredTeacher:
     def logits(self, split: str) -> torch.Tensor:
         """Cached teacher logits of a split, [N, K] float32 (no teacher forward)."""
         return torch.from_numpy(np.load(self.path / f"logits_{split}.npy"))
+
+    def transfer_logits(self, key: str, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Teacher logits of a transfer set (content key `key`), [N, K] float32: computed once
+        under a lock into `logits_transfer_<key>.npy`, then read like the splits' logits."""
+        path = self.path / f"logits_transfer_{key}.npy"
+        if not path.is_file():
+            with locked(self.path / f"logits_transfer_{key}.lock"):
+                if not path.is_file():
+                    device = pick_device("auto")
+                    model = self.load_model().to(device)
+                    logits = predict_logits(
+                        model, {**tokens, "labels": tokens["input_ids"]}, 64, device
+                    )
+                    tmp = self.path / f".logits_transfer_{key}.tmp.npy"
+                    np.save(tmp, logits.numpy().astype(np.float32))
+                    os.replace(tmp, path)
+        return torch.from_numpy(np.load(path))
 
     def features(
         self, split: str, kind: str, layers: list[int], tokens: dict[str, torch.Tensor]

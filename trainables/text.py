@@ -44,7 +44,12 @@ def soft(config: dict[str, Any]) -> None:
 
     def loss_fn(out, batch, aux):
         total, ce, kd = soft_kd_objective(
-            out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha, cfg.temperature
+            out.logits,
+            batch["teacher_logits"],
+            batch["labels"],
+            cfg.alpha,
+            cfg.temperature,
+            batch.get("labeled"),  # transfer rows: KD only, no CE
         )
         return total, {"loss_ce": ce, "loss_kd": kd}
 
@@ -57,7 +62,7 @@ def hard(config: dict[str, Any]) -> None:
 
     def loss_fn(out, batch, aux):
         total, ce, kd = hard_kd_loss(
-            out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha
+            out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha, batch.get("labeled")
         )
         return total, {"loss_ce": ce, "loss_kd": kd}
 
@@ -113,7 +118,12 @@ def cascade(config: dict[str, Any]) -> None:
 
     def loss_fn(out, batch, aux):
         total, ce, kd = soft_kd_objective(
-            out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha, cfg.temperature
+            out.logits,
+            batch["teacher_logits"],
+            batch["labels"],
+            cfg.alpha,
+            cfg.temperature,
+            batch.get("labeled"),  # transfer rows: KD only, no CE
         )
         return total, {"loss_ce": ce, "loss_kd": kd}
 

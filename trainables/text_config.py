@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from kdsweep.config import BaseConfig, choice, in_range, positive
 from kdsweep.data.text import BUILTIN, DataSpec
+from kdsweep.data.transfer import check_source
 from kdsweep.errors import KDSweepError
 from kdsweep.models.text import parse_size
 from kdsweep.teacher_store import TeacherRecipe
@@ -33,9 +35,27 @@ class TextConfig(BaseConfig):
     dropout: float = 0.1
     attribution_every: int = 0  # analysis epochs: 0 = the final one only; k = also every k-th
     attribution_examples: int = 200  # dev probe for IG similarity to the teacher; 0 = off
+    # Transfer set: extra text the teacher labels ("" none | unlabeled | augment | .txt/.csv/.jsonl)
+    transfer_set: str = ""
+    transfer_size: int = 0  # transfer texts kept (0 = all available)
+    transfer_ratio: float = 1.0  # transfer rows per labeled row in each epoch (0 = none used)
+    augment_prob: float = 0.15  # augment: per-token mask/replace probability
+
+    # Which conditions can learn from teacher-labeled transfer text (no labels there).
+    TRANSFER_OK: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_source(self.transfer_set)
+        in_range(self, "transfer_size", 0, 10**9)
+        in_range(self, "transfer_ratio", 0.0, 100.0)
+        in_range(self, "augment_prob", 0.0, 1.0, low_open=True)
+        if self.transfer_set and not self.TRANSFER_OK:
+            raise KDSweepError(
+                f"field 'transfer_set': {type(self).__name__} cannot use a transfer set; only "
+                "soft, hard and cascade can (independent has no teacher to label the texts; "
+                "hidden/attention teacher features are not cached for transfer texts)"
+            )
         if self.dataset not in BUILTIN and not self.dataset:
             raise KDSweepError("field 'dataset' is empty")
         in_range(self, "data_subset", 0, 10**9)
@@ -75,6 +95,8 @@ class SoftConfig(TextConfig):
     alpha: float = 0.5
     temperature: float = 2.0
 
+    TRANSFER_OK: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         super().__post_init__()
         in_range(self, "alpha", 0.0, 1.0)
@@ -86,6 +108,8 @@ class HardConfig(TextConfig):
     """Hard KD: the teacher's argmax as labels (alpha = weight of teacher labels vs gold)."""
 
     alpha: float = 1.0
+
+    TRANSFER_OK: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,6 +124,9 @@ class HiddenConfig(SoftConfig):
     hidden_weight: float = 1.0
     layer_map: str = ""  # "" = uniform (student layer i -> teacher layer ceil(i*Lt/Ls)); "3,6"
 
+    # Teacher hidden states are not cached for transfer texts (soft/hard/cascade only).
+    TRANSFER_OK: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
         super().__post_init__()
         in_range(self, "hidden_weight", 0.0, 1e6)
@@ -112,6 +139,8 @@ class AttentionConfig(SoftConfig):
     alpha: float = 0.0
     attention_weight: float = 1.0
     layer_map: str = ""
+
+    TRANSFER_OK: ClassVar[bool] = False  # teacher attention maps are not cached for transfer texts
 
     def __post_init__(self) -> None:
         super().__post_init__()

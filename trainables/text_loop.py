@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdsweep.data.text import TextSplits, load_text_dataset, tokenize_splits
+from kdsweep.data.transfer import augment_tokens, load_transfer_texts, tokenize_texts, tokens_key
 from kdsweep.errors import KDSweepError
 from kdsweep.filelock import locked
 from kdsweep.models.text import (
@@ -74,6 +75,8 @@ class TextData:
     tokens: dict[str, dict[str, torch.Tensor]]
     teacher: StoredTeacher
     teacher_hit: bool
+    # Transfer set: input_ids / attention_mask / teacher_logits (None without one).
+    transfer: dict[str, torch.Tensor] | None = None
 
 
 def prepare_text(cfg: TextConfig, log: Callable[[str], None] = print) -> TextData:
@@ -97,7 +100,38 @@ def prepare_text(cfg: TextConfig, log: Callable[[str], None] = print) -> TextDat
         )
     if isinstance(cfg, CascadeConfig) and cfg.teacher_checkpoint:
         teacher = cascade_teacher(cfg, teacher, tokens, log)
-    return TextData(splits, tokens, teacher, hit)
+    transfer = prepare_transfer(cfg, splits, tokens, tokenizer_dir, teacher, cache)
+    return TextData(splits, tokens, teacher, hit, transfer)
+
+
+def prepare_transfer(
+    cfg: TextConfig,
+    splits: TextSplits,
+    tokens: dict,
+    tokenizer_dir: str,
+    teacher: StoredTeacher,
+    cache: Path,
+) -> dict[str, torch.Tensor] | None:
+    """The transfer set's tokens + teacher logits, both cached by content: the teacher labels
+    a transfer set once (under a lock), never inside later trials. Prepared even at
+    transfer_ratio 0, so a sweep's driver labels it before any trial starts."""
+    if not cfg.transfer_set:
+        return None
+    if cfg.transfer_set == "augment":
+        train = _take(tokens["train"], cfg.data_subset)
+        out = augment_tokens(train, tokenizer_dir, cfg.augment_prob, cfg.transfer_size)
+    else:
+        held_out = {t for t, _ in splits.dev} | {t for t, _ in splits.test}
+        texts = load_transfer_texts(
+            cfg.transfer_set,
+            splits.unlabeled,
+            cfg.text_column,
+            held_out,
+            cfg.transfer_size,
+            cfg.split_seed,
+        )
+        out = tokenize_texts(texts, tokenizer_dir, cfg.max_len, cache)
+    return {**out, "teacher_logits": teacher.transfer_logits(tokens_key(out), out)}
 
 
 def cascade_teacher(
@@ -146,6 +180,11 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
     dev = _take(data.tokens["dev"], cfg.eval_subset)
     if needs.logits:  # cached logits, aligned row by row with the tokenized split
         train["teacher_logits"] = teacher.logits("train")[: len(train["labels"])]
+    n_labeled = len(train["labels"])
+    n_transfer = 0
+    if data.transfer is not None and cfg.transfer_ratio > 0:  # appended after the labeled rows
+        train = _append_transfer(train, data.transfer)
+        n_transfer = len(data.transfer["input_ids"])
     n_layers = parse_layers(cfg)
     mapped = layer_map(n_layers, teacher_config.num_hidden_layers, getattr(cfg, "layer_map", ""))
     for kind in ("hidden", "attention"):
@@ -172,7 +211,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
         )
     model = nn.ModuleDict({"student": student, "aux": aux}).to(device)
 
-    n = len(train["labels"])
+    n = n_labeled + transfer_count(n_labeled, n_transfer, cfg.transfer_ratio)  # rows per epoch
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = warmup_linear(opt, cfg.epochs * steps_per_epoch, cfg.warmup_ratio)
@@ -193,13 +232,20 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
         "teacher_dev_accuracy": teacher.metrics.get("dev_accuracy", math.nan),
         "threads": threads,
     }
+    if n_transfer:
+        static["transfer_rows_per_epoch"] = n - n_labeled
     analysis_cache: dict[str, Any] = {}  # the teacher's attributions, once per trial
     last_dev: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         sums: dict[str, float] = {}
-        for step, idx in enumerate(batches(n, cfg.batch_size, True, cfg.seed, epoch)):
+        if n_transfer:  # every labeled row + a fresh draw of transfer rows, shuffled together
+            order = mixed_epoch_index(n_labeled, n_transfer, cfg.transfer_ratio, cfg.seed, epoch)
+            epoch_batches = order.split(cfg.batch_size)
+        else:
+            epoch_batches = batches(n, cfg.batch_size, True, cfg.seed, epoch)
+        for step, idx in enumerate(epoch_batches):
             batch = _batch(train, idx, device)
             ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
             with ctx:
@@ -270,10 +316,47 @@ def _take(split: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     return {k: (v[:n] if n else v) for k, v in split.items()}
 
 
+def transfer_count(n_labeled: int, n_transfer: int, ratio: float) -> int:
+    """Transfer rows mixed into each epoch: ratio per labeled row, at most the whole set."""
+    return min(n_transfer, round(ratio * n_labeled))
+
+
+def mixed_epoch_index(
+    n_labeled: int, n_transfer: int, ratio: float, seed: int, epoch: int
+) -> torch.Tensor:
+    """Row ids of one epoch: all labeled rows (0..n_labeled-1) and `transfer_count` transfer
+    rows (n_labeled + j), shuffled together. A pure function of (seed, epoch), so a resumed
+    trial sees the same mix; each epoch draws a different subset of the transfer rows."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    k = transfer_count(n_labeled, n_transfer, ratio)
+    picked = n_labeled + torch.randperm(n_transfer, generator=g)[:k]
+    rows = torch.cat([torch.arange(n_labeled), picked])
+    return rows[torch.randperm(len(rows), generator=g)]
+
+
+def _append_transfer(
+    train: dict[str, torch.Tensor], transfer: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Labeled rows then transfer rows, with a `labeled` mask (transfer labels are -100 and
+    never read: CE is masked to labeled rows, KD applies to all)."""
+    n_lab, n_tr = len(train["labels"]), len(transfer["input_ids"])
+    out = {
+        "labels": torch.cat([train["labels"], torch.full((n_tr,), -100, dtype=torch.long)]),
+        "labeled": torch.cat(
+            [torch.ones(n_lab, dtype=torch.bool), torch.zeros(n_tr, dtype=torch.bool)]
+        ),
+    }
+    for key in ("input_ids", "attention_mask", "teacher_logits"):
+        out[key] = torch.cat([train[key], transfer[key].to(train[key].dtype)])
+    return out
+
+
 def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor, device: torch.device) -> dict:
     ids, mask = trim_padding(data["input_ids"][idx], data["attention_mask"][idx])
     s = ids.shape[1]
     out = {"input_ids": ids.long(), "attention_mask": mask.long(), "labels": data["labels"][idx]}
+    if "labeled" in data:  # False = a teacher-labeled transfer row (no gold label)
+        out["labeled"] = data["labeled"][idx]
     if "teacher_logits" in data:
         out["teacher_logits"] = data["teacher_logits"][idx]
     if "teacher_hidden" in data:  # [B, L, S, H] memmap rows -> trimmed float tensor

@@ -21,24 +21,46 @@ def soft_kd_loss(
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature**2
 
 
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean CE over the rows where `mask` is true (teacher-labeled transfer rows have no gold
+    label); a batch with no such row gives 0. mask=None: plain mean CE over every row."""
+    if mask is None:
+        return F.cross_entropy(logits.float(), labels)
+    mask = mask.bool()
+    safe = torch.where(mask, labels, torch.zeros_like(labels))  # placeholder labels never read
+    ce = F.cross_entropy(logits.float(), safe, reduction="none") * mask
+    return ce.sum() / mask.sum().clamp_min(1)
+
+
 def soft_kd_objective(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     labels: torch.Tensor,
     alpha: float,
     temperature: float,
+    labeled: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """alpha * soft_kd + (1 - alpha) * CE; returns (total, ce, kd). alpha=0 is plain CE."""
-    ce = F.cross_entropy(student_logits.float(), labels)
+    """alpha * soft_kd + (1 - alpha) * CE; returns (total, ce, kd). alpha=0 is plain CE.
+
+    `labeled` (bool [B], optional): CE only over labeled rows; KD over every row."""
+    ce = masked_cross_entropy(student_logits, labels, labeled)
     kd = soft_kd_loss(student_logits, teacher_logits, temperature)
     return alpha * kd + (1.0 - alpha) * ce, ce, kd
 
 
 def hard_kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    labeled: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """alpha * CE(student, teacher argmax) + (1 - alpha) * CE(student, gold); (total, ce, kd)."""
-    ce = F.cross_entropy(student_logits.float(), labels)
+    """alpha * CE(student, teacher argmax) + (1 - alpha) * CE(student, gold); (total, ce, kd).
+
+    `labeled` (bool [B], optional): gold CE only over labeled rows; teacher CE over every row."""
+    ce = masked_cross_entropy(student_logits, labels, labeled)
     kd = F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=-1))
     return alpha * kd + (1.0 - alpha) * ce, ce, kd
 
