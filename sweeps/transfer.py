@@ -1,6 +1,6 @@
 """Transfer-set sweep: soft KD with extra unlabeled text labeled by the teacher.
 
-Soft KD (alpha 0.9, T 4) on fortunes with the dataset's own unlabeled records (~2.7k fortunes
+Soft KD (alpha 0.9, T 4) on fortunes with the dataset's own unlabeled records (~2.0k fortunes
 beyond the 500 per topic) as the transfer set; transfer_ratio = transfer rows mixed into each
 epoch per labeled row (0 = none: the plain soft-KD arm, 0.5, 1). CE uses labeled rows only, KD
 all rows. The teacher labels the transfer texts once, cached in the teacher store.
