@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sweep_helpers import run_sweep_script as _sweep
+from sweep_helpers import sweep_env as _env
 
 from sweeps.space import load_space
 
@@ -29,30 +30,6 @@ needs_tts = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,
     reason="espeak-ng/flite not installed",
 )
-
-
-def _env(cache_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(KDSWEEP_HOME=str(cache_dir), PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
-def _sweep(script: str, tmp: Path, cache_dir: Path, *extra: str, timeout: int = 900):
-    cmd = [
-        PY,
-        str(ROOT / "sweeps" / f"{script}.py"),
-        "--smoke",
-        "--storage",
-        str(tmp / "runs"),
-        "--mlflow-uri",
-        f"sqlite:///{tmp / 'mlruns.db'}",
-        *extra,
-    ]
-    return subprocess.run(
-        cmd, env=_env(cache_dir), capture_output=True, text=True, timeout=timeout, cwd=tmp
-    )
 
 
 def _runs(tmp: Path):
@@ -162,9 +139,8 @@ def test_decode_grid_on_a_trial_checkpoint(tmp_path, cache_dir):
     assert bad.returncode == 2 and "nothing-here" in bad.stderr and "Traceback" not in bad.stderr
 
 
-# ---------------------------------------------------------------- end to end (Ray, slow)
+# ---------------------------------------------------------------- end to end (Ray)
 @needs_tts
-@pytest.mark.slow
 def test_self_distill_smoke(tmp_path, cache_dir):
     res = _sweep("self_distill", tmp_path, cache_dir)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -179,7 +155,6 @@ def test_self_distill_smoke(tmp_path, cache_dir):
 
 
 @needs_tts
-@pytest.mark.slow
 def test_temperature_sweep_task_asr_smoke(tmp_path, cache_dir):
     res = _sweep("temperature", tmp_path, cache_dir, "--task", "asr")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

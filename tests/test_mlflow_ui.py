@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from sweep_helpers import sweep_env as _env
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -37,14 +38,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian chromium (scripts/setup.sh)"),
 ]
-
-
-def _env(cache_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(KDSWEEP_HOME=str(cache_dir), PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def _free_port() -> int:

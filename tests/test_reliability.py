@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
+from sweep_helpers import sweep_cmd
+from sweep_helpers import sweep_env as _env
 
 from sweeps.tracking import Journal
 
@@ -78,26 +78,6 @@ def test_journal_survives_a_line_cut_by_a_kill(tmp_path):
     assert len(Journal(tmp_path / "sweep", "sqlite:///x.db", "e", "").events()) == 7
 
 
-def _env(cache_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(KDSWEEP_HOME=str(cache_dir), PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _cmd(tmp: Path, script: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "sweeps" / f"{script}.py"),
-        "--smoke",
-        "--storage",
-        str(tmp / "runs"),
-        "--mlflow-uri",
-        f"sqlite:///{tmp / 'mlruns.db'}",
-        *extra,
-    ]
-
-
 def test_failing_trial_ends_error_with_reason_and_sweep_goes_on(tmp_path, cache_dir):
     empty = tmp_path / "not_a_checkpoint"
     empty.mkdir()
@@ -107,7 +87,7 @@ def test_failing_trial_ends_error_with_reason_and_sweep_goes_on(tmp_path, cache_
         f"params: {{teacher_checkpoint: {{grid: ['', '{empty}']}}, temperature: 2.0}}\n"
     )
     res = subprocess.run(
-        _cmd(tmp_path, "temperature", "--space", str(space)),
+        sweep_cmd("temperature", tmp_path, "--space", str(space)),
         env=_env(cache_dir),
         capture_output=True,
         text=True,
@@ -128,7 +108,7 @@ def test_failing_trial_ends_error_with_reason_and_sweep_goes_on(tmp_path, cache_
 def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, cache_dir):
     """SIGKILL a trial's worker process mid-trial: Tune restarts it from the last checkpoint."""
     proc = subprocess.Popen(
-        _cmd(tmp_path, "temperature", "epochs=4", "temperature=4", "--no-asha"),
+        sweep_cmd("temperature", tmp_path, "epochs=4", "temperature=4", "--no-asha"),
         env=_env(cache_dir),
         cwd=tmp_path,
         stdout=subprocess.PIPE,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import run_sweep_script as _sweep
+from sweep_helpers import sweep_env as _env
 
 from kdsweep.errors import KDSweepError
 from sweeps.space import load_space, parse_overrides, parse_space
@@ -88,30 +90,6 @@ def test_overrides_parse_yaml_scalars():
 
 
 # ---------------------------------------------------------------- end to end (subprocess)
-def _env(cache_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(KDSWEEP_HOME=str(cache_dir), PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
-def _sweep(script: str, tmp: Path, cache_dir: Path, *extra: str, timeout: int = 900):
-    cmd = [
-        PY,
-        str(ROOT / "sweeps" / f"{script}.py"),
-        "--smoke",
-        "--storage",
-        str(tmp / "runs"),
-        "--mlflow-uri",
-        f"sqlite:///{tmp / 'mlruns.db'}",
-        *extra,
-    ]
-    return subprocess.run(
-        cmd, env=_env(cache_dir), capture_output=True, text=True, timeout=timeout, cwd=tmp
-    )
-
-
 def _runs(tmp: Path) -> list:
     from mlflow.tracking import MlflowClient
 

@@ -38,9 +38,8 @@ def independent(config: dict[str, Any]) -> None:
     run_text_trial(cfg, loss_fn)
 
 
-def soft(config: dict[str, Any]) -> None:
-    """Soft logit KD from cached teacher logits (the teacher never runs here)."""
-    cfg = SoftConfig.from_dict(config)
+def _soft_loss(cfg: SoftConfig):
+    """alpha * T^2 KL + (1 - alpha) * CE on cached teacher logits (soft KD and cascade stages)."""
 
     def loss_fn(out, batch, aux):
         total, ce, kd = soft_kd_objective(
@@ -53,7 +52,13 @@ def soft(config: dict[str, Any]) -> None:
         )
         return total, {"loss_ce": ce, "loss_kd": kd}
 
-    run_text_trial(cfg, loss_fn, Needs(logits=True))
+    return loss_fn
+
+
+def soft(config: dict[str, Any]) -> None:
+    """Soft logit KD from cached teacher logits (the teacher never runs here)."""
+    cfg = SoftConfig.from_dict(config)
+    run_text_trial(cfg, _soft_loss(cfg), Needs(logits=True))
 
 
 def hard(config: dict[str, Any]) -> None:
@@ -115,19 +120,7 @@ def attention(config: dict[str, Any]) -> None:
 def cascade(config: dict[str, Any]) -> None:
     """A cascade stage: soft KD from a previous stage's student (teacher -> s1 -> s2)."""
     cfg = CascadeConfig.from_dict(config)
-
-    def loss_fn(out, batch, aux):
-        total, ce, kd = soft_kd_objective(
-            out.logits,
-            batch["teacher_logits"],
-            batch["labels"],
-            cfg.alpha,
-            cfg.temperature,
-            batch.get("labeled"),  # transfer rows: KD only, no CE
-        )
-        return total, {"loss_ce": ce, "loss_kd": kd}
-
-    run_text_trial(cfg, loss_fn, Needs(logits=True))
+    run_text_trial(cfg, _soft_loss(cfg), Needs(logits=True))
 
 
 TEXT_TRAINABLES = {
