@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup sweep test test-all lint format bench mlflow-ui
+.PHONY: setup sweep test test-fast lint format bench mlflow-ui
 
 setup:
 	@bash scripts/setup.sh
@@ -11,11 +11,13 @@ setup:
 sweep: setup
 	$(PY) sweeps/temperature.py
 
+# The whole suite, slow end-to-end tests included (two-node Ray cluster, PostgreSQL, Chromium):
+# what CI runs. `make test-fast` (= plain `pytest`) skips the tests marked slow.
 test: setup
-	$(PY) -m pytest -q
-
-test-all: setup
 	$(PY) -m pytest -q -m ""
+
+test-fast: setup
+	$(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
