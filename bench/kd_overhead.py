@@ -83,7 +83,7 @@ def run_variant(variant: str, cfg: dict[str, Any], cpus: float = 1.0) -> dict[st
 
 
 def run(quick: bool = False, rounds: int | None = None) -> list[common.Result]:
-    rounds = rounds or (2 if quick else 3)
+    rounds = rounds or 2
     cfg = common.base_config(quick, epochs=2)  # the naive trial is ~5x slower: keep it short
     common.ensure_teacher(quick)
     variants = ["independent", "soft", "naive"]
@@ -132,7 +132,7 @@ def run(quick: bool = False, rounds: int | None = None) -> list[common.Result]:
 def main(argv: list[str] | None = None) -> list[common.Result]:
     common.setup_env()
     p = common.parser(__doc__)
-    p.add_argument("--rounds", type=int, help="interleaved repeats (default 3, quick 2)")
+    p.add_argument("--rounds", type=int, help="interleaved repeats (default 2)")
     args = p.parse_args(argv)
     results = run(args.quick, args.rounds)
     common.finish(results, args.json)

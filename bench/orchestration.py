@@ -1,18 +1,18 @@
 """Orchestration overhead: the same trials as a kdsweep sweep vs plain Python loops.
 
-    python bench/orchestration.py [--quick] [--rounds N] [--epochs E]
+    python bench/orchestration.py [--quick] [--rounds N] [--epochs E] [--both]
 
-The same 4 soft-KD trials (T in {1, 2, 4, 8}, 1 CPU each), three ways, each timed from process
-start to exit, interleaved (the order rotates every round):
+The same 4 soft-KD trials (T in {1, 2, 4, 8}, 6 epochs, 1 CPU each), each way timed from process
+start to exit, interleaved (the order rotates every round), 2 rounds:
 
 - plain: 2 Python processes in parallel (= the sweep's 2 slots on 2 cores), each running 2
-  trials one after the other with `local_session` (no Ray, no MLflow, no checkpoints kept);
+  trials one after the other with `local_session` (no Ray, no MLflow);
 - sweep: `sweeps/temperature.py --no-asha --no-test` (Ray Tune, MLflow, checkpoints, summary)
-  with `reuse_actors=False` (a fresh Ray worker per trial);
-- sweep+reuse: the same with `reuse_actors=True` (a slot's worker runs its next trial).
+  with `reuse_actors` as sweeps/common.py ships it (True: a slot's Ray worker runs its next
+  trial); `--both` also runs the other setting (False: a fresh Ray worker per trial).
 
-The sweep variants run through a small driver that forces `reuse_actors` in `tune.TuneConfig`,
-so both are measured whatever sweeps/common.py ships. Ratio = sweep wall / plain wall.
+The sweeps run through a small driver that forces `reuse_actors` in `tune.TuneConfig`, so either
+setting can be measured whatever sweeps/common.py ships. Ratio = sweep wall / plain wall.
 Goal <= 1.10x for trials of 30 s or more (known fixed costs: `ray.init` 5-6 s, a Ray trial worker
 5-7 s to start on 2 cores).
 """
@@ -113,67 +113,72 @@ def run_sweep(cfg: dict[str, Any], work: Path, reuse: bool, tag: str) -> tuple[f
 
 
 def run(
-    quick: bool = False, rounds: int | None = None, epochs: int | None = None
+    quick: bool = False, rounds: int | None = None, epochs: int | None = None, both: bool = False
 ) -> list[common.Result]:
-    rounds = rounds or 1
-    epochs = epochs or (2 if quick else 7)
+    rounds = rounds or 2
+    epochs = epochs or (2 if quick else 6)
     cfg = common.base_config(quick, epochs=epochs)
     common.ensure_teacher(quick)
     work = common.bench_dir("orchestration")
+    shipped = _shipped_reuse()
+    # The sweep as shipped; --both also measures the other reuse_actors setting.
+    sweeps = [shipped, not shipped] if both else [shipped]
+    variants = ["plain"] + [_name(r) for r in sweeps]
     print(
         f"orchestration: {len(TEMPS)} soft-KD trials x {epochs} epochs "
-        f"({cfg.get('data_subset') or 'all'} train examples), {SLOTS} slots, {rounds} round(s)"
+        f"({cfg.get('data_subset') or 'all'} train examples), {SLOTS} slots, {rounds} round(s): "
+        + ", ".join(variants)
     )
-    variants = ["plain", "sweep", "sweep+reuse"]
     walls: dict[str, list[float]] = {v: [] for v in variants}
+    ratios: dict[str, list[float]] = {v: [] for v in variants[1:]}
     trial_walls: list[float] = []
-    r_plain, r_reuse = [], []
     for i in range(rounds):
-        order = variants[i % 3 :] + variants[: i % 3]
+        k = i % len(variants)
         got = {}
-        for v in order:
+        for v in variants[k:] + variants[:k]:  # rotate the order: no position bias
             if v == "plain":
                 got[v], rows = run_plain(cfg, work)
                 trial_walls += [r["wall"] for r in rows]
             else:
-                got[v], sweep_dir = run_sweep(cfg, work, v == "sweep+reuse", f"{v}-{i}")
+                got[v], sweep_dir = run_sweep(cfg, work, v == _name(True), f"{v}-{i}")
                 trials = common.read_trials(sweep_dir)
                 assert len(trials) == len(TEMPS), trials
                 assert all(t["status"] == "finished" for t in trials), trials
             walls[v].append(got[v])
-        r_plain.append(got["sweep"] / got["plain"])
-        r_reuse.append(got["sweep+reuse"] / got["plain"])
+        for v in ratios:
+            ratios[v].append(got[v] / got["plain"])
         print(
             f"  round {i + 1}: wall s "
             + ", ".join(f"{v} {got[v]:.1f}" for v in variants)
-            + f" -> sweep/plain {r_plain[-1]:.3f}, sweep+reuse/plain {r_reuse[-1]:.3f}"
+            + " -> "
+            + ", ".join(f"{v}/plain {ratios[v][-1]:.3f}" for v in ratios)
         )
     trial_s = common.median(trial_walls)
-    shipped = _shipped_reuse()
     goal = f"{GOAL[0]} {GOAL[1]:.2f}x"
     detail = f"trials ~{trial_s:.0f} s each (plain loop, median); walls (median s): " + ", ".join(
         f"{v} {common.median(walls[v]):.0f}" for v in variants
     )
+    if trial_s < 30 and not quick:
+        detail += "; NOTE trials shorter than the 30 s the goal assumes"
     rows = []
-    for label, ratios, reuse in (
-        ("reuse_actors=False", r_plain, False),
-        ("reuse_actors=True", r_reuse, True),
-    ):
-        r = common.median(ratios)
-        mark = " (shipped)" if reuse == shipped else ""
+    for reuse in sweeps:
+        r = common.median(ratios[_name(reuse)])
+        is_shipped = reuse == shipped
         rows.append(
             common.Result(
                 "orchestration",
-                f"sweep {label}{mark} / plain loops, wall",
+                f"sweep reuse_actors={reuse}{' (shipped)' if is_shipped else ''} / plain, wall",
                 r,
-                goal if reuse == shipped else "",
-                common.check(r, *GOAL) if reuse == shipped else None,
-                detail if reuse == shipped else "",
+                goal if is_shipped else "",
+                common.check(r, *GOAL) if is_shipped else None,
+                detail if is_shipped else "",
             )
         )
-    if trial_s < 30 and not quick:
-        rows[-1].detail += "; NOTE trials shorter than the 30 s the goal assumes"
     return rows
+
+
+def _name(reuse: bool) -> str:
+    return "sweep+reuse" if reuse else "sweep"
 
 
 def _shipped_reuse() -> bool:
@@ -194,10 +199,11 @@ def main(argv: list[str] | None = None) -> list[common.Result] | None:
         sweep_driver(argv[1] == "1", argv[argv.index("--") + 1 :])
         return None
     p = common.parser(__doc__)
-    p.add_argument("--rounds", type=int, help="interleaved repeats (default 1)")
-    p.add_argument("--epochs", type=int, help="epochs per trial (default 7, quick 2)")
+    p.add_argument("--rounds", type=int, help="interleaved repeats (default 2)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default 6, quick 2)")
+    p.add_argument("--both", action="store_true", help="also the other reuse_actors setting")
     args = p.parse_args(argv)
-    results = run(args.quick, args.rounds, args.epochs)
+    results = run(args.quick, args.rounds, args.epochs, args.both)
     common.finish(results, args.json)
     return results
 

@@ -9,7 +9,7 @@ every batch (alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE), and
 CPU per trial (2 at a time on 2 cores). It gets the same data (kdsweep's tokens, padded per batch
 to the longest sequence like DataCollatorWithPadding), the same fine-tuned teacher (from the
 teacher store: fine-tuning is excluded on both sides), the same randomly initialized L2-H128
-student, lr, batch size, warm-up/linear decay, grad clipping and epochs.
+student, lr, batch size, warm-up/linear decay, grad clipping and epochs (640 training examples).
 
 kdsweep: `python sweeps/temperature.py --no-asha --no-test --cpus-per-trial 1` with the same
 settings (every trial to the last epoch, like the peer).
@@ -193,7 +193,9 @@ def run_kdsweep(cfg: dict[str, Any], work: Path, tag: str) -> tuple[float, dict]
 
 def run(quick: bool = False, rounds: int | None = None, epochs: int | None = None) -> list:
     rounds = rounds or 1
-    cfg = common.base_config(quick, **({"epochs": epochs} if epochs else {}))
+    # 640 training examples (dev stays whole): the peer's teacher forwards dominate the budget
+    cfg = common.base_config(quick, **({} if quick else {"data_subset": 640}))
+    cfg.update({"epochs": epochs} if epochs else {})
     common.ensure_teacher(quick)
     work = common.bench_dir("peer_hf_trainer")
     print(
