@@ -2,7 +2,7 @@
 
     python bench/orchestration.py [--quick] [--rounds N] [--epochs E] [--both]
 
-The same 4 soft-KD trials (T in {1, 2, 4, 8}, 6 epochs, 1 CPU each), each way timed from process
+The same 4 soft-KD trials (T in {1, 2, 4, 8}, 8 epochs, 1 CPU each), each way timed from process
 start to exit, interleaved (the order rotates every round), 2 rounds:
 
 - plain: 2 Python processes in parallel (= the sweep's 2 slots on 2 cores), each running 2
@@ -116,7 +116,7 @@ def run(
     quick: bool = False, rounds: int | None = None, epochs: int | None = None, both: bool = False
 ) -> list[common.Result]:
     rounds = rounds or 2
-    epochs = epochs or (2 if quick else 6)
+    epochs = epochs or (2 if quick else 8)
     cfg = common.base_config(quick, epochs=epochs)
     common.ensure_teacher(quick)
     work = common.bench_dir("orchestration")
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[common.Result] | None:
         return None
     p = common.parser(__doc__)
     p.add_argument("--rounds", type=int, help="interleaved repeats (default 2)")
-    p.add_argument("--epochs", type=int, help="epochs per trial (default 6, quick 2)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default 8, quick 2)")
     p.add_argument("--both", action="store_true", help="also the other reuse_actors setting")
     args = p.parse_args(argv)
     results = run(args.quick, args.rounds, args.epochs, args.both)
