@@ -5,7 +5,9 @@ Layout of one entry (`<root>/<id>/`):
     meta.json           recipe, data fingerprint, label names, dev/test metrics, seconds
     logits_<split>.npy  float32 [N, K]: soft/hard KD trials read these and never run the teacher
     logits_transfer_<key>.npy  the same for a transfer set (key = hash of its tokens)
-    feat_<...>.npy      float16 hidden states / attention maps, built lazily once per layer set
+    feat_<kind>_<split>_<layers>.npy  float16 hidden states / attention maps, built lazily
+                        once per layer set
+    feat_<kind>_transfer_<key>_<layers>.npy  the same for a transfer set (hidden/attention KD)
 
 The id hashes (recipe, data fingerprint): the same backbone, data and recipe always map to the
 same entry, so a second sweep reuses the teacher instead of retraining it.
@@ -110,6 +112,14 @@ class StoredTeacher:
                 if not path.is_file():
                     self._build_features(path, kind, layers, tokens)
         return np.load(path, mmap_mode="r")
+
+    def transfer_features(
+        self, key: str, kind: str, layers: list[int], tokens: dict[str, torch.Tensor]
+    ) -> np.ndarray:
+        """`features` of a transfer set (content key `key`, as in `transfer_logits`): the same
+        float16 memmap, built once under a lock and published atomically, padded to the
+        transfer tokens' own length S (which need not be the train split's)."""
+        return self.features(f"transfer_{key}", kind, layers, tokens)
 
     @torch.no_grad()
     def _build_features(

@@ -54,6 +54,8 @@ SMOKE = {
 }
 # Smoke keeps these asr sizes fixed even where the YAML varies them (like `student` for text).
 ASR_SIZES = ("n_utterances", "layers", "hidden", "teacher_layers", "teacher_hidden")
+# Not *.json: Tune's restore re-uploads a stale copy of every *.json in the experiment folder.
+RAY_PIDS = "ray_pids.txt"
 MODE_OF_METRIC = {METRIC[t]: MODE[t] for t in METRIC}  # best first in tables
 # Short labels for run names: "soft T=4 a=0.9 L2-H128 s0".
 SHORT = {"temperature": "T", "alpha": "a", "seed": "s", "lr": "lr", "data_subset": "n"}
@@ -131,8 +133,6 @@ def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
             task = (yaml.safe_load(raw_path.read_text()) or {}).get("task", "text")
         except (OSError, yaml.YAMLError, AttributeError):
             task = "text"  # load_space below reports the real problem
-    if args.smoke:
-        overrides.update(SMOKE.get(task, {}))
     if args.task:
         overrides["task"] = args.task
     for flag in ("dataset", "teacher", "student"):
@@ -143,6 +143,11 @@ def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
         overrides["epochs"] = args.max_epochs
     overrides.update(parse_overrides(args.overrides))
     overrides["cache_dir"] = str(cache_root(overrides.get("cache_dir", "")))
+    if args.smoke:
+        # The real sweep's space is validated too: a smoke run must not hide a bad YAML value
+        # that its preset happens to replace (e.g. `lr: abc`).
+        load_space(args.space, overrides, seeds=args.seeds)
+        overrides = {**SMOKE.get(task, {}), **overrides}
     space = load_space(args.space, overrides, seeds=args.seeds)
     if args.smoke:
         # Smoke fixes what would make it slow even if the YAML varies it.
@@ -155,6 +160,20 @@ def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
     elif args.smoke:
         space.num_samples = min(space.num_samples, 2 if space.uses_optuna else 1)
     return space
+
+
+def space_diff(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """'key: old -> new' for what differs between two saved spaces (fixed values, dists, ...)."""
+
+    def flat(d: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in d.items() if k not in ("fixed", "dists")}
+        out.update(d.get("fixed", {}))
+        out.update({k: f"{kind} {vals}" for k, (kind, vals) in d.get("dists", {}).items()})
+        return out
+
+    a, b = flat(before), flat(now)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "(unset)") != b.get(k, "(unset)"))
+    return "; ".join(f"{k}: {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in keys)
 
 
 def overrides_cli(args: argparse.Namespace) -> set[str]:
@@ -290,7 +309,8 @@ def run_sweep(
         if before != now:
             raise KDSweepError(
                 f"--resume: the search space of {path} changed since the sweep started "
-                f"(was {before}, now {now}); restore the YAML/overrides or use --fresh"
+                f"({space_diff(before, now)}); restore the YAML/overrides, or use --fresh "
+                "(a new sweep beside this one, whose results stay)"
             )
     print(f"[kdsweep] sweep {sweep}: {'resuming' if restorable else 'starting'} ({path})")
     prep = prepare(space)  # bad data/teacher fails here, before anything is written
@@ -327,7 +347,7 @@ def run_sweep(
         max_epochs=max_t,
     )
 
-    cluster = init_ray(args, path / "ray_pids.json", res)
+    cluster = init_ray(args, path / RAY_PIDS, res)
     try:
         slots = int(cluster.get("CPU", 1) // res["cpu"])
         if res["gpu"]:
@@ -381,7 +401,7 @@ def run_sweep(
 
         if ray.is_initialized():
             ray.shutdown()
-        ray_procs.forget(path / "ray_pids.json")
+        ray_procs.forget(path / RAY_PIDS)
 
     ended = {
         ev["trial"]: ev["status"]

@@ -110,6 +110,15 @@ class SweepSpace:
         return space
 
 
+def _yaml_reason(e: yaml.YAMLError) -> str:
+    """One line: where (1-based line/column) and what, instead of PyYAML's caret drawing."""
+    mark = getattr(e, "problem_mark", None)
+    what = " ".join(str(getattr(e, "problem", None) or e).split())
+    context = getattr(e, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return f"{where}{what}" + (f" ({' '.join(context.split())})" if context else "")
+
+
 def load_space(
     name_or_path: str, overrides: dict[str, Any] | None = None, seeds: int = 0
 ) -> SweepSpace:
@@ -122,7 +131,7 @@ def load_space(
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise KDSweepError(f"search space {path}: invalid YAML: {e}") from None
+        raise KDSweepError(f"search space {path}: invalid YAML: {_yaml_reason(e)}") from None
     return parse_space(raw, str(path), overrides or {}, seeds)
 
 

@@ -47,7 +47,13 @@ class Journal:
         self.dir = Path(sweep_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "mlflow_journal.jsonl"
-        self.state_path = self.dir / "mlflow_sync.json"
+        # Not *.json: on restore Ray Tune copies every *.json/*.pkl of the experiment folder to
+        # its staging dir and later uploads that stale copy back over ours (seen as an empty or
+        # rewound cursor after a SIGKILL + resume, i.e. events sent twice).
+        self.state_path = self.dir / "mlflow_sync.state"
+        legacy = self.dir / "mlflow_sync.json"  # sweeps started by kdsweep <= 0.1
+        if legacy.is_file() and not self.state_path.is_file():
+            os.replace(legacy, self.state_path)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.artifact_root = artifact_root
@@ -191,6 +197,8 @@ class Journal:
             metrics = [Metric(k, float(v), ev["ts"], ev["step"]) for k, v in ev["metrics"].items()]
             for i in range(0, len(metrics), 500):
                 client.log_batch(state["runs"][trial], metrics=metrics[i : i + 500])
+        elif kind == "resumed":
+            client.set_tag(state["runs"][trial], "kdsweep.resumed_from_epoch", ev["from_epoch"])
         elif kind == "end":
             run = state["runs"][trial]
             tags = [RunTag(k, str(v)[:5000]) for k, v in ev.get("tags", {}).items()]
@@ -236,6 +244,15 @@ class MlflowTrialCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        if result.get("iterations_since_restore") == 1 and epoch > 1:
+            # First epoch after a restore (driver resumed, or worker retried): record what the
+            # checkpoint held against what was already logged, i.e. the epochs of work redone.
+            self.journal.append(
+                ev="resumed",
+                trial=trial.trial_id,
+                from_epoch=epoch - 1,
+                logged_epoch=self.journal.last_epoch.get(trial.trial_id, 0),
+            )
         if epoch <= self.journal.last_epoch.get(trial.trial_id, 0):
             return  # re-reported after a resume: already logged
         self.journal.last_epoch[trial.trial_id] = epoch

@@ -140,3 +140,49 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, cache_dir)
     assert len(child) == 1 and child[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(child[0].info.run_id, "epoch")]
     assert steps == [1, 2, 3, 4]  # no epoch logged twice, none missing
+
+
+def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(small_text, tmp_path, monkeypatch):
+    """ENOSPC in epoch 2's checkpoint: a clear error, no half-written checkpoint, epoch 1's
+    checkpoint intact, and the trial resumed from it ends exactly like an uninterrupted one."""
+    import errno
+
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    import trainables.checkpointing as ckpt_mod
+    import trainables.text as text_mod
+    from kdsweep.errors import KDSweepError
+    from trainables.tune_io import local_session
+
+    cfg = {**small_text, "student": "L2-H128", "student_init": "random", "lr": 3e-3}
+    cfg.update(attribution_examples=0, epochs=2, data_subset=64)
+    with local_session(tmp_path / "straight") as straight:
+        text_mod.soft(cfg)
+
+    real_save, calls, scratch = ckpt_mod.torch.save, [], []
+
+    def save_until_disk_full(obj, f, *a, **k):
+        calls.append(f)
+        if len(calls) == 2:  # epoch 2's state.pt: the disk fills up mid-checkpoint
+            scratch.append(Path(f).parent)
+            Path(f).write_bytes(b"\0" * 100)  # a partial file, as a real ENOSPC leaves
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", save_until_disk_full)
+    with local_session(tmp_path / "full") as full, pytest.raises(KDSweepError) as e:
+        text_mod.soft(cfg)
+    monkeypatch.undo()
+    msg = str(e.value)
+    assert "disk full" in msg and "epoch 2" in msg and str(scratch[0]) in msg, msg
+    assert not scratch[0].exists()  # the half-written checkpoint is gone
+    assert [r["epoch"] for r in full.results] == [1] and len(full.checkpoints) == 1
+    load_file(str(full.checkpoints[0] / "model.safetensors"))  # epoch 1's checkpoint loads
+    torch.load(full.checkpoints[0] / "state.pt", weights_only=True)
+
+    with local_session(tmp_path / "resumed", restore_from=full.checkpoints[0]) as resumed:
+        text_mod.soft(cfg)
+    assert [r["epoch"] for r in resumed.results] == [2]
+    assert resumed.results[0]["dev_accuracy"] == straight.results[1]["dev_accuracy"]

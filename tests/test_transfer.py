@@ -18,7 +18,7 @@ from kdsweep.errors import KDSweepError
 from kdsweep.losses.logits import masked_cross_entropy, soft_kd_objective
 from kdsweep.teacher_store import StoredTeacher
 from trainables.text import TEXT_TRAINABLES
-from trainables.text_config import AttentionConfig, HiddenConfig, SoftConfig, TextConfig
+from trainables.text_config import SoftConfig, TextConfig
 from trainables.text_loop import mixed_epoch_index, prepare_text, transfer_count
 from trainables.tune_io import local_session
 
@@ -101,8 +101,6 @@ def test_mixed_epoch_index_is_deterministic_and_keeps_every_labeled_row():
     "cls, extra, needle",
     [
         (TextConfig, {"transfer_set": "unlabeled"}, "TextConfig cannot use a transfer set"),
-        (HiddenConfig, {"transfer_set": "unlabeled"}, "HiddenConfig cannot"),
-        (AttentionConfig, {"transfer_set": "augment"}, "AttentionConfig cannot"),
         (SoftConfig, {"transfer_set": "unlabelled"}, "unknown source 'unlabelled'"),
         (SoftConfig, {"transfer_set": "extra.docx"}, "unknown source"),
         (SoftConfig, {"transfer_ratio": -1}, "transfer_ratio"),

@@ -10,7 +10,9 @@ One checkpoint directory holds:
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +25,36 @@ from kdsweep.errors import KDSweepError
 def save_state(
     ckpt: Path, model, opt, sched, scaler, epoch: int, train_seconds: float, cfg: Any
 ) -> None:
-    """Write weights, training state and config into the directory `ckpt`."""
+    """Write weights, training state and config into the directory `ckpt`.
+
+    A failed write (disk full, quota, I/O error) removes the half-written directory and raises
+    a `KDSweepError` saying so: the previous epoch's checkpoint, already in the trial's storage,
+    is untouched, and Tune's retry (or the next run) resumes from it.
+    """
     ckpt = Path(ckpt)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors")
-    )
-    state = {
-        "epoch": epoch,
-        "train_seconds": train_seconds,
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    torch.save(state, ckpt / "state.pt")
-    (ckpt / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    try:
+        weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(ckpt / "model.safetensors"))
+        state = {
+            "epoch": epoch,
+            "train_seconds": train_seconds,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        torch.save(state, ckpt / "state.pt")
+        (ckpt / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    except (OSError, RuntimeError) as e:  # torch.save wraps ENOSPC in a RuntimeError
+        shutil.rmtree(ckpt, ignore_errors=True)
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        full = full or "No space left" in str(e) or "file write failed" in str(e)
+        what = "disk full" if full else f"{type(e).__name__}: {e}"
+        raise KDSweepError(
+            f"checkpoint of epoch {epoch}: cannot write {ckpt} ({what}); the checkpoint of "
+            f"epoch {epoch - 1} is kept and the trial resumes from it once there is space"
+        ) from e
 
 
 def load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:

@@ -13,6 +13,7 @@ from kdsweep.losses.logits import (
     attention_kd_loss,
     hard_kd_loss,
     hidden_mse_loss,
+    masked_cross_entropy,
     soft_kd_loss,
     soft_kd_objective,
 )
@@ -79,7 +80,8 @@ def hidden(config: dict[str, Any]) -> None:
     cfg = HiddenConfig.from_dict(config)
 
     def loss_fn(out, batch, aux):
-        ce = F.cross_entropy(out.logits.float(), batch["labels"])
+        # Transfer rows have no gold label: CE over labeled rows, MSE and soft KD over all.
+        ce = masked_cross_entropy(out.logits, batch["labels"], batch.get("labeled"))
         mask = batch["attention_mask"]
         # hidden_states[0] is the embedding output; student layer i is hidden_states[i].
         mse = sum(
@@ -101,7 +103,8 @@ def attention(config: dict[str, Any]) -> None:
     cfg = AttentionConfig.from_dict(config)
 
     def loss_fn(out, batch, aux):
-        ce = F.cross_entropy(out.logits.float(), batch["labels"])
+        # Transfer rows have no gold label: CE over labeled rows, attention KL and soft KD over all.
+        ce = masked_cross_entropy(out.logits, batch["labels"], batch.get("labeled"))
         mask = batch["attention_mask"]
         att = sum(
             attention_kd_loss(a.mean(dim=1), batch["teacher_attention"][:, i], mask)

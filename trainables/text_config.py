@@ -43,6 +43,9 @@ class TextConfig(BaseConfig):
 
     # Which conditions can learn from teacher-labeled transfer text (no labels there).
     TRANSFER_OK: ClassVar[bool] = False
+    # Cached teacher features ("hidden", "attention") the condition reads; prepare_text builds
+    # them for a transfer set once, before any trial.
+    TEACHER_FEATURES: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,8 +56,8 @@ class TextConfig(BaseConfig):
         if self.transfer_set and not self.TRANSFER_OK:
             raise KDSweepError(
                 f"field 'transfer_set': {type(self).__name__} cannot use a transfer set; only "
-                "soft, hard and cascade can (independent has no teacher to label the texts; "
-                "hidden/attention teacher features are not cached for transfer texts)"
+                "soft, hard, hidden, attention and cascade can (independent has no teacher to "
+                "label the texts)"
             )
         if self.dataset not in BUILTIN and not self.dataset:
             raise KDSweepError("field 'dataset' is empty")
@@ -124,8 +127,8 @@ class HiddenConfig(SoftConfig):
     hidden_weight: float = 1.0
     layer_map: str = ""  # "" = uniform (student layer i -> teacher layer ceil(i*Lt/Ls)); "3,6"
 
-    # Teacher hidden states are not cached for transfer texts (soft/hard/cascade only).
-    TRANSFER_OK: ClassVar[bool] = False
+    TRANSFER_OK: ClassVar[bool] = True  # teacher hidden states of transfer texts are cached too
+    TEACHER_FEATURES: ClassVar[tuple[str, ...]] = ("hidden",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -140,7 +143,8 @@ class AttentionConfig(SoftConfig):
     attention_weight: float = 1.0
     layer_map: str = ""
 
-    TRANSFER_OK: ClassVar[bool] = False  # teacher attention maps are not cached for transfer texts
+    TRANSFER_OK: ClassVar[bool] = True  # teacher attention maps of transfer texts are cached too
+    TEACHER_FEATURES: ClassVar[tuple[str, ...]] = ("attention",)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -75,8 +77,50 @@ class TextData:
     tokens: dict[str, dict[str, torch.Tensor]]
     teacher: StoredTeacher
     teacher_hit: bool
-    # Transfer set: input_ids / attention_mask / teacher_logits (None without one).
-    transfer: dict[str, torch.Tensor] | None = None
+    # Transfer set: input_ids / attention_mask / teacher_logits, and for hidden/attention KD
+    # teacher_hidden / teacher_attention (float16 memmaps [N, L, S, .]); None without one.
+    transfer: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """Cached teacher features of a trial's rows: the train split's memmap, then (with a
+    transfer set) the transfer set's, read in place (never concatenated in memory).
+
+    Each part is float16 [N_i, L, S_i, H] (hidden) or [N_i, L, S_i, S_i] (attention, `square`)
+    padded to its own tokens' length S_i, which may differ between train and transfer rows.
+    """
+
+    parts: tuple[np.ndarray, ...]
+    square: bool  # attention maps: the key axis is trimmed/padded like the query axis
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def take(self, idx: np.ndarray, s: int) -> torch.Tensor:
+        """Rows `idx` (of the concatenation) as float32, cut or zero-padded to length s.
+
+        Positions past a part's S_i lie past every real token of its rows (S_i is their padded
+        width), so the zeros land only on masked positions: hidden MSE ignores them, and for
+        an attention row a zero key column is the probability the teacher gave that padded
+        key (softmax of a masked logit is exactly 0), so real query rows still sum to 1.
+        """
+        idx = np.asarray(idx)
+        first = self.parts[0]
+        width = s if self.square else first.shape[3]
+        out = np.zeros((len(idx), first.shape[1], s, width), dtype=np.float32)
+        start = 0
+        for part in self.parts:
+            sel = (idx >= start) & (idx < start + len(part))
+            if sel.any():
+                k = min(s, part.shape[2])
+                rows = part[idx[sel] - start]  # a memmap reads only these rows
+                if self.square:
+                    out[sel, :, :k, :k] = rows[:, :, :k, :k]
+                else:
+                    out[sel, :, :k] = rows[:, :, :k]
+            start += len(part)
+        return torch.from_numpy(out)
 
 
 def prepare_text(cfg: TextConfig, log: Callable[[str], None] = print) -> TextData:
@@ -111,10 +155,11 @@ def prepare_transfer(
     tokenizer_dir: str,
     teacher: StoredTeacher,
     cache: Path,
-) -> dict[str, torch.Tensor] | None:
-    """The transfer set's tokens + teacher logits, both cached by content: the teacher labels
-    a transfer set once (under a lock), never inside later trials. Prepared even at
-    transfer_ratio 0, so a sweep's driver labels it before any trial starts."""
+) -> dict[str, Any] | None:
+    """The transfer set's tokens + teacher logits (+ the hidden states / attention maps of the
+    mapped layers for hidden/attention KD), all cached by content: the teacher labels a
+    transfer set once (under a lock), never inside later trials, which read the cache.
+    Prepared even at transfer_ratio 0, so a sweep's driver labels it before any trial starts."""
     if not cfg.transfer_set:
         return None
     if cfg.transfer_set == "augment":
@@ -131,7 +176,16 @@ def prepare_transfer(
             cfg.split_seed,
         )
         out = tokenize_texts(texts, tokenizer_dir, cfg.max_len, cache)
-    return {**out, "teacher_logits": teacher.transfer_logits(tokens_key(out), out)}
+    key = tokens_key(out)
+    result: dict[str, Any] = {**out, "teacher_logits": teacher.transfer_logits(key, out)}
+    if cfg.TEACHER_FEATURES:
+        from transformers import AutoConfig
+
+        teacher_layers = AutoConfig.from_pretrained(teacher.model_dir).num_hidden_layers
+        mapped = layer_map(parse_layers(cfg), teacher_layers, getattr(cfg, "layer_map", ""))
+        for kind in cfg.TEACHER_FEATURES:
+            result[f"teacher_{kind}"] = teacher.transfer_features(key, kind, mapped, out)
+    return result
 
 
 def cascade_teacher(
@@ -181,16 +235,16 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
     if needs.logits:  # cached logits, aligned row by row with the tokenized split
         train["teacher_logits"] = teacher.logits("train")[: len(train["labels"])]
     n_labeled = len(train["labels"])
-    n_transfer = 0
-    if data.transfer is not None and cfg.transfer_ratio > 0:  # appended after the labeled rows
-        train = _append_transfer(train, data.transfer)
-        n_transfer = len(data.transfer["input_ids"])
     n_layers = parse_layers(cfg)
     mapped = layer_map(n_layers, teacher_config.num_hidden_layers, getattr(cfg, "layer_map", ""))
     for kind in ("hidden", "attention"):
         if getattr(needs, kind):
             feats = teacher.features("train", kind, mapped, data.tokens["train"])
-            train[f"teacher_{kind}"] = feats[: len(train["labels"])]
+            train[f"teacher_{kind}"] = FeatureRows((feats[:n_labeled],), kind == "attention")
+    n_transfer = 0
+    if data.transfer is not None and cfg.transfer_ratio > 0:  # appended after the labeled rows
+        train = _append_transfer(train, data.transfer)
+        n_transfer = len(data.transfer["input_ids"])
 
     # ---- student (+ projections for hidden-state KD)
     teacher_model = teacher.load_model() if cfg.student_init == "teacher" else None
@@ -334,11 +388,10 @@ def mixed_epoch_index(
     return rows[torch.randperm(len(rows), generator=g)]
 
 
-def _append_transfer(
-    train: dict[str, torch.Tensor], transfer: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
+def _append_transfer(train: dict[str, Any], transfer: dict[str, Any]) -> dict[str, Any]:
     """Labeled rows then transfer rows, with a `labeled` mask (transfer labels are -100 and
-    never read: CE is masked to labeled rows, KD applies to all)."""
+    never read: CE is masked to labeled rows, KD applies to all). Only what the condition reads
+    (present in `train`) is appended; teacher features stay two memmaps (FeatureRows)."""
     n_lab, n_tr = len(train["labels"]), len(transfer["input_ids"])
     out = {
         "labels": torch.cat([train["labels"], torch.full((n_tr,), -100, dtype=torch.long)]),
@@ -346,12 +399,24 @@ def _append_transfer(
             [torch.ones(n_lab, dtype=torch.bool), torch.zeros(n_tr, dtype=torch.bool)]
         ),
     }
-    for key in ("input_ids", "attention_mask", "teacher_logits"):
-        out[key] = torch.cat([train[key], transfer[key].to(train[key].dtype)])
+    # Token rows may be padded to different widths (train vs transfer): pad the narrower ones
+    # with 0 (attention_mask 0, so never attended to; _batch trims every batch anyway).
+    width = max(train["input_ids"].shape[1], transfer["input_ids"].shape[1])
+    for key in ("input_ids", "attention_mask"):
+        a, b = train[key], transfer[key].to(train[key].dtype)
+        out[key] = torch.cat([F.pad(a, (0, width - a.shape[1])), F.pad(b, (0, width - b.shape[1]))])
+    if "teacher_logits" in train:
+        out["teacher_logits"] = torch.cat([train["teacher_logits"], transfer["teacher_logits"]])
+    for key in ("teacher_hidden", "teacher_attention"):
+        if key in train:
+            if key not in transfer:
+                raise KDSweepError(f"transfer set: {key} was not prepared for this condition")
+            rows = train[key]
+            out[key] = FeatureRows((*rows.parts, transfer[key]), rows.square)
     return out
 
 
-def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor, device: torch.device) -> dict:
+def _batch(data: dict[str, Any], idx: torch.Tensor, device: torch.device) -> dict:
     ids, mask = trim_padding(data["input_ids"][idx], data["attention_mask"][idx])
     s = ids.shape[1]
     out = {"input_ids": ids.long(), "attention_mask": mask.long(), "labels": data["labels"][idx]}
@@ -359,12 +424,9 @@ def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor, device: torch.devic
         out["labeled"] = data["labeled"][idx]
     if "teacher_logits" in data:
         out["teacher_logits"] = data["teacher_logits"][idx]
-    if "teacher_hidden" in data:  # [B, L, S, H] memmap rows -> trimmed float tensor
-        rows = data["teacher_hidden"][idx.numpy()][:, :, :s]
-        out["teacher_hidden"] = torch.from_numpy(rows.astype("float32"))
-    if "teacher_attention" in data:
-        rows = data["teacher_attention"][idx.numpy()][:, :, :s, :s]
-        out["teacher_attention"] = torch.from_numpy(rows.astype("float32"))
+    for key in ("teacher_hidden", "teacher_attention"):  # FeatureRows -> [B, L, s, H | s]
+        if key in data:
+            out[key] = data[key].take(idx.numpy(), s)
     return {k: v.to(device) for k, v in out.items()}
 
 

@@ -1,0 +1,270 @@
+"""Kill the sweep driver at random points, resume each time, and check that nothing was lost.
+
+    python scripts/kill_resume.py                      # 10 kills of `temperature --smoke`
+    python scripts/kill_resume.py --kills 5 --seed 1   # CI size (tests/test_kill_resume.py)
+    python scripts/kill_resume.py --script alpha -- epochs=3
+
+Each round starts the same sweep command, waits until it has logged 1-2 new epochs (so every
+round makes progress), sleeps a random 0-2 s more, then SIGKILLs the driver (the Ray processes it
+started are orphaned, as with a crash). After the last kill the command runs to the end; then
+the same sweep runs once uninterrupted in another folder as the reference. Checks:
+
+- every trial ended (finished or pruned), the resumed run exited 0;
+- no trial redid more than one epoch after a kill (journal `resumed` events: epoch already
+  logged minus epoch restored from the checkpoint);
+- MLflow holds exactly one run per trial, none left RUNNING, every epoch logged once;
+- every trial's last checkpoint loads (safetensors + `torch.load(weights_only=True)`);
+- the Ray processes orphaned by each kill are gone (reaped by the next start, by recorded PID);
+- the final table equals the uninterrupted sweep's: same trials, status, epochs and metric.
+
+Prints a summary and writes it to <workdir>/kill_resume.json; exits 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_COLS = {"trial_id", "label", "status", "epochs", "error"}
+
+
+def sweep_cmd(script: str, work: Path, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "sweeps" / f"{script}.py"),
+        "--smoke",
+        "--no-test",
+        "--storage",
+        str(work / "runs"),
+        "--mlflow-uri",
+        f"sqlite:///{work / 'mlruns.db'}",
+        *extra,
+    ]
+
+
+def journal_of(work: Path) -> list[dict]:
+    out = []
+    for path in (work / "runs").glob("*/mlflow_journal.jsonl"):
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by the kill
+    return out
+
+
+def n_results(work: Path) -> int:
+    return sum(ev["ev"] == "result" for ev in journal_of(work))
+
+
+def run_to_end(cmd: list[str], work: Path, env: dict, log: Path, timeout: float) -> int:
+    with log.open("w") as f:
+        return subprocess.run(
+            cmd, cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout
+        ).returncode
+
+
+def kill_rounds(
+    cmd: list[str], work: Path, env: dict, kills: int, rng: random.Random, timeout: float
+) -> tuple[int, list[dict]]:
+    """Start / wait for progress / SIGKILL, `kills` times. Returns (kills done, orphan records)."""
+    done, orphans = 0, []
+    for i in range(kills):
+        before = n_results(work)
+        need = before + rng.choice([1, 2])
+        log = (work / f"attempt_{i:02d}.log").open("w")
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while proc.poll() is None and n_results(work) < need and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.0, 2.0))
+        if proc.poll() is not None:  # the sweep finished before this kill: nothing left to kill
+            log.close()
+            print(f"[kill_resume] round {i + 1}: sweep ended (rc {proc.returncode}) before a kill")
+            break
+        pids = []
+        for pid_file in (work / "runs").glob("*/ray_pids.txt"):
+            pids += json.loads(pid_file.read_text()).get("procs", [])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+        done += 1
+        orphans += pids
+        print(f"[kill_resume] kill {done}: driver SIGKILLed after {n_results(work)} epoch reports")
+    return done, orphans
+
+
+def mlflow_check(work: Path) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlruns.db'}")
+    runs = []
+    for exp in client.search_experiments():
+        runs += client.search_runs([exp.experiment_id], max_results=10_000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    ids = [r.data.tags.get("kdsweep.trial_id") for r in children]
+    bad_steps = []
+    for r in children:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "epoch")]
+        if steps != list(range(1, len(steps) + 1)):
+            bad_steps.append((r.data.tags.get("kdsweep.trial_id"), steps))
+    return {
+        "runs": len(children),
+        "duplicate_runs": len(ids) - len(set(ids)),
+        "running": sum(r.info.status == "RUNNING" for r in runs),
+        "epochs_logged_twice_or_missing": bad_steps,
+    }
+
+
+def checkpoints_load(work: Path) -> list[str]:
+    """Every trial's newest checkpoint loads; returns the ones that do not."""
+    import torch
+    from safetensors.torch import load_file
+
+    bad = []
+    for trial_dir in sorted((work / "runs").glob("*/*/")):
+        ckpts = sorted(trial_dir.glob("checkpoint_*"))
+        if not (trial_dir / "params.json").is_file():
+            continue
+        if not ckpts:
+            bad.append(f"{trial_dir}: no checkpoint")
+            continue
+        try:
+            load_file(str(ckpts[-1] / "model.safetensors"))
+            torch.load(ckpts[-1] / "state.pt", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            bad.append(f"{ckpts[-1]}: {type(e).__name__}: {e}")
+    return bad
+
+
+def table(work: Path) -> dict[str, dict]:
+    """trials.csv keyed by the trial's varied config (trial ids differ between sweeps)."""
+    (path,) = (work / "runs").glob("*/trials.csv")
+    rows = list(csv.DictReader(path.open()))
+    return {r["label"]: r for r in rows}
+
+
+def same_table(a: dict[str, dict], b: dict[str, dict]) -> list[str]:
+    diffs = [f"trial {k} only in one sweep" for k in set(a) ^ set(b)]
+    for k in set(a) & set(b):
+        for col in a[k]:
+            if col in ("trial_id", "error"):
+                continue
+            x, y = a[k][col], b[k].get(col)
+            try:
+                equal = abs(float(x) - float(y)) <= 1e-6
+            except (TypeError, ValueError):
+                equal = x == y
+            if not equal:
+                diffs.append(f"{k}: {col} {x} (killed) vs {y} (uninterrupted)")
+    return diffs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--kills", type=int, default=10)
+    p.add_argument(
+        "--script", default="temperature", help="sweeps/<script>.py (default temperature)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random kill points")
+    p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
+    p.add_argument("--no-reference", action="store_true", help="skip the uninterrupted sweep")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per driver run")
+    p.add_argument("overrides", nargs="*", help="sweep overrides (default: epochs=6 --no-asha)")
+    args = p.parse_args(argv)
+    extra = args.overrides or ["epochs=6", "--no-asha"]
+    rng = random.Random(args.seed)
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="kdsweep-kill-")).resolve()
+    killed_dir, ref_dir = root / "killed", root / "reference"
+    for d in (killed_dir, ref_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+
+    t0 = time.time()
+    cmd = sweep_cmd(args.script, killed_dir, extra)
+    kills, orphans = kill_rounds(cmd, killed_dir, env, args.kills, rng, args.timeout)
+    rc = run_to_end(cmd, killed_dir, env, killed_dir / "final.log", args.timeout)
+    wall_killed = time.time() - t0
+
+    events = journal_of(killed_dir)
+    redone = [
+        max(0, ev["logged_epoch"] - ev["from_epoch"]) for ev in events if ev["ev"] == "resumed"
+    ]
+    alive = [
+        o["pid"]
+        for o in orphans
+        if psutil.pid_exists(o["pid"])
+        and abs(psutil.Process(o["pid"]).create_time() - o["created"]) < 1
+    ]
+    summary = {
+        "script": args.script,
+        "overrides": extra,
+        "kills_tried": args.kills,
+        "kills_done": kills,
+        "final_exit_code": rc,
+        "resumes": len(redone),
+        "max_epochs_redone": max(redone, default=0),
+        "epochs_redone_total": sum(redone),
+        "orphaned_ray_procs": len(orphans),
+        "orphans_still_alive": alive,
+        "mlflow": mlflow_check(killed_dir),
+        "checkpoints_not_loading": checkpoints_load(killed_dir),
+        "wall_s_killed": round(wall_killed, 1),
+    }
+    rows = table(killed_dir)
+    summary["statuses"] = sorted(r["status"] for r in rows.values())
+    if not args.no_reference:
+        t1 = time.time()
+        cmd_ref = sweep_cmd(args.script, ref_dir, extra)
+        ref_rc = run_to_end(cmd_ref, ref_dir, env, ref_dir / "final.log", args.timeout)
+        summary["wall_s_reference"] = round(time.time() - t1, 1)
+        summary["reference_exit_code"] = ref_rc
+        summary["table_diffs"] = same_table(rows, table(ref_dir)) if ref_rc == 0 else ["no ref"]
+
+    failures = []
+    if rc != 0:
+        failures.append(f"resumed sweep exited {rc} (see {killed_dir / 'final.log'})")
+    if kills < min(args.kills, 1):
+        failures.append("no kill happened")
+    if any(s not in ("finished", "pruned") for s in summary["statuses"]):
+        failures.append(f"trials not ended: {summary['statuses']}")
+    if summary["max_epochs_redone"] > 1:
+        failures.append(f"a trial redid {summary['max_epochs_redone']} epochs after a kill")
+    m = summary["mlflow"]
+    if m["duplicate_runs"] or m["running"] or m["epochs_logged_twice_or_missing"]:
+        failures.append(f"MLflow: {m}")
+    if m["runs"] != len(rows):
+        failures.append(f"MLflow has {m['runs']} trial runs for {len(rows)} trials")
+    if summary["checkpoints_not_loading"]:
+        failures.append(f"checkpoints: {summary['checkpoints_not_loading']}")
+    if alive:
+        failures.append(f"orphaned Ray processes still alive: {alive}")
+    if summary.get("table_diffs"):
+        failures.append(f"table differs from the uninterrupted sweep: {summary['table_diffs']}")
+    summary["failures"] = failures
+    (root / "kill_resume.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    print(
+        f"[kill_resume] {kills}/{args.kills} kills survived; epochs redone per resume: max "
+        f"{summary['max_epochs_redone']}, total {summary['epochs_redone_total']} over "
+        f"{summary['resumes']} resumes; duplicate MLflow runs {m['duplicate_runs']}; "
+        f"{'OK' if not failures else 'FAILED: ' + '; '.join(failures)}  ({root})"
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
