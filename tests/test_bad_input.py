@@ -165,7 +165,12 @@ CASES = [
     # ---- checkpoints (cascade teacher_checkpoint)
     ("ckpt-no-dir", "cascade", ["teacher_checkpoint=/nonexistent/ckpt"], ["teacher_checkpoint"]),
     ("ckpt-no-weights", "cascade", ["teacher_checkpoint={ckpt_empty}"], ["model.safetensors"]),
-    ("ckpt-corrupt", "cascade", ["teacher_checkpoint={ckpt_corrupt}"], ["teacher_checkpoint", "ckpt_corrupt", "load"]),
+    (
+        "ckpt-corrupt",
+        "cascade",
+        ["teacher_checkpoint={ckpt_corrupt}"],
+        ["teacher_checkpoint", "ckpt_corrupt", "load"],
+    ),
     ("ckpt-labels", "cascade", ["teacher_checkpoint={ckpt_3_labels}"], ["3 labels", "legal.csv"]),
     # ---- speech
     (
