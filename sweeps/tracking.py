@@ -58,9 +58,14 @@ class Journal:
         self.experiment = experiment
         self.artifact_root = artifact_root
         self._client = None
+        self._in_doubt = True  # until the first pending event is checked against MLflow
         self._next_try = 0.0
         self._last_sync = 0.0
         self.warned = False
+        self._index()
+
+    def _index(self) -> None:
+        """What the journal already holds: the last epoch logged and the start of each trial."""
         self.last_epoch: dict[str, int] = {}
         self.started: set[str] = set()
         for ev in self.events():
@@ -68,6 +73,17 @@ class Journal:
                 self.last_epoch[ev["trial"]] = max(self.last_epoch.get(ev["trial"], 0), ev["step"])
             elif ev["ev"] == "start":
                 self.started.add(ev["trial"])
+
+    # Tuner.restore() brings back the callbacks pickled into tuner.pkl when the sweep first
+    # started, not the ones of the resuming process: an unpickled journal re-reads its file, or
+    # it would think nothing was logged and log a re-run epoch a second time.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "last_epoch")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client, self._in_doubt, self._next_try = None, True, 0.0
+        self._index()
 
     # ---- writing
     def append(self, **event: Any) -> None:
@@ -118,10 +134,16 @@ class Journal:
             try:
                 client = self._mlflow()
                 while state["line"] < len(events):
-                    self._apply(client, events[state["line"]], state)
+                    ev = events[state["line"]]
+                    # The cursor is saved after each event, so at most the first pending event
+                    # can already be in MLflow (a kill, or a lost reply, between the two).
+                    if not (self._in_doubt and self._already_applied(client, ev, state)):
+                        self._apply(client, ev, state)
+                    self._in_doubt = False
                     state["line"] += 1
                     self._save_state(state)
             except Exception as e:  # noqa: BLE001 (any client/transport error = outage)
+                self._in_doubt = True
                 self._save_state(state)
                 self._next_try = time.monotonic() + RETRY_AFTER_S
                 self._client = None
@@ -156,6 +178,21 @@ class Journal:
             exp_id = exp.experiment_id
         state["experiment_id"] = exp_id
         return exp_id
+
+    @staticmethod
+    def _already_applied(client, ev: dict, state: dict) -> bool:
+        """Are this event's metrics already logged (same key, step and timestamp)? Only metric
+        logging can duplicate: runs are found by tag, tags and statuses are idempotent."""
+        if ev["ev"] not in ("result", "parent_end") or not ev.get("metrics"):
+            return False
+        run = state["parent"] if ev["ev"] == "parent_end" else state["runs"].get(ev["trial"])
+        if run is None:
+            return False
+        key = sorted(ev["metrics"])[0]
+        step = ev.get("step", 0)
+        return any(
+            m.step == step and m.timestamp == ev["ts"] for m in client.get_metric_history(run, key)
+        )
 
     def _apply(self, client, ev: dict, state: dict) -> None:
         from mlflow.entities import Metric, Param, RunTag

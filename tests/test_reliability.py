@@ -186,3 +186,43 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(small_text, tmp
         text_mod.soft(cfg)
     assert [r["epoch"] for r in resumed.results] == [2]
     assert resumed.results[0]["dev_accuracy"] == straight.results[1]["dev_accuracy"]
+
+
+def test_event_sent_but_cursor_not_saved_is_not_sent_twice(tmp_path):
+    """A kill between logging an event to MLflow and saving the replay cursor: the next sync
+    finds that event already in MLflow and skips it (seen with 10 random driver kills)."""
+    import json as _json
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    j = Journal(tmp_path / "sweep", uri, "kdsweep/x", (tmp_path / "art").as_uri())
+    _events(j)
+    assert j.sync(force=True)
+    for rewind in (1, 3):  # parent_end (step 0 metrics), then back to the epoch-3 result
+        state = _json.loads(j.state_path.read_text())
+        state["line"] -= rewind
+        j.state_path.write_text(_json.dumps(state))
+        assert Journal(tmp_path / "sweep", uri, "kdsweep/x", "").sync(force=True)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("kdsweep/x").experiment_id])
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "dev_accuracy")] == [
+        1,
+        2,
+        3,
+    ]
+    assert len(client.get_metric_history(parent.info.run_id, "best")) == 1
+
+
+def test_journal_unpickled_by_tune_restore_knows_what_was_logged(tmp_path):
+    """Tuner.restore() revives the callback pickled when the sweep started: its journal must
+    re-read the file, or a trial resumed from an older checkpoint logs an epoch twice."""
+    import pickle
+
+    j = Journal(tmp_path / "sweep", "sqlite:///x.db", "e", "")
+    frozen = pickle.dumps(j)  # as in tuner.pkl: before any epoch was logged
+    _events(j)
+    revived = pickle.loads(frozen)
+    assert revived.last_epoch == {"t1": 3} and revived.started == {"t1"}
