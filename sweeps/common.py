@@ -186,7 +186,9 @@ def sweep_name(name: str, space: SweepSpace, args: argparse.Namespace) -> str:
     data = space.fixed.get("corpus", "commands") if space.task == "asr" else None
     dataset = Path(str(data or space.fixed.get("dataset", "fortunes"))).stem
     suffix = "-smoke" if args.smoke else ""
-    base = f"{name}-{space.task}-{dataset}{suffix}"
+    stem = Path(str(args.space)).stem  # `--space other.yaml` is another sweep: its own folder
+    label = name if stem in (name, f"asr_{name}") else stem
+    base = f"{label}-{space.task}-{dataset}{suffix}"
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}" if args.fresh else base
 
 
