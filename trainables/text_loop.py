@@ -195,26 +195,43 @@ def cascade_teacher(
     ckpt = Path(cfg.teacher_checkpoint)
     if not (ckpt / "model.safetensors").is_file():
         raise KDSweepError(f"field 'teacher_checkpoint': {ckpt} has no model.safetensors")
-    model, _ = load_student_from_checkpoint(ckpt, base)
+    try:
+        model, _ = load_student_from_checkpoint(ckpt, base)
+    except KDSweepError as e:
+        raise KDSweepError(f"field 'teacher_checkpoint': {e}") from None
     store = TeacherStore(base.path.parent)
     source = f"{ckpt.resolve()}|{(ckpt / 'model.safetensors').stat().st_mtime_ns}"
     return store.register(model, source, base.model_dir, base.meta["label_names"], tokens, log)
 
 
 def load_student_from_checkpoint(ckpt: Path, teacher: StoredTeacher) -> tuple[nn.Module, dict]:
-    """Rebuild a student from a trial checkpoint (config.json + model.safetensors)."""
+    """Rebuild a student from a trial checkpoint (config.json + model.safetensors).
+
+    A checkpoint that is corrupt, from another kind of model, or trained on a different label
+    set than `teacher`'s dataset fails with a `KDSweepError` naming the checkpoint.
+    """
     from transformers import AutoConfig
 
-    trial_cfg = json.loads((ckpt / "config.json").read_text())
-    model = build_student(
-        trial_cfg["student"],
-        AutoConfig.from_pretrained(teacher.model_dir),
-        len(teacher.meta["label_names"]),
-    )
-    state = load_file(str(ckpt / "model.safetensors"))
-    model.load_state_dict(
-        {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
-    )
+    labels = teacher.meta["label_names"]
+    try:
+        trial_cfg = json.loads((ckpt / "config.json").read_text())
+        state = load_file(str(ckpt / "model.safetensors"))
+        student = trial_cfg["student"]
+    except Exception as e:  # noqa: BLE001 (missing/corrupt file or key: say which checkpoint)
+        raise KDSweepError(f"checkpoint {ckpt}: cannot load ({type(e).__name__}: {e})") from e
+    head = state.get("student.classifier.weight")
+    if head is not None and head.shape[0] != len(labels):
+        raise KDSweepError(
+            f"checkpoint {ckpt}: trained on {head.shape[0]} labels, but dataset "
+            f"{trial_cfg.get('dataset', '?')!r} here has {len(labels)} ({labels})"
+        )
+    model = build_student(student, AutoConfig.from_pretrained(teacher.model_dir), len(labels))
+    try:
+        model.load_state_dict(
+            {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+        )
+    except RuntimeError as e:  # another student size/architecture than config.json says
+        raise KDSweepError(f"checkpoint {ckpt}: weights do not fit {student}: {e}") from e
     return model.eval(), trial_cfg
 
 
