@@ -8,6 +8,9 @@ Layout of one entry (`<root>/<id>/`):
                                trials read these and never run the teacher
     hidden_<split>_<layers>.pt the same for hidden states of the mapped layers ([sum T', L, 2H]),
                                built lazily (one teacher pass) the first time a trial needs them
+    posteriors_transfer_<key>.pt the logits of a transfer set (unlabeled utterances, content key
+                               <key>), and hidden_transfer_<key>_<layers>.pt its hidden states:
+                               computed once in a sweep's prepare step, read by every trial
 
 The id hashes (recipe, corpus fingerprint). Entries are published atomically (a tmp dir, then
 os.replace) under a file lock, so concurrent trials train a missing teacher exactly once.
@@ -278,6 +281,21 @@ class StoredASRTeacher:
     def logits(self, split: str, ids: Sequence[str] | None = None) -> list[Tensor]:
         """Cached teacher logits of a split, one float32 [T'_i, V] per utterance (no forward)."""
         return _read_rows(self.path / f"posteriors_{split}.pt", "logits", ids)
+
+    def transfer_logits(
+        self, key: str, fs: FeatureSet, device: torch.device | str = "cpu"
+    ) -> list[Tensor]:
+        """Teacher logits of a transfer set (content key `key`), one [T'_i, V] per utterance:
+        computed once (one teacher pass, under a lock, published atomically) into
+        `posteriors_transfer_<key>.pt`, then read like a split's posteriors."""
+        path = self.path / f"posteriors_transfer_{key}.pt"
+        if not path.is_file():
+            with locked(self.path / f"{path.name}.lock"):
+                if not path.is_file():
+                    model = self.load_model(device)
+                    logits, _ = predict(model, fs, torch.device(device))
+                    _write_rows(path, "logits", logits, fs.ids)
+        return _read_rows(path, "logits", fs.ids)
 
     def hidden(
         self, split: str, layers: Sequence[int], fs: FeatureSet, device: torch.device | str = "cpu"

@@ -2,6 +2,8 @@
 
 Each reads top to bottom: build its typed config, define its loss, run the shared epoch loop.
 Teacher posteriors / hidden states are cached in the ASR teacher store: no teacher forward here.
+With a transfer set (soft, hard, self) a batch also holds unlabeled rows (`labeled` False): the
+gold-transcript CTC term skips them, the teacher terms (KL, teacher-transcript CTC, MSE) use all.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from trainables.asr_loop import Needs, run_asr_trial
 
 
 def _ctc(out, batch):
-    return ctc_loss(out.logits, batch["targets"], out.out_lens, batch["target_lens"])
+    """CTC on the gold transcripts, over labeled rows only (transfer rows have none)."""
+    return ctc_loss(
+        out.logits, batch["targets"], out.out_lens, batch["target_lens"],
+        labeled=batch.get("labeled"),
+    )  # fmt: skip
 
 
 def independent(config: dict[str, Any]) -> None:

@@ -8,6 +8,8 @@ from typing import ClassVar
 
 from kdsweep.asr_teacher import ASRTeacherRecipe
 from kdsweep.config import BaseConfig, in_range, positive
+from kdsweep.data.speech_transfer import SYNTHETIC as TRANSFER_SYNTHETIC
+from kdsweep.data.speech_transfer import check_source
 from kdsweep.errors import KDSweepError
 from kdsweep.losses.ctc import scale_milestones, temperature_at
 from kdsweep.models.text import layer_map
@@ -22,6 +24,8 @@ class ASRConfig(BaseConfig):
     # Which stored model teaches this condition: "" none, "teacher" the big one, "twin" the
     # student's own architecture trained alone (self-distillation).
     teacher_kind: ClassVar[str] = ""
+    # Which conditions can learn from teacher-labeled transfer utterances (no transcripts there).
+    TRANSFER_OK: ClassVar[bool] = False
 
     # ---- corpus: synthetic TTS domain, a manifest CSV/TSV, or a LibriSpeech-style folder
     corpus: str = "commands"  # commands | open | path/to/manifest.tsv|.csv | LibriSpeech dir
@@ -50,6 +54,11 @@ class ASRConfig(BaseConfig):
     beam_width: int = 32
     beam_every: int = 0  # 0 = beam search only at the final epoch
     eval_cmu: bool = True  # out-of-domain WER on the real CMU clips at the final epoch
+    # ---- transfer set: untranscribed audio the teacher labels (soft, hard, self only):
+    # "" none | synthetic (extra TTS utterances) | folder of .wav/.flac | .txt/.lst/.csv/.tsv list
+    transfer_set: str = ""
+    transfer_size: int = 0  # utterances kept (0 = synthetic: n_utterances; files: all)
+    transfer_ratio: float = 1.0  # transfer rows per labeled row in each epoch (0 = none used)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +82,30 @@ class ASRConfig(BaseConfig):
         in_range(self, "lm_weight", 0.0, 10.0)
         in_range(self, "word_bonus", -10.0, 10.0)
         in_range(self, "beam_every", 0, 10**6)
+        self._check_transfer()
+
+    def _check_transfer(self) -> None:
+        check_source(self.transfer_set)
+        in_range(self, "transfer_size", 0, 100_000)  # synthetic: ~50 utterances/s on 2 cores
+        in_range(self, "transfer_ratio", 0.0, 100.0)
+        if not self.transfer_set:
+            return
+        if not self.TRANSFER_OK:
+            raise KDSweepError(
+                f"field 'transfer_set': {type(self).__name__} cannot use a transfer set; only "
+                "soft, hard and self can (independent has no teacher to label the audio; the "
+                "hidden condition's projected teacher layers are not cached for transfer audio)"
+            )
+        if self.transfer_set == TRANSFER_SYNTHETIC and not self.domain:
+            raise KDSweepError(
+                "field 'transfer_set': 'synthetic' needs a synthetic corpus (commands or open) "
+                f"to draw sentences from, not {self.corpus!r}; give a folder or a list of "
+                "audio files instead"
+            )
+
+    def transfer_hidden_layers(self) -> tuple[int, ...]:
+        """1-based teacher layers whose hidden states a transfer set needs cached (none)."""
+        return ()
 
     @property
     def domain(self) -> str | None:
@@ -130,6 +163,7 @@ class ASRSoftConfig(ASRConfig):
     """Frame-level soft KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CTC."""
 
     teacher_kind: ClassVar[str] = "teacher"
+    TRANSFER_OK: ClassVar[bool] = True
 
     alpha: float = 0.5
     temperature: float = 2.0
@@ -147,6 +181,7 @@ class ASRHardConfig(ASRConfig):
     """Hard KD: the teacher's greedy transcripts as CTC targets (alpha = their weight vs gold)."""
 
     teacher_kind: ClassVar[str] = "teacher"
+    TRANSFER_OK: ClassVar[bool] = True
 
     alpha: float = 1.0
 
@@ -162,6 +197,8 @@ class ASRHiddenConfig(ASRSoftConfig):
     alpha: float = 0.0  # weight of the soft-logit term (0 = hidden states + CTC only)
     hidden_weight: float = 1.0
     layer_map: str = ""  # "" = uniform (student layer i -> teacher layer ceil(i*Lt/Ls)); "2,3"
+
+    TRANSFER_OK: ClassVar[bool] = False  # soft/hard/self only
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -182,6 +219,7 @@ class SelfDistillConfig(ASRConfig):
     run's `epochs` (milestones 30,70 of 80 -> 4,9 of 10 epochs)."""
 
     teacher_kind: ClassVar[str] = "twin"
+    TRANSFER_OK: ClassVar[bool] = True
 
     alpha: float = 0.7  # KL_soft
     beta: float = 0.2  # CTC_hard (the gold transcripts)
@@ -209,6 +247,10 @@ class SelfDistillConfig(ASRConfig):
             )
         if stones != sorted(stones) or any(m < 1 for m in stones):
             raise KDSweepError(f"field 'milestones': must be increasing epochs >= 1, got {stones}")
+
+    def transfer_hidden_layers(self) -> tuple[int, ...]:
+        """Every twin layer when the MSE term is on (same width: no projection), else none."""
+        return tuple(range(1, self.layers + 1)) if self.gamma > 0 else ()
 
     def schedule_values(self) -> list[float]:
         return _floats(self.temperatures, "temperatures")

@@ -49,6 +49,14 @@ from kdsweep.data.speech import (
     load_manifest,
     load_user_manifest,
 )
+from kdsweep.data.speech_transfer import (
+    build_synthetic_transfer,
+    concat_features,
+    features_key,
+    file_digests,
+    load_audio_source,
+    take_rows,
+)
 from kdsweep.decoding import BeamDecoder, build_lm_corpus, cer, wer, write_arpa
 from kdsweep.errors import KDSweepError
 from kdsweep.filelock import locked
@@ -59,6 +67,7 @@ from kdsweep.train_utils import set_threads
 from trainables import tune_io
 from trainables.asr_config import ASRConfig
 from trainables.checkpointing import load_state, save_state
+from trainables.text_loop import mixed_epoch_index, transfer_count
 
 __all__ = ["LossFn", "Needs", "NonFiniteLossError", "prepare_asr", "run_asr_trial"]
 SPLITS = ("train", "dev", "test")
@@ -76,6 +85,16 @@ class Needs:
 
 
 @dataclass
+class ASRTransfer:
+    """A transfer set: unlabeled features and the teacher's cached outputs on them."""
+
+    feats: FeatureSet  # transcripts "" (no gold labels), split "transfer"
+    key: str  # content key of the features (names the teacher's cache files)
+    logits: list[Tensor]  # teacher [T'_i, V] per utterance
+    hidden: list[Tensor] | None = None  # teacher [T'_i, L, 2H] (self-distillation's MSE)
+
+
+@dataclass
 class ASRData:
     """Everything a speech trial reads: features per split, the LM, the stored teacher."""
 
@@ -87,6 +106,7 @@ class ASRData:
     teacher_hit: bool = True
     ood: FeatureSet | None = None
     sizes: dict[str, int] = field(default_factory=dict)
+    transfer: ASRTransfer | None = None
 
 
 # ------------------------------------------------------------------------------------ data
@@ -216,7 +236,41 @@ def prepare_asr(
                 threads=threads or cfg.threads or 1,
                 name=cfg.teacher_kind,
             )
+            data.transfer = prepare_transfer(cfg, data, utts, cache, pick_device(cfg.device))
     return data
+
+
+def load_transfer_utterances(cfg: ASRConfig, utts: list[Utterance], cache: Path) -> list[Utterance]:
+    """The unlabeled utterances of `cfg.transfer_set` (synthesized once for 'synthetic')."""
+    if cfg.transfer_set == "synthetic":
+        out_dir = cache / "speech" / "transfer"
+        n = cfg.transfer_size or cfg.n_utterances  # default: as many as the labeled corpus
+        sentences = [u.transcript for u in utts]  # train, dev and test: all excluded
+        return build_synthetic_transfer(out_dir, cfg.domain or "", n, sentences, cfg.corpus_seed)
+    held_out = file_digests([u for u in utts if u.split in ("dev", "test")])
+    return load_audio_source(
+        cfg.transfer_set, cfg.audio_column, held_out, cfg.transfer_size, cfg.corpus_seed
+    )
+
+
+def prepare_transfer(
+    cfg: ASRConfig, data: ASRData, utts: list[Utterance], cache: Path, device: torch.device
+) -> ASRTransfer | None:
+    """Features of the transfer set and the stored teacher's outputs on them, both cached by
+    content: the teacher labels a transfer set once (under a lock), in the sweep driver's
+    prepare step, never inside later trials, which read the cache. Prepared even at
+    transfer_ratio 0, so the driver labels it before any trial starts."""
+    if not cfg.transfer_set or data.teacher is None:
+        return None
+    feats = featurize(load_transfer_utterances(cfg, utts, cache), cache / "speech" / "feats")
+    key = features_key(feats)
+    logits = data.teacher.transfer_logits(key, feats, device)
+    layers = cfg.transfer_hidden_layers()
+    hidden = None
+    if layers:  # self-distillation's MSE: the twin's hidden states, of the labeled rows too
+        hidden = data.teacher.hidden(f"transfer_{key}", layers, feats, device)
+        data.teacher.hidden("train", layers, data.feats["train"], device)
+    return ASRTransfer(feats, key, logits, hidden)
 
 
 # ------------------------------------------------------------------------------------ trial
@@ -248,9 +302,18 @@ def run_asr_trial(
     model = nn.ModuleDict({"student": student, "aux": aux}).to(device)
 
     # ---- cached teacher outputs, aligned utterance by utterance with the training split
-    extras = _teacher_extras(teacher, train, needs, device)
-
-    total = cfg.epochs * steps_per_epoch(train, cfg.batch_size)
+    # (then, with a transfer set, with its rows: appended after the labeled ones)
+    transfer = data.transfer if cfg.transfer_ratio > 0 else None
+    extras = _teacher_extras(teacher, train, needs, device, transfer)
+    n_labeled = len(train)
+    if transfer is not None:
+        n_transfer = len(transfer.feats)
+        train = concat_features(train, transfer.feats)
+        # every epoch has the same number of rows: labeled + ratio * labeled (capped)
+        n_rows = n_labeled + transfer_count(n_labeled, n_transfer, cfg.transfer_ratio)
+        total = cfg.epochs * steps_per_epoch(take_rows(train, range(n_rows)), cfg.batch_size)
+    else:
+        total = cfg.epochs * steps_per_epoch(train, cfg.batch_size)
     opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_ratio, total)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     use_amp = device.type == "cuda" and amp_dtype is not None
@@ -270,10 +333,17 @@ def run_asr_trial(
     last_dev: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
+        epoch_fs, epoch_extras = train, extras
+        if transfer is not None:  # all labeled rows + a fresh draw of transfer rows
+            picked = mixed_epoch_index(
+                n_labeled, n_transfer, cfg.transfer_ratio, cfg.seed, epoch
+            ).tolist()
+            epoch_fs = take_rows(train, picked)
+            epoch_extras = _remapped(extras, picked)
         metrics: dict[str, Any] = train_epoch(
-            model, train, opt, sched, scaler, epoch=epoch, seed=cfg.seed,
+            model, epoch_fs, opt, sched, scaler, epoch=epoch, seed=cfg.seed,
             batch_size=cfg.batch_size, grad_clip=cfg.grad_clip, loss_fn=loss_fn,
-            specaug=specaug, device=device, extras=extras,
+            specaug=specaug, device=device, extras=epoch_extras,
             need_hidden=bool(needs.hidden_layers), amp_dtype=amp_dtype if use_amp else None,
         )  # fmt: skip
         epoch_seconds = time.perf_counter() - t0
@@ -303,13 +373,24 @@ def run_asr_trial(
         tune_io.report(metrics, ckpt_dir)
 
 
-def _teacher_extras(teacher, train: FeatureSet, needs: Needs, device: torch.device):
-    """extras(indices, frames) -> padded teacher tensors of a batch (None without a teacher)."""
-    if teacher is None or not (needs.logits or needs.transcripts or needs.hidden_layers):
+def _teacher_extras(
+    teacher, train: FeatureSet, needs: Needs, device: torch.device, transfer: ASRTransfer | None
+):
+    """extras(indices, frames) -> padded teacher tensors of a batch (None without a teacher).
+
+    With a transfer set, indices >= len(train) are its rows (teacher outputs from its cache),
+    and every batch carries `labeled` (bool [B]): CTC on gold transcripts skips the rest.
+    """
+    if teacher is None or not (
+        needs.logits or needs.transcripts or needs.hidden_layers or transfer is not None
+    ):
         return None
     logits = teacher.logits("train", train.ids) if needs.logits or needs.transcripts else None
+    n_labeled = len(train)
+    if transfer is not None and logits is not None:
+        logits = logits + transfer.logits
     targets = None
-    if needs.transcripts:
+    if needs.transcripts:  # hard KD: greedy teacher transcripts, for transfer rows too
         from kdsweep.asr_teacher import greedy_texts
 
         vocab = CharVocab()
@@ -317,9 +398,15 @@ def _teacher_extras(teacher, train: FeatureSet, needs: Needs, device: torch.devi
     hidden = None
     if needs.hidden_layers:
         hidden = teacher.hidden("train", needs.hidden_layers, train, device)
+        if transfer is not None:
+            if transfer.hidden is None:
+                raise KDSweepError("transfer set: teacher hidden states were not prepared")
+            hidden = hidden + transfer.hidden
 
     def extras(idx: list[int], frames: int) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
+        if transfer is not None:
+            out["labeled"] = torch.tensor([i < n_labeled for i in idx], dtype=torch.bool)
         if needs.logits:
             out["teacher_logits"] = pad_frames([logits[i] for i in idx], frames)
         if targets is not None:
@@ -331,6 +418,13 @@ def _teacher_extras(teacher, train: FeatureSet, needs: Needs, device: torch.devi
         return out
 
     return extras
+
+
+def _remapped(extras, picked: list[int]):
+    """extras of an epoch's row subset: batch indices into the subset -> combined rows."""
+    if extras is None:
+        return None
+    return lambda idx, frames: extras([picked[i] for i in idx], frames)
 
 
 # ------------------------------------------------------------------------------------ eval

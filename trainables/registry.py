@@ -50,6 +50,10 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
         )
         tags.update({f"{kind}_id": t.id, f"{kind}_arch": t.meta["arch"]})
         tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in m.items()})
+    if data.transfer is not None:  # labeled by the teacher here, once, before any trial
+        tr = data.transfer
+        msg += f"; transfer set {cfg.transfer_set}: {len(tr.feats)} utterances ({tr.key})"
+        tags.update({"transfer_key": tr.key, "transfer_utterances": str(len(tr.feats))})
     log(msg)
     return {"tags": tags, "teacher_hit": data.teacher_hit}
 

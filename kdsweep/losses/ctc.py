@@ -23,9 +23,19 @@ def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 
 def ctc_loss(
-    log_probs: Tensor, targets: Tensor, in_lens: Tensor, tgt_lens: Tensor, blank: int = 0
+    log_probs: Tensor,
+    targets: Tensor,
+    in_lens: Tensor,
+    tgt_lens: Tensor,
+    blank: int = 0,
+    labeled: Tensor | None = None,
 ) -> Tensor:
     """CTC loss, batch-first ``log_probs`` [B, T, V] (raw logits are accepted too).
+
+    ``labeled`` (bool [B], optional) restricts the loss to labeled utterances: unlabeled
+    (transfer-set) rows are dropped before CTC runs, so their targets are never read and they get
+    no gradient from this term. The mean is over the labeled rows (like the text task's masked
+    CE); a batch without any labeled row gives exactly 0 (with a graph), not 0/0.
 
     Reduction: each utterance's negative log-likelihood is divided by its target length, then
     averaged over the batch (the same as torch's ``reduction="mean"``, written out so that empty
@@ -35,12 +45,28 @@ def ctc_loss(
     frames after subsampling) instead of letting one bad utterance turn the batch into inf/NaN.
     Computed in float32 (CTC's log-sum-exp recursions are unstable in half precision).
     """
+    if labeled is not None:
+        keep = labeled.to(device=log_probs.device, dtype=torch.bool)
+        if not bool(keep.any()):
+            return log_probs.float().sum() * 0.0
+        if not bool(keep.all()):
+            targets = select_targets(targets, tgt_lens, keep)
+            log_probs, in_lens, tgt_lens = log_probs[keep], in_lens[keep], tgt_lens[keep]
     # log_softmax is idempotent, so this is a no-op for log-probs and normalizes raw logits.
     lp = F.log_softmax(log_probs.float(), dim=-1).transpose(0, 1)  # [T, B, V] for torch
     per_utt = F.ctc_loss(
         lp, targets, in_lens, tgt_lens, blank=blank, reduction="none", zero_infinity=True
     )
     return (per_utt / tgt_lens.clamp_min(1).to(per_utt.dtype)).mean()
+
+
+def select_targets(targets: Tensor, tgt_lens: Tensor, keep: Tensor) -> Tensor:
+    """The targets of the rows `keep` (bool [B]), padded [B, L] or concatenated 1-D."""
+    if targets.dim() == 2:
+        return targets[keep.to(targets.device)]
+    ends = torch.cumsum(tgt_lens.cpu(), 0).tolist()
+    spans = zip([0, *ends[:-1]], ends, keep.cpu().tolist())
+    return torch.cat([targets[a:b] for a, b, k in spans if k])
 
 
 def ctc_frame_kd_loss(
