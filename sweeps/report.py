@@ -3,6 +3,7 @@
     python sweeps/report.py temperature-text-fortunes            # experiment kdsweep/<name>
     python sweeps/report.py kdsweep/strategy-text-fortunes --mlflow-uri sqlite:///mlruns.db
     python sweeps/report.py compression-text-fortunes --out /tmp/compression-report
+    python sweeps/report.py transfer-text-fortunes --baseline transfer_independent-text-fortunes
 
 Per config (condition, student, varied params), aggregated over seeds (`--seeds N`): the mean
 and the 95% t-interval of the dev metric (accuracy and F1, or WER and CER for `task: asr`),
@@ -246,8 +247,8 @@ def _fmt_param(v: str) -> str:
     return f"{f:g}" if f is not None and v.lower() not in ("nan", "inf") else v
 
 
-def load_sweep(client, name: str, include_pruned: bool = False) -> Sweep:
-    """The sweep's parent run, its child trials, and the trials grouped into configs."""
+def _latest_sweep_runs(client, name: str) -> tuple[Any, Any, list]:
+    """(experiment, latest parent run, its child runs) of sweep `name`."""
     exp = find_experiment(client, name)
     runs = _search_all(client, exp.experiment_id)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -255,6 +256,17 @@ def load_sweep(client, name: str, include_pruned: bool = False) -> Sweep:
         raise SystemExit(f"error: experiment {exp.name} has no parent (sweep) run")
     parent = max(parents, key=lambda r: r.info.start_time or 0)  # the latest if several
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return exp, parent, children
+
+
+def load_sweep(
+    client, name: str, include_pruned: bool = False, baselines: tuple[str, ...] = ()
+) -> Sweep:
+    """The sweep's parent run, its child trials (plus those of `baselines`, other sweeps with
+    the `independent` arm run separately), and the trials grouped into configs."""
+    exp, parent, children = _latest_sweep_runs(client, name)
+    for other in baselines:
+        children += _latest_sweep_runs(client, other)[2]
     task = parent.data.tags.get("task") or next(
         (c.data.tags.get("task") for c in children if c.data.tags.get("task")), "text"
     )
@@ -429,7 +441,8 @@ def markdown(sweep: Sweep, comps: list[dict], plots: list[Path], uri: str) -> st
     if not any(c["baseline"] for c in comps):
         lines.append(
             f"No paired comparison: this sweep has no `{BASELINE}` config of the same student "
-            f"next to a distilled one (sweeps/strategy.py and sweeps/compression.py have both)."
+            f"next to a distilled one (sweeps/strategy.py and sweeps/compression.py have both; "
+            f"add a separately run baseline sweep with `--baseline <sweep>`)."
         )
     else:
         missing = sorted({c["config"] for c in comps if not c["baseline"]})
@@ -672,13 +685,14 @@ def build_report(
     out: Path | None = None,
     include_pruned: bool = False,
     log_artifacts: bool = True,
+    baselines: tuple[str, ...] = (),
 ) -> Path:
     """Write report.md (+ report.csv, PNGs) for a sweep; returns the report.md path."""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(uri)
-    sweep = load_sweep(client, name, include_pruned)
+    sweep = load_sweep(client, name, include_pruned, baselines)
     out = Path(out) if out else PROJECT_DIR / "runs" / sweep.name / "report"
     out.mkdir(parents=True, exist_ok=True)
     if not sweep.trials:
@@ -710,8 +724,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="output dir (default runs/<sweep>/report)")
     p.add_argument("--include-pruned", action="store_true", help="count ASHA-pruned trials")
     p.add_argument("--no-log", action="store_true", help="do not log on the parent run")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="another sweep whose trials join this one (e.g. its `independent` arm): repeatable",
+    )
     args = p.parse_args(argv)
-    md = build_report(args.sweep, args.mlflow_uri, args.out, args.include_pruned, not args.no_log)
+    md = build_report(
+        args.sweep,
+        args.mlflow_uri,
+        args.out,
+        args.include_pruned,
+        not args.no_log,
+        tuple(args.baseline),
+    )
     print(md.read_text())
     print(f"[kdsweep] report: {md}" + ("" if args.no_log else " (logged on the parent run)"))
     return 0

@@ -192,8 +192,9 @@ def test_paired_comparison():
 
 
 # ---------------------------------------------------------------- report.py on a fake store
-def _fake_store(tmp_path: Path) -> tuple[str, str]:
-    """A sweep as sweeps/tracking.py logs it: a parent run, child runs with seeds/conditions."""
+def _fake_store(tmp_path: Path, split_baseline: bool = False) -> tuple[str, str]:
+    """A sweep as sweeps/tracking.py logs it: a parent run, child runs with seeds/conditions
+    (with `split_baseline`, the independent trials are a sweep of their own: fake-baseline)."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
@@ -203,6 +204,10 @@ def _fake_store(tmp_path: Path) -> tuple[str, str]:
         "kdsweep/fake-sweep", artifact_location=(tmp_path / "artifacts").as_uri()
     )
     parent = client.create_run(exp, run_name="fake-sweep", tags={"task": "text"}).info.run_id
+    base_exp, base_parent = exp, parent
+    if split_baseline:
+        base_exp = client.create_experiment("kdsweep/fake-baseline")
+        base_parent = client.create_run(base_exp, tags={"task": "text"}).info.run_id
     # (condition, temperature, accuracy offset); independent ignores T but logs it like Tune does
     configs = [("independent", 4.0, 0.0), ("soft", 2.0, 0.0), ("soft", 4.0, 0.06)]
     noise = [0.0, 0.01, -0.01, 0.005, -0.004]
@@ -212,9 +217,11 @@ def _fake_store(tmp_path: Path) -> tuple[str, str]:
             if cond == "soft" and not gain:
                 acc = 0.70 + noise[seed]  # identical to the baseline, seed by seed
             name = f"{cond} T={temp:g} L2-H128 s{seed}"
-            tags = {"mlflow.parentRunId": parent, "condition": cond, "task": "text"}
-            tags.update(student="L2-H128", dataset="fortunes")
-            run = client.create_run(exp, run_name=name, tags=tags).info.run_id
+            in_base = cond == "independent"
+            tags = {"mlflow.parentRunId": base_parent if in_base else parent, "condition": cond}
+            tags.update(student="L2-H128", dataset="fortunes", task="text")
+            run = client.create_run(base_exp if in_base else exp, run_name=name, tags=tags)
+            run = run.info.run_id
             params = {"condition": cond, "student": "L2-H128", "seed": seed}
             params.update(temperature=temp, alpha=0.9, epochs=3, task="text")
             client.log_batch(run, params=[Param(k, str(v)) for k, v in params.items()])
@@ -285,6 +292,18 @@ def test_report_on_a_fake_store(tmp_path):
     client = MlflowClient(uri)
     logged = {Path(f.path).name for f in client.list_artifacts(parent, "report")}
     assert {"report.md", "report.csv", "metric_by_method.png"} <= logged
+
+
+def test_report_joins_a_baseline_sweep(tmp_path):
+    """The independent arm run as its own sweep (transfer_independent) joins via --baseline."""
+    uri, _ = _fake_store(tmp_path, split_baseline=True)
+    alone = report.build_report("fake-sweep", uri, tmp_path / "a", log_artifacts=False)
+    assert "No paired comparison" in alone.read_text() and "--baseline" in alone.read_text()
+    joined = report.build_report(
+        "fake-sweep", uri, tmp_path / "b", log_artifacts=False, baselines=("fake-baseline",)
+    ).read_text()
+    line_t4 = next(ln for ln in joined.splitlines() if ln.startswith("- soft T=4"))
+    assert "significant: better than independent" in line_t4 and "n = 5 seeds" in line_t4
 
 
 def test_report_unknown_sweep_names_the_known_ones(tmp_path):
