@@ -9,7 +9,13 @@ python sweeps/transfer.py --seeds 3                # no / half / full transfer m
 python sweeps/transfer.py --smoke                  # seconds per trial
 python sweeps/transfer.py transfer_set=augment     # masked/replaced copies of the train texts
 python sweeps/transfer.py transfer_set=data/extra.txt transfer_size=1000
-python sweeps/strategy.py --seeds 3                # the independent (labels only) baseline
+python sweeps/transfer.py --space transfer_independent --seeds 3  # labels-only baseline
+
+Speech (search_spaces/asr_transfer.yaml): soft KD of a BiLSTM-CTC with extra synthetic
+utterances the ASR teacher labels (transfer_set=synthetic; or a folder / list of .wav/.flac).
+
+python sweeps/transfer.py --task asr --seeds 3     # transfer_ratio 0 / .5 / 1 on commands
+python sweeps/transfer.py --task asr condition=hard transfer_set=data/unlabeled_wavs
 """
 
 import sys
