@@ -30,6 +30,20 @@ SMALL_TEXT = {
     "epochs": 2,
 }
 
+# ~40 synthetic utterances (32/4/4), a 1-layer 32-unit student, tiny teachers: seconds per trial.
+SMALL_ASR = {
+    "n_utterances": 40,
+    "layers": 1,
+    "hidden": 32,
+    "teacher_layers": 2,
+    "teacher_hidden": 32,
+    "teacher_epochs": 2,
+    "epochs": 2,
+    "batch_size": 8,
+    "beam_width": 8,
+    "threads": 1,
+}
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_ASR
 from safetensors.torch import load_file
 
 import kdsweep.asr_teacher as asr_teacher
@@ -22,20 +23,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,
     reason="espeak-ng/flite not installed",
 )
-
-# ~40 synthetic utterances (32/4/4), a 1-layer 32-unit student, tiny teachers: seconds per trial.
-SMALL_ASR = {
-    "n_utterances": 40,
-    "layers": 1,
-    "hidden": 32,
-    "teacher_layers": 2,
-    "teacher_hidden": 32,
-    "teacher_epochs": 2,
-    "epochs": 2,
-    "batch_size": 8,
-    "beam_width": 8,
-    "threads": 1,
-}
 
 
 @pytest.fixture(scope="session")

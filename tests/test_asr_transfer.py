@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import SMALL_ASR
 from safetensors.torch import load_file
 
 import kdsweep.asr_teacher as asr_teacher
@@ -38,19 +39,6 @@ needs_tts = pytest.mark.skipif(
     reason="espeak-ng/flite not installed",
 )
 
-# The same small corpus / student / teachers as tests/test_asr_trainables.py (shared cache).
-SMALL_ASR = {
-    "n_utterances": 40,
-    "layers": 1,
-    "hidden": 32,
-    "teacher_layers": 2,
-    "teacher_hidden": 32,
-    "teacher_epochs": 2,
-    "epochs": 2,
-    "batch_size": 8,
-    "beam_width": 8,
-    "threads": 1,
-}
 # 12 extra synthetic utterances; 0.25 per labeled row (32) = 8 of them drawn each epoch.
 TRANSFER = {"transfer_set": "synthetic", "transfer_size": 12, "transfer_ratio": 0.25}
 

@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -460,17 +460,47 @@ def build_synthetic_corpus(
     split_of = _split_sentences(sentences, rng, dev_frac, test_frac)
     voices = voices_by_split()
     # All random choices are drawn here, in order, so the corpus depends on the seed only.
-    jobs = []
-    for i, text in enumerate(sentences):
-        split = split_of[text]
-        engine = "flite:" if rng.random() < flite_frac else "espeak:"
-        pool = [v for v in voices[split] if v.startswith(engine)]
-        voice = pool[int(rng.integers(len(pool)))]
-        wpm = int(rng.integers(wpm_range[0], wpm_range[1] + 1))
-        pitch = int(rng.integers(30, 71))  # espeak pitch 0-99, default 50
-        snr = None if noise_snr_db is None else float(rng.uniform(*noise_snr_db))
-        jobs.append((f"{domain[:3]}{i:06d}", text, voice, wpm, pitch, snr, seed * 1_000_003 + i))
+    jobs = [
+        draw_tts_job(
+            rng, f"{domain[:3]}{i:06d}", text, voices[split_of[text]], flite_frac, wpm_range,
+            noise_snr_db, seed * 1_000_003 + i,
+        )
+        for i, text in enumerate(sentences)
+    ]  # fmt: skip
+    synthesize_jobs(jobs, corpus_dir, split_of.__getitem__, params, num_workers)
+    return manifest
 
+
+def draw_tts_job(
+    rng: np.random.Generator,
+    uid: str,
+    text: str,
+    voices: list[str],
+    flite_frac: float,
+    wpm_range: tuple[int, int],
+    noise_snr_db: tuple[float, float] | None,
+    noise_seed: int,
+) -> tuple:
+    """One utterance's TTS settings (engine, voice, rate, pitch, noise), drawn from `rng` in a
+    fixed order so a corpus depends on its seed only."""
+    engine = "flite:" if rng.random() < flite_frac else "espeak:"
+    pool = [v for v in voices if v.startswith(engine)]
+    voice = pool[int(rng.integers(len(pool)))]
+    wpm = int(rng.integers(wpm_range[0], wpm_range[1] + 1))
+    pitch = int(rng.integers(30, 71))  # espeak pitch 0-99, default 50
+    snr = None if noise_snr_db is None else float(rng.uniform(*noise_snr_db))
+    return (uid, text, voice, wpm, pitch, snr, noise_seed)
+
+
+def synthesize_jobs(
+    jobs: list[tuple],
+    corpus_dir: Path,
+    split_of: Callable[[str], str],
+    params: dict | None = None,
+    num_workers: int | None = None,
+) -> None:
+    """Synthesize `jobs` (from `draw_tts_job`) into `corpus_dir`/wav + manifest.tsv, built in a
+    `.partial` folder and renamed into place: a half-built corpus is never mistaken for cached."""
     tmp_dir = corpus_dir.with_name(corpus_dir.name + ".partial")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     (tmp_dir / "wav").mkdir(parents=True)
@@ -489,11 +519,11 @@ def build_synthetic_corpus(
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(MANIFEST_COLUMNS)
         for (uid, text, voice, *_), sec in zip(jobs, seconds):
-            w.writerow([uid, f"wav/{uid}.wav", f"{sec:.4f}", text, voice, split_of[text]])
-    (tmp_dir / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True))
+            w.writerow([uid, f"wav/{uid}.wav", f"{sec:.4f}", text, voice, split_of(text)])
+    if params is not None:
+        (tmp_dir / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True))
     shutil.rmtree(corpus_dir, ignore_errors=True)
-    tmp_dir.rename(corpus_dir)  # atomic publish: a half-built corpus is never mistaken for cached
-    return manifest
+    tmp_dir.rename(corpus_dir)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,10 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +26,13 @@ import torch
 
 from kdsweep.data.speech import (
     CORPUS_VERSION,
-    MANIFEST_COLUMNS,
     FeatureSet,
     Utterance,
     _command_sentence,
     _file_digest,
-    _synthesize,
-    _torch_threads,
+    draw_tts_job,
     fortune_sentences,
+    synthesize_jobs,
     voices_by_split,
 )
 from kdsweep.errors import KDSweepError
@@ -141,33 +137,15 @@ def _synthesize_all(
 ) -> None:
     sentences = transfer_sentences(domain, n, exclude, seed)
     rng = np.random.default_rng([seed, 0x7472, 1])
-    jobs = []  # all random choices drawn here, in order: the audio depends on the seed only
-    for i, text in enumerate(sentences):
-        engine = "flite:" if rng.random() < FLITE_FRAC else "espeak:"
-        pool = [v for v in voices if v.startswith(engine)]
-        voice = pool[int(rng.integers(len(pool)))]
-        wpm = int(rng.integers(WPM_RANGE[0], WPM_RANGE[1] + 1))
-        pitch = int(rng.integers(30, 71))
-        snr = float(rng.uniform(*NOISE_SNR_DB))
-        jobs.append((f"tr{domain[:3]}{i:06d}", text, voice, wpm, pitch, snr, seed * 7_000_003 + i))
-    tmp_dir = corpus_dir.with_name(corpus_dir.name + ".partial")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    (tmp_dir / "wav").mkdir(parents=True)
-
-    def run(job: tuple) -> float:
-        uid, text, voice, wpm, pitch, snr, noise_seed = job
-        return _synthesize(text, voice, wpm, pitch, snr, noise_seed, tmp_dir / "wav" / f"{uid}.wav")
-
-    workers = min(4, (os.cpu_count() or 2) + 1)  # TTS runs in subprocesses: threads suffice
-    with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
-        seconds = list(pool.map(run, jobs))
-    with open(tmp_dir / "manifest.tsv", "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(MANIFEST_COLUMNS)
-        for (uid, text, voice, *_), sec in zip(jobs, seconds):
-            w.writerow([uid, f"wav/{uid}.wav", f"{sec:.4f}", text, voice, "transfer"])
-    shutil.rmtree(corpus_dir, ignore_errors=True)
-    tmp_dir.rename(corpus_dir)  # atomic publish: a half-built set is never mistaken for cached
+    # all random choices drawn here, in order: the audio depends on the seed only
+    jobs = [
+        draw_tts_job(
+            rng, f"tr{domain[:3]}{i:06d}", text, voices, FLITE_FRAC, WPM_RANGE, NOISE_SNR_DB,
+            seed * 7_000_003 + i,
+        )
+        for i, text in enumerate(sentences)
+    ]  # fmt: skip
+    synthesize_jobs(jobs, corpus_dir, lambda text: "transfer")
 
 
 # ------------------------------------------------------------------------ user audio
