@@ -13,7 +13,8 @@ the same sweep runs once uninterrupted in another folder as the reference. Check
 - no trial redid more than one epoch after a kill (journal `resumed` events: epoch already
   logged minus epoch restored from the checkpoint);
 - MLflow holds exactly one run per trial, none left RUNNING, every epoch logged once;
-- every trial's last checkpoint loads (safetensors + `torch.load(weights_only=True)`);
+- every trial's last checkpoint loads (safetensors + `torch.load(weights_only=True)`), and no
+  scratch checkpoint of a killed worker is left in /tmp;
 - the Ray processes orphaned by each kill are gone (reaped by the next start, by recorded PID);
 - the final table equals the uninterrupted sweep's: same trials, status, epochs and metric.
 
@@ -209,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         if psutil.pid_exists(o["pid"])
         and abs(psutil.Process(o["pid"]).create_time() - o["created"]) < 1
     ]
+    # Scratch checkpoints of killed workers (named kdsweep-ckpt-<pid>-*) left behind by now.
+    scratch = [
+        str(p)
+        for p in Path(tempfile.gettempdir()).glob("kdsweep-ckpt-*-*")
+        if p.name.split("-")[2].isdigit() and not psutil.pid_exists(int(p.name.split("-")[2]))
+    ]
     summary = {
         "script": args.script,
         "overrides": extra,
@@ -222,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "orphans_still_alive": alive,
         "mlflow": mlflow_check(killed_dir),
         "checkpoints_not_loading": checkpoints_load(killed_dir),
+        "orphaned_scratch_checkpoints": scratch,
         "wall_s_killed": round(wall_killed, 1),
     }
     rows = table(killed_dir)
@@ -250,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"MLflow has {m['runs']} trial runs for {len(rows)} trials")
     if summary["checkpoints_not_loading"]:
         failures.append(f"checkpoints: {summary['checkpoints_not_loading']}")
+    if scratch:
+        failures.append(f"scratch checkpoints of killed workers left in /tmp: {scratch}")
     if alive:
         failures.append(f"orphaned Ray processes still alive: {alive}")
     if summary.get("table_diffs"):

@@ -226,3 +226,31 @@ def test_journal_unpickled_by_tune_restore_knows_what_was_logged(tmp_path):
     _events(j)
     revived = pickle.loads(frozen)
     assert revived.last_epoch == {"t1": 3} and revived.started == {"t1"}
+
+
+def test_scratch_checkpoints_of_killed_workers_are_removed(tmp_path):
+    """A worker SIGKILLed between writing and reporting a checkpoint leaves its scratch dir
+    (51 MB for L2-H128); the next trial's first checkpoint removes it, never a live one's."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    from trainables import tune_io
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tmp = Path(tempfile.gettempdir())
+    orphan = tmp / f"kdsweep-ckpt-{dead.pid}-zz"
+    live = tmp / f"kdsweep-ckpt-{os.getppid()}-zz"  # our parent: alive
+    for d in (orphan, live):
+        d.mkdir(exist_ok=True)
+        (d / "state.pt").write_bytes(b"x")
+    try:
+        fresh = tune_io.new_checkpoint_dir()
+        assert not orphan.exists() and live.exists()
+        assert fresh.name.startswith(f"kdsweep-ckpt-{os.getpid()}-")
+        shutil.rmtree(fresh)
+    finally:
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(orphan, ignore_errors=True)

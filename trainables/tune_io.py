@@ -8,6 +8,7 @@ Python loop) a `LocalSession` stands in: it records reports and keeps checkpoint
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -133,8 +134,31 @@ def _report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None
 
 
 def new_checkpoint_dir() -> Path:
-    """A fresh temporary directory to write a checkpoint into before reporting it."""
-    return Path(tempfile.mkdtemp(prefix=_SCRATCH))
+    """A fresh temporary directory to write a checkpoint into before reporting it.
+
+    Its name carries this process's PID: scratch dirs of workers killed between writing and
+    reporting (a SIGKILLed sweep, an OOM kill) are removed here by the next trial, so a weekend
+    of crashes and resumes does not fill /tmp with orphaned checkpoints.
+    """
+    _remove_orphaned_scratch()
+    return Path(tempfile.mkdtemp(prefix=f"{_SCRATCH}{os.getpid()}-"))
+
+
+def _remove_orphaned_scratch() -> None:
+    for path in Path(tempfile.gettempdir()).glob(f"{_SCRATCH}*-*"):
+        pid = path.name[len(_SCRATCH) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 _SCRATCH = "kdsweep-ckpt-"
