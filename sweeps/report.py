@@ -183,7 +183,8 @@ class Group:
 
     @property
     def label(self) -> str:
-        parts = [self.condition] + [f"{_short(k)}={v}" for k, v in self.key] + [self.student]
+        params = [f"{_short(k)}={v}" for k, v in self.key if v != ""]  # "": not logged here
+        parts = [self.condition, *params, self.student]
         return " ".join(p for p in parts if p)
 
     def values(self, metric: str) -> dict[int, float]:
@@ -297,7 +298,10 @@ def load_sweep(
             )
         )
     keys = sorted({k for t in trials for k in t.params} - NOT_CONFIG)
-    varied = [k for k in keys if len({t.params.get(k) for t in trials}) > 1]
+    # Varied = takes two values among the trials that have it: a key only some conditions log
+    # (temperature, transfer_ratio for the independent arm of a --baseline sweep) is not a
+    # difference by itself.
+    varied = [k for k in keys if len({t.params[k] for t in trials if k in t.params}) > 1]
     by_key: dict[tuple, Group] = {}
     for t in trials:
         key = tuple((k, _fmt_param(t.params.get(k, ""))) for k in varied)
