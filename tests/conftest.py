@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,11 @@ SMALL_TEXT = {
     "batch_size": 16,
     "epochs": 2,
 }
+
+needs_tts = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+    reason="espeak-ng/flite not installed",
+)
 
 # ~40 synthetic utterances (32/4/4), a 1-layer 32-unit student, tiny teachers: seconds per trial.
 SMALL_ASR = {

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import SMALL_ASR
+from conftest import SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
 import kdsweep.asr_teacher as asr_teacher
@@ -33,11 +33,6 @@ from trainables.asr_config import (
 from trainables.asr_loop import prepare_asr
 from trainables.registry import config_for, run_trial
 from trainables.tune_io import local_session
-
-needs_tts = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
-    reason="espeak-ng/flite not installed",
-)
 
 # 12 extra synthetic utterances; 0.25 per labeled row (32) = 8 of them drawn each epoch.
 TRANSFER = {"transfer_set": "synthetic", "transfer_size": 12, "transfer_ratio": 0.25}

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
+from conftest import needs_tts
 
 from kdsweep.data.speech import (
     CMU_DATA_DIR,
@@ -29,11 +30,6 @@ from kdsweep.data.speech import (
     voices_by_split,
 )
 from kdsweep.errors import KDSweepError
-
-needs_tts = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
-    reason="espeak-ng/flite not installed",
-)
 
 
 @pytest.fixture(scope="module")
