@@ -37,6 +37,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
+from trainables.tune_io import orphaned_scratch  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_COLS = {"trial_id", "label", "status", "epochs", "error"}
 
@@ -211,11 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         and abs(psutil.Process(o["pid"]).create_time() - o["created"]) < 1
     ]
     # Scratch checkpoints of killed workers (named kdsweep-ckpt-<pid>-*) left behind by now.
-    scratch = [
-        str(p)
-        for p in Path(tempfile.gettempdir()).glob("kdsweep-ckpt-*-*")
-        if p.name.split("-")[2].isdigit() and not psutil.pid_exists(int(p.name.split("-")[2]))
-    ]
+    scratch = [str(p) for p in orphaned_scratch()]
     summary = {
         "script": args.script,
         "overrides": extra,

@@ -181,8 +181,7 @@ def prepare_transfer(
     if cfg.TEACHER_FEATURES:
         from transformers import AutoConfig
 
-        teacher_layers = AutoConfig.from_pretrained(teacher.model_dir).num_hidden_layers
-        mapped = layer_map(parse_layers(cfg), teacher_layers, getattr(cfg, "layer_map", ""))
+        mapped = mapped_teacher_layers(cfg, AutoConfig.from_pretrained(teacher.model_dir))
         for kind in cfg.TEACHER_FEATURES:
             result[f"teacher_{kind}"] = teacher.transfer_features(key, kind, mapped, out)
     return result
@@ -252,8 +251,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
     if needs.logits:  # cached logits, aligned row by row with the tokenized split
         train["teacher_logits"] = teacher.logits("train")[: len(train["labels"])]
     n_labeled = len(train["labels"])
-    n_layers = parse_layers(cfg)
-    mapped = layer_map(n_layers, teacher_config.num_hidden_layers, getattr(cfg, "layer_map", ""))
+    mapped = mapped_teacher_layers(cfg, teacher_config)
     for kind in ("hidden", "attention"):
         if getattr(needs, kind):
             feats = teacher.features("train", kind, mapped, data.tokens["train"])
@@ -381,6 +379,14 @@ def parse_layers(cfg: TextConfig) -> int:
     from kdsweep.models.text import parse_size
 
     return parse_size(cfg.student)[0]
+
+
+def mapped_teacher_layers(cfg: TextConfig, teacher_config: Any) -> list[int]:
+    """The teacher layer each student layer learns from (uniform, or `cfg.layer_map`): the
+    layer set whose cached features a trial reads and the prepare step builds."""
+    return layer_map(
+        parse_layers(cfg), teacher_config.num_hidden_layers, getattr(cfg, "layer_map", "")
+    )
 
 
 def _take(split: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:

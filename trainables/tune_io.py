@@ -144,21 +144,21 @@ def new_checkpoint_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{_SCRATCH}{os.getpid()}-"))
 
 
-def _remove_orphaned_scratch() -> None:
+def orphaned_scratch() -> list[Path]:
+    """Scratch checkpoint dirs (`kdsweep-ckpt-<pid>-*`) whose writing process is gone."""
+    import psutil
+
+    out = []
     for path in Path(tempfile.gettempdir()).glob(f"{_SCRATCH}*-*"):
         pid = path.name[len(_SCRATCH) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            out.append(path)
+    return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+def _remove_orphaned_scratch() -> None:
+    for path in orphaned_scratch():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 _SCRATCH = "kdsweep-ckpt-"
