@@ -188,6 +188,39 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(small_text, tmp
     assert resumed.results[0]["dev_accuracy"] == straight.results[1]["dev_accuracy"]
 
 
+def test_half_deleted_checkpoint_falls_back_to_the_newer_complete_one(small_text, tmp_path, capfd):
+    """A driver killed while Ray deleted a superseded checkpoint (num_to_keep=1): the saved
+    experiment state still names it, half-deleted, while the newer one is complete. The trial
+    resumes from the newer one and ends exactly like an uninterrupted run (seen with 5 kills)."""
+    import shutil
+
+    import pytest
+
+    import trainables.text as text_mod
+    from kdsweep.errors import KDSweepError
+    from trainables.tune_io import local_session
+
+    cfg = {**small_text, "student": "L2-H128", "student_init": "random", "lr": 3e-3}
+    cfg.update(attribution_examples=0, epochs=3, data_subset=64)
+    with local_session(tmp_path / "straight") as straight:
+        text_mod.soft(cfg)
+    first, second, third = straight.checkpoints
+    shutil.rmtree(third)  # epoch 3 never happened in the killed run
+    (first / "model.safetensors").unlink()  # Ray's delete of epoch 1 cut by the kill
+
+    with local_session(tmp_path / "resumed", restore_from=first) as resumed:
+        text_mod.soft(cfg)
+    assert [r["epoch"] for r in resumed.results] == [3]  # resumed after epoch 2, not epoch 0
+    assert resumed.results[0]["dev_accuracy"] == straight.results[2]["dev_accuracy"]
+    err = capfd.readouterr().err
+    assert "model.safetensors" in err and f"resuming from {second} instead" in err
+
+    (second / "state.pt").write_bytes(b"\0" * 10)  # nothing loadable left: a clear error
+    with local_session(tmp_path / "again", restore_from=first), pytest.raises(KDSweepError) as e:
+        text_mod.soft(cfg)
+    assert str(first) in str(e.value) and "cannot load" in str(e.value)
+
+
 def test_event_sent_but_cursor_not_saved_is_not_sent_twice(tmp_path):
     """A kill between logging an event to MLflow and saving the replay cursor: the next sync
     finds that event already in MLflow and skips it (seen with 10 random driver kills)."""

@@ -66,7 +66,7 @@ from kdsweep.paths import cache_root
 from kdsweep.train_utils import set_threads
 from trainables import tune_io
 from trainables.asr_config import ASRConfig
-from trainables.checkpointing import load_state, save_state
+from trainables.checkpointing import resume_state, save_state
 from trainables.text_loop import mixed_epoch_index, transfer_count
 
 __all__ = ["LossFn", "Needs", "NonFiniteLossError", "prepare_asr", "run_asr_trial"]
@@ -321,10 +321,8 @@ def run_asr_trial(
     specaug = SpecAugment().to(device) if cfg.specaugment else None
 
     # ---- resume: model, optimizer, scheduler, scaler, RNG and the epoch counter
-    start_epoch, train_seconds = 0, 0.0
-    with tune_io.restored_checkpoint() as ckpt:
-        if ckpt is not None:
-            start_epoch, train_seconds = load_state(ckpt, model, opt, sched, scaler)
+    with tune_io.restored_checkpoints() as ckpts:
+        start_epoch, train_seconds = resume_state(ckpts, model, opt, sched, scaler)
 
     static: dict[str, Any] = {"params": count_parameters(student), "threads": threads}
     if teacher is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,25 @@ def load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:
     if state.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["epoch"]), float(state["train_seconds"])
+
+
+def resume_state(candidates: list[Path], model, opt, sched, scaler) -> tuple[int, float]:
+    """`load_state` from the first candidate that loads; (0, 0.0) when there is none.
+
+    The first candidate is the checkpoint Tune recorded; the others are fallbacks for one that
+    a kill left half-deleted (`tune_io.with_siblings`). Falling back is said on stderr; when no
+    candidate loads, the first one's error is raised.
+    """
+    errors: list[KDSweepError] = []
+    for ckpt in candidates:
+        try:
+            done = load_state(ckpt, model, opt, sched, scaler)
+        except KDSweepError as e:
+            errors.append(e)
+            continue
+        if errors:
+            print(f"[kdsweep] {errors[0]}; resuming from {ckpt} instead", file=sys.stderr)
+        return done
+    if errors:
+        raise errors[0]
+    return 0, 0.0

@@ -47,7 +47,7 @@ from kdsweep.train_utils import (
     warmup_linear,
 )
 from trainables import tune_io
-from trainables.checkpointing import load_state, save_state
+from trainables.checkpointing import resume_state, save_state
 from trainables.text_config import CascadeConfig, TextConfig
 
 ATTRIBUTION_STEPS = 16  # Integrated Gradients steps (per example: 16 forward+backward passes)
@@ -289,10 +289,8 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     # ---- resume: model, optimizer, scheduler, scaler, RNG and the epoch counter
-    start_epoch, train_seconds = 0, 0.0
-    with tune_io.restored_checkpoint() as ckpt:
-        if ckpt is not None:
-            start_epoch, train_seconds = load_state(ckpt, model, opt, sched, scaler)
+    with tune_io.restored_checkpoints() as ckpts:
+        start_epoch, train_seconds = resume_state(ckpts, model, opt, sched, scaler)
 
     params = count_parameters(student)
     static = {

@@ -75,22 +75,43 @@ def trial_id() -> str:
 
 
 @contextmanager
-def restored_checkpoint() -> Iterator[Path | None]:
-    """The directory of the checkpoint to resume from, or None for a fresh start."""
+def restored_checkpoints() -> Iterator[list[Path]]:
+    """Checkpoint directories to resume from, most trusted first; empty for a fresh start.
+
+    First the one Tune hands back; then, when it lives on the local disk, the trial's other
+    `checkpoint_*` dirs, newest first (see `with_siblings`). The caller loads the first that
+    loads (`checkpointing.resume_state`).
+    """
     if _LOCAL is not None:
-        yield _LOCAL.restore_from
+        yield with_siblings(Path(_LOCAL.restore_from)) if _LOCAL.restore_from else []
         return
     if not _in_tune():
-        yield None
+        yield []
         return
+    import pyarrow.fs
     from ray import tune
 
     ckpt = tune.get_checkpoint()
     if ckpt is None:
-        yield None
-        return
-    with ckpt.as_directory() as d:
-        yield Path(d)
+        yield []
+    elif isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
+        yield with_siblings(Path(ckpt.path))
+    else:  # remote storage: Tune downloads the one checkpoint it recorded
+        with ckpt.as_directory() as d:
+            yield [Path(d)]
+
+
+def with_siblings(ckpt: Path) -> list[Path]:
+    """`ckpt`, then the other `checkpoint_*` dirs of its trial, newest first.
+
+    Why: with `num_to_keep` Ray deletes a superseded checkpoint as soon as the newer one is
+    registered, but writes the experiment state only every few seconds. A driver killed in
+    between leaves the state naming a checkpoint that is half-deleted (seen: model.safetensors
+    gone, state.pt left) while the newer one, copied to storage before it was reported, is
+    complete. It belongs to the same trial and config, so resuming from it is exact.
+    """
+    others = [p for p in ckpt.parent.glob("checkpoint_*") if p.is_dir() and p != ckpt]
+    return [ckpt, *sorted(others, key=lambda p: p.name, reverse=True)]
 
 
 def report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
