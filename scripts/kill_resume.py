@@ -4,10 +4,12 @@
     python scripts/kill_resume.py --kills 5 --seed 1   # CI size (tests/test_kill_resume.py)
     python scripts/kill_resume.py --script alpha -- epochs=3
 
-Each round starts the same sweep command, waits until it has logged 1-2 new epochs (so every
-round makes progress), sleeps a random 0-2 s more, then SIGKILLs the driver (the Ray processes it
-started are orphaned, as with a crash). After the last kill the command runs to the end; then
-the same sweep runs once uninterrupted in another folder as the reference. Checks:
+The same sweep first runs once uninterrupted in another folder, as the reference; its number of
+epoch reports places the kills at random points spread over the sweep (so a fast machine cannot
+finish it before the last kill). Each round starts the sweep command, waits for its kill point,
+waits a random 0-2 s more (cut short by the next epoch report), then SIGKILLs the driver (the
+Ray processes it started are orphaned, as with a crash). After the last kill the command runs
+to the end. Checks:
 
 - every trial ended (finished or pruned), the resumed run exited 0;
 - no trial redid more than one epoch after a kill (journal `resumed` events: epoch already
@@ -80,20 +82,48 @@ def run_to_end(cmd: list[str], work: Path, env: dict, log: Path, timeout: float)
         ).returncode
 
 
+def kill_points(total: int | None, kills: int, rng: random.Random) -> list[int] | None:
+    """Epoch-report counts to kill at, spread over the sweep so every kill lands mid-sweep.
+
+    With `total` (the uninterrupted sweep's report count) the kills are placed in [1, total-1]
+    at random, at least one report apart, so a fast machine cannot finish the sweep before the
+    last kill. Without it (`--no-reference`) each round waits for 1-2 new reports instead.
+    """
+    if total is None:
+        return None
+    if total - 1 < kills:
+        raise SystemExit(f"kill_resume: {kills} kills need a sweep of more than {kills} epochs")
+    if total < 2 * kills + 1:
+        return sorted(rng.sample(range(1, total), kills))
+    # Two reports apart and the last at total-2: a kill that lands one report late
+    # (just after the next epoch reported) still leaves the next kill its own epoch.
+    return [s + i for i, s in enumerate(sorted(rng.sample(range(1, total - kills), kills)))]
+
+
 def kill_rounds(
-    cmd: list[str], work: Path, env: dict, kills: int, rng: random.Random, timeout: float
+    cmd: list[str],
+    work: Path,
+    env: dict,
+    kills: int,
+    rng: random.Random,
+    timeout: float,
+    points: list[int] | None = None,
 ) -> tuple[int, list[dict]]:
     """Start / wait for progress / SIGKILL, `kills` times. Returns (kills done, orphan records)."""
     done, orphans = 0, []
     for i in range(kills):
         before = n_results(work)
-        need = before + rng.choice([1, 2])
+        need = before + rng.choice([1, 2]) if points is None else max(points[i], before + 1)
         log = (work / f"attempt_{i:02d}.log").open("w")
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while proc.poll() is None and n_results(work) < need and time.time() < deadline:
-            time.sleep(0.2)
-        time.sleep(rng.uniform(0.0, 2.0))
+            time.sleep(0.05)
+        # A random moment inside the next epoch, cut short once it reports, so the kill
+        # lands before that report or right after it, never several epochs later.
+        jitter_end = time.time() + rng.uniform(0.0, 2.0)
+        while proc.poll() is None and time.time() < jitter_end and n_results(work) <= need:
+            time.sleep(0.05)
         if proc.poll() is not None:  # the sweep finished before this kill: nothing left to kill
             log.close()
             print(f"[kill_resume] round {i + 1}: sweep ended (rc {proc.returncode}) before a kill")
@@ -197,9 +227,23 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
 
+    # The uninterrupted reference runs first: its epoch-report count places the kills.
+    summary: dict = {"script": args.script, "overrides": extra}
+    ref_rows, total = None, None
+    if not args.no_reference:
+        t1 = time.time()
+        cmd_ref = sweep_cmd(args.script, ref_dir, extra)
+        ref_rc = run_to_end(cmd_ref, ref_dir, env, ref_dir / "final.log", args.timeout)
+        summary["wall_s_reference"] = round(time.time() - t1, 1)
+        summary["reference_exit_code"] = ref_rc
+        if ref_rc == 0:
+            ref_rows, total = table(ref_dir), n_results(ref_dir)
+    points = kill_points(total, args.kills, rng)
+    summary["kill_points"] = points
+
     t0 = time.time()
     cmd = sweep_cmd(args.script, killed_dir, extra)
-    kills, orphans = kill_rounds(cmd, killed_dir, env, args.kills, rng, args.timeout)
+    kills, orphans = kill_rounds(cmd, killed_dir, env, args.kills, rng, args.timeout, points)
     rc = run_to_end(cmd, killed_dir, env, killed_dir / "final.log", args.timeout)
     wall_killed = time.time() - t0
 
@@ -215,37 +259,34 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # Scratch checkpoints of killed workers (named kdsweep-ckpt-<pid>-*) left behind by now.
     scratch = [str(p) for p in orphaned_scratch()]
-    summary = {
-        "script": args.script,
-        "overrides": extra,
-        "kills_tried": args.kills,
-        "kills_done": kills,
-        "final_exit_code": rc,
-        "resumes": len(redone),
-        "max_epochs_redone": max(redone, default=0),
-        "epochs_redone_total": sum(redone),
-        "orphaned_ray_procs": len(orphans),
-        "orphans_still_alive": alive,
-        "mlflow": mlflow_check(killed_dir),
-        "checkpoints_not_loading": checkpoints_load(killed_dir),
-        "orphaned_scratch_checkpoints": scratch,
-        "wall_s_killed": round(wall_killed, 1),
-    }
+    summary.update(
+        {
+            "kills_tried": args.kills,
+            "kills_done": kills,
+            "final_exit_code": rc,
+            "resumes": len(redone),
+            "max_epochs_redone": max(redone, default=0),
+            "epochs_redone_total": sum(redone),
+            "orphaned_ray_procs": len(orphans),
+            "orphans_still_alive": alive,
+            "mlflow": mlflow_check(killed_dir),
+            "checkpoints_not_loading": checkpoints_load(killed_dir),
+            "orphaned_scratch_checkpoints": scratch,
+            "wall_s_killed": round(wall_killed, 1),
+        }
+    )
     rows = table(killed_dir)
     summary["statuses"] = sorted(r["status"] for r in rows.values())
     if not args.no_reference:
-        t1 = time.time()
-        cmd_ref = sweep_cmd(args.script, ref_dir, extra)
-        ref_rc = run_to_end(cmd_ref, ref_dir, env, ref_dir / "final.log", args.timeout)
-        summary["wall_s_reference"] = round(time.time() - t1, 1)
-        summary["reference_exit_code"] = ref_rc
-        summary["table_diffs"] = same_table(rows, table(ref_dir)) if ref_rc == 0 else ["no ref"]
+        summary["table_diffs"] = same_table(rows, ref_rows) if ref_rows else ["no ref"]
 
     failures = []
     if rc != 0:
         failures.append(f"resumed sweep exited {rc} (see {killed_dir / 'final.log'})")
     if kills < min(args.kills, 1):
         failures.append("no kill happened")
+    if points is not None and kills < args.kills:
+        failures.append(f"only {kills}/{args.kills} kills landed before the sweep ended")
     if any(s not in ("finished", "pruned") for s in summary["statuses"]):
         failures.append(f"trials not ended: {summary['statuses']}")
     if summary["max_epochs_redone"] > 1:

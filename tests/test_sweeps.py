@@ -192,7 +192,8 @@ def test_sigkill_then_same_command_resumes(tmp_path, cache_dir):
     while time.time() < deadline:
         if journal.is_file() and journal.read_text().count('"ev": "result"') >= 2:
             break
-        time.sleep(0.5)
+        time.sleep(0.1)
+    assert proc.poll() is None, "the sweep ended before the kill: nothing was resumed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     res = _sweep("temperature", tmp_path, cache_dir, *args)
