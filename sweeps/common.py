@@ -23,6 +23,7 @@ from typing import Any
 from kdsweep.errors import KDSweepError
 from kdsweep.paths import cache_root
 from sweeps.space import SPACES_DIR, SweepSpace, load_space, parse_overrides
+from trainables.checkpointing import checkpoint_epoch, ranked_checkpoints
 from trainables.metrics import METRIC, MODE
 from trainables.registry import config_class, evaluate_checkpoint, run_trial
 
@@ -289,6 +290,7 @@ def run_sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from sweeps.pruning import CheckpointPruner, prune_checkpoints
     from sweeps.tracking import Journal, MlflowTrialCallback, default_tracking_uri
 
     space = space or space_from_args(name, args)
@@ -359,10 +361,13 @@ def run_sweep(
         run_config = tune.RunConfig(
             name=sweep,
             storage_path=str(storage),
-            callbacks=[callback],
+            # Ray keeps every checkpoint; CheckpointPruner deletes all but each trial's best
+            # and latest once no saved experiment state needs them (num_to_keep=1 does not
+            # wait for that: sweeps/pruning.py).
+            callbacks=[callback, CheckpointPruner(path, metric, mode)],
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
-            ),  # keeps the best epoch plus (always) the latest, for resume
+                checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
             failure_config=tune.FailureConfig(max_failures=1),
             verbose=1 if args.verbose else 0,
         )
@@ -396,6 +401,7 @@ def run_sweep(
         t0 = time.time()
         grid = tuner.fit()
         wall = time.time() - t0
+        prune_checkpoints(path, metric, mode, margin=1)  # fit saved the final state
     finally:
         import ray
 
@@ -509,12 +515,28 @@ def summarize(grid, space, sweep, path, metric, mode, max_t, args, ended) -> Swe
             "config": r.config,
         }
         ckpt = r.get_best_checkpoint(metric, mode) if r.best_checkpoints else r.checkpoint
-        if ckpt is not None:
+        local = _best_on_disk(Path(r.path), metric, mode)
+        if local is not None:
+            outcome.best["checkpoint"] = str(local)
+            if not args.no_test:
+                outcome.best["test"] = evaluate_checkpoint(r.config, local, "test")
+        elif ckpt is not None:  # remote storage, or checkpoints from an older kdsweep
             outcome.best["checkpoint"] = ckpt.path
             if not args.no_test:
                 with ckpt.as_directory() as d:
                     outcome.best["test"] = evaluate_checkpoint(r.config, Path(d), "test")
     return outcome
+
+
+def _best_on_disk(trial_dir: Path, metric: str, mode: str) -> Path | None:
+    """The trial's best checkpoint that loads, ranked by the metric in each checkpoint's
+    header, as CheckpointPruner ranks them (Ray's own record may name one a kill cut short
+    or that the pruner removed). None when the trial dir is not on this disk."""
+    if not trial_dir.is_dir():
+        return None
+    return next(
+        (c for c in ranked_checkpoints(trial_dir, metric, mode) if checkpoint_epoch(c)), None
+    )
 
 
 def _finite(v) -> bool:

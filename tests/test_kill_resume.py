@@ -26,7 +26,7 @@ def test_five_random_kills_then_resume_match_an_uninterrupted_sweep(tmp_path, ca
             "--workdir",
             str(tmp_path),
             "--",
-            "epochs=4",
+            "epochs=6",
             "--no-asha",
         ],
         env=sweep_env(cache_dir),
@@ -37,7 +37,7 @@ def test_five_random_kills_then_resume_match_an_uninterrupted_sweep(tmp_path, ca
     summary = json.loads((tmp_path / "kill_resume.json").read_text())
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert summary["kills_done"] == 5 and summary["final_exit_code"] == 0
-    assert summary["statuses"] == ["finished"] * 4  # every trial ended, all 4 epochs
+    assert summary["statuses"] == ["finished"] * 4  # every trial ended, all 6 epochs
     assert summary["max_epochs_redone"] <= 1
     assert summary["mlflow"]["runs"] == 4 and summary["mlflow"]["duplicate_runs"] == 0
     assert summary["mlflow"]["running"] == 0

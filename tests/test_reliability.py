@@ -215,6 +215,26 @@ def test_half_deleted_checkpoint_falls_back_to_the_newer_complete_one(small_text
     err = capfd.readouterr().err
     assert "model.safetensors" in err and f"resuming from {second} instead" in err
 
+    # The sweep's final answer is the trial's best checkpoint that loads, ranked by the metric
+    # in each checkpoint's header: never the half-deleted one, whatever Tune recorded.
+    from sweeps.common import _best_on_disk
+    from trainables.checkpointing import checkpoint_epoch, checkpoint_info
+
+    assert checkpoint_epoch(first) is None and checkpoint_epoch(second) == 2
+    assert checkpoint_info(second) == (2, pytest.approx(straight.results[1], abs=0, rel=0))
+    (tmp_path / "straight" / "checkpoint_000003").mkdir()  # a dir Ray had begun to write
+    assert _best_on_disk(tmp_path / "straight", "dev_accuracy", "max") == second
+
+    # A checkpoint dir overwritten by a later epoch's copy that a kill cut short: the weights'
+    # header says which epoch they are, so the pair does not load as if it were whole.
+    mixed = tmp_path / "mixed" / "checkpoint_000002"
+    shutil.copytree(second, mixed)
+    shutil.copy(resumed.checkpoints[0] / "model.safetensors", mixed / "model.safetensors")
+    assert checkpoint_epoch(mixed) is None
+    with local_session(tmp_path / "m", restore_from=mixed), pytest.raises(KDSweepError) as e:
+        text_mod.soft(cfg)
+    assert "weights of epoch 3 but training state of epoch 2" in str(e.value)
+
     (second / "state.pt").write_bytes(b"\0" * 10)  # nothing loadable left: a clear error
     with local_session(tmp_path / "again", restore_from=first), pytest.raises(KDSweepError) as e:
         text_mod.soft(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -205,6 +206,15 @@ def test_sigkill_then_same_command_resumes(tmp_path, cache_dir):
         assert c.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "epoch")]
         assert steps == [1, 2, 3, 4] or c.data.tags.get("stopped_by") == "asha"
+    # Only each trial's best and latest checkpoint are left (sweeps/pruning.py); the best
+    # trial's, evaluated on test, loads.
+    from trainables.checkpointing import checkpoint_epoch
+
+    for trial_dir in journal.parent.glob("*/"):
+        ckpts = list(trial_dir.glob("checkpoint_*"))
+        assert 1 <= len(ckpts) <= 2 or not (trial_dir / "params.json").exists(), ckpts
+    best = json.loads((journal.parent / "best.json").read_text())
+    assert checkpoint_epoch(Path(best["checkpoint"])) is not None and "test" in best
     # a changed space is refused on resume, and earlier results stay
     res = _sweep("temperature", tmp_path, cache_dir, "epochs=4", "alpha=0.5", "--resume")
     assert res.returncode == 2 and "changed" in res.stderr

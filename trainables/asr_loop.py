@@ -367,7 +367,7 @@ def run_asr_trial(
             lr=sched.get_last_lr()[0],
         )
         ckpt_dir = tune_io.new_checkpoint_dir()
-        save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg)
+        save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg, metrics)
         tune_io.report(metrics, ckpt_dir)
 
 

@@ -12,21 +12,34 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from kdsweep.errors import KDSweepError
 
 
 def save_state(
-    ckpt: Path, model, opt, sched, scaler, epoch: int, train_seconds: float, cfg: Any
+    ckpt: Path,
+    model,
+    opt,
+    sched,
+    scaler,
+    epoch: int,
+    train_seconds: float,
+    cfg: Any,
+    metrics: dict[str, Any] | None = None,
 ) -> None:
     """Write weights, training state and config into the directory `ckpt`.
+
+    The weights' header also names the epoch and the epoch's numeric metrics
+    (`checkpoint_info`), so a checkpoint says what it holds without loading it.
 
     A failed write (disk full, quota, I/O error) removes the half-written directory and raises
     a `KDSweepError` saying so: the previous epoch's checkpoint, already in the trial's storage,
@@ -35,7 +48,16 @@ def save_state(
     ckpt = Path(ckpt)
     try:
         weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(ckpt / "model.safetensors"))
+        # The epoch also goes into the weights' header: a checkpoint dir overwritten by a later
+        # epoch's copy that a kill cut short would otherwise pair epoch-N weights with epoch-M
+        # optimizer state and still load.
+        numeric = {
+            k: float(v)
+            for k, v in (metrics or {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        header = {"epoch": str(epoch), "metrics": json.dumps(numeric)}
+        save_file(weights, str(ckpt / "model.safetensors"), metadata=header)
         state = {
             "epoch": epoch,
             "train_seconds": train_seconds,
@@ -64,6 +86,7 @@ def load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:
     try:
         model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
         state = torch.load(ckpt / "state.pt", weights_only=True)
+        _same_epoch(ckpt, state)
     except Exception as e:  # corrupt/foreign checkpoint: say which file
         raise KDSweepError(f"checkpoint {ckpt}: cannot load ({type(e).__name__}: {e})") from e
     opt.load_state_dict(state["optimizer"])
@@ -74,6 +97,68 @@ def load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:
     if state.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["epoch"]), float(state["train_seconds"])
+
+
+def checkpoint_info(ckpt: Path) -> tuple[int, dict[str, float]] | None:
+    """(epoch, metrics) from the weights' header, reading only the header; None when the
+    weights are missing or unreadable, or were written before headers named the epoch."""
+    try:
+        with safe_open(str(Path(ckpt) / "model.safetensors"), framework="pt") as f:
+            meta = f.metadata() or {}
+        return int(meta["epoch"]), json.loads(meta.get("metrics", "{}"))
+    except Exception:  # noqa: BLE001 - a half-deleted or foreign checkpoint
+        return None
+
+
+def _same_epoch(ckpt: Path, state: dict) -> None:
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        weights_epoch = (f.metadata() or {}).get("epoch")
+    if weights_epoch is not None and int(weights_epoch) != int(state["epoch"]):
+        raise ValueError(
+            f"weights of epoch {weights_epoch} but training state of epoch {state['epoch']} "
+            "(a copy cut short)"
+        )
+
+
+def checkpoint_epoch(ckpt: Path) -> int | None:
+    """The epoch a checkpoint holds; None when it would not load (a file missing or unreadable,
+    weights and training state from different epochs)."""
+    ckpt = Path(ckpt)
+    try:
+        load_file(str(ckpt / "model.safetensors"))
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        _same_epoch(ckpt, state)
+        json.loads((ckpt / "config.json").read_text())
+        return int(state["epoch"])
+    except Exception:  # noqa: BLE001 - any failure means "not loadable"
+        return None
+
+
+def with_siblings(ckpt: Path) -> list[Path]:
+    """`ckpt`, then the other `checkpoint_*` dirs of its trial, newest first.
+
+    Why: with `num_to_keep` Ray deletes a superseded checkpoint as soon as the newer one is
+    registered, but writes the experiment state only every few seconds. A driver killed in
+    between leaves the state naming a checkpoint that is half-deleted (seen: model.safetensors
+    gone, state.pt left) while the newer one, copied to storage before it was reported, is
+    complete. It belongs to the same trial and config, so resuming from it is exact.
+    """
+    ckpt = Path(ckpt)
+    others = [p for p in ckpt.parent.glob("checkpoint_*") if p.is_dir() and p != ckpt]
+    return [ckpt, *sorted(others, key=lambda p: p.name, reverse=True)]
+
+
+def ranked_checkpoints(trial_dir: Path, metric: str, mode: str) -> list[Path]:
+    """A trial's checkpoints whose header has a finite `metric`, best first; ties go to the
+    later one (as Ray ranks them). Reads only the headers (`checkpoint_info`)."""
+    sign = 1.0 if mode == "max" else -1.0
+    scored = []
+    for path in Path(trial_dir).glob("checkpoint_*"):
+        info = checkpoint_info(path)
+        value = info[1].get(metric, math.nan) if info else math.nan
+        if math.isfinite(value):
+            scored.append((sign * value, path.name, path))
+    return [path for *_, path in sorted(scored, reverse=True)]
 
 
 def resume_state(candidates: list[Path], model, opt, sched, scaler) -> tuple[int, float]:

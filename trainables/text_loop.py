@@ -352,7 +352,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
         if _analysis_due(cfg, epoch + 1):
             metrics.update(_analysis_metrics(cfg, student, data, analysis_cache))
         ckpt_dir = tune_io.new_checkpoint_dir()
-        save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg)
+        save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg, metrics)
         tune_io.report(metrics, ckpt_dir)
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainables.checkpointing import with_siblings
+
 _LOCAL: LocalSession | None = None
 
 
@@ -99,19 +101,6 @@ def restored_checkpoints() -> Iterator[list[Path]]:
     else:  # remote storage: Tune downloads the one checkpoint it recorded
         with ckpt.as_directory() as d:
             yield [Path(d)]
-
-
-def with_siblings(ckpt: Path) -> list[Path]:
-    """`ckpt`, then the other `checkpoint_*` dirs of its trial, newest first.
-
-    Why: with `num_to_keep` Ray deletes a superseded checkpoint as soon as the newer one is
-    registered, but writes the experiment state only every few seconds. A driver killed in
-    between leaves the state naming a checkpoint that is half-deleted (seen: model.safetensors
-    gone, state.pt left) while the newer one, copied to storage before it was reported, is
-    complete. It belongs to the same trial and config, so resuming from it is exact.
-    """
-    others = [p for p in ckpt.parent.glob("checkpoint_*") if p.is_dir() and p != ckpt]
-    return [ckpt, *sorted(others, key=lambda p: p.name, reverse=True)]
 
 
 def report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
