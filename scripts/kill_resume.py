@@ -85,19 +85,24 @@ def run_to_end(cmd: list[str], work: Path, env: dict, log: Path, timeout: float)
 def kill_points(total: int | None, kills: int, rng: random.Random) -> list[int] | None:
     """Epoch-report counts to kill at, spread over the sweep so every kill lands mid-sweep.
 
-    With `total` (the uninterrupted sweep's report count) the kills are placed in [1, total-1]
-    at random, at least one report apart, so a fast machine cannot finish the sweep before the
-    last kill. Without it (`--no-reference`) each round waits for 1-2 new reports instead.
+    With `total` (the uninterrupted sweep's report count) the kills are placed at random in
+    the first three quarters of the reports, two apart where they fit: epochs redone after a
+    kill add no report, and the last epochs of concurrent trials report in a burst, so a kill
+    point near the end can be passed by a sweep that ends before the kill. Without `total`
+    (`--no-reference`) each round waits for 1-2 new reports instead.
     """
     if total is None:
         return None
-    if total - 1 < kills:
-        raise SystemExit(f"kill_resume: {kills} kills need a sweep of more than {kills} epochs")
-    if total < 2 * kills + 1:
-        return sorted(rng.sample(range(1, total), kills))
-    # Two reports apart and the last at total-2: a kill that lands one report late
-    # (just after the next epoch reported) still leaves the next kill its own epoch.
-    return [s + i for i, s in enumerate(sorted(rng.sample(range(1, total - kills), kills)))]
+    hi = total - max(2, total // 4)  # last kill point
+    if hi < kills:
+        raise SystemExit(
+            f"kill_resume: {kills} kills need a sweep of more than {kills + 2} epoch reports "
+            f"in all (this one has {total}); add epochs=N"
+        )
+    if 2 * kills - 1 > hi:
+        return sorted(rng.sample(range(1, hi + 1), kills))
+    # Two reports apart: a kill that lands one report late still leaves the next its own epoch.
+    return [s + i for i, s in enumerate(sorted(rng.sample(range(1, hi + 2 - kills), kills)))]
 
 
 def kill_rounds(
@@ -216,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
     p.add_argument("--no-reference", action="store_true", help="skip the uninterrupted sweep")
     p.add_argument("--timeout", type=float, default=900, help="seconds per driver run")
-    p.add_argument("overrides", nargs="*", help="sweep overrides (default: epochs=6 --no-asha)")
+    p.add_argument("overrides", nargs="*", help="sweep overrides (default: epochs=8 --no-asha)")
     args = p.parse_args(argv)
-    extra = args.overrides or ["epochs=6", "--no-asha"]
+    extra = args.overrides or ["epochs=8", "--no-asha"]
     rng = random.Random(args.seed)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="kdsweep-kill-")).resolve()
     killed_dir, ref_dir = root / "killed", root / "reference"
