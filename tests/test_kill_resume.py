@@ -38,7 +38,7 @@ def test_five_random_kills_then_resume_match_an_uninterrupted_sweep(tmp_path, ca
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert summary["kills_done"] == 5 and summary["final_exit_code"] == 0
     assert summary["statuses"] == ["finished"] * 4  # every trial ended, all 6 epochs
-    assert summary["max_epochs_redone"] <= 1
+    assert summary["max_redone_s"] <= 30  # Ray saves the state it restores every 10 s or more
     assert summary["mlflow"]["runs"] == 4 and summary["mlflow"]["duplicate_runs"] == 0
     assert summary["mlflow"]["running"] == 0
     assert not summary["checkpoints_not_loading"] and not summary["orphans_still_alive"]

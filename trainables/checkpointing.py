@@ -137,11 +137,10 @@ def checkpoint_epoch(ckpt: Path) -> int | None:
 def with_siblings(ckpt: Path) -> list[Path]:
     """`ckpt`, then the other `checkpoint_*` dirs of its trial, newest first.
 
-    Why: with `num_to_keep` Ray deletes a superseded checkpoint as soon as the newer one is
-    registered, but writes the experiment state only every few seconds. A driver killed in
-    between leaves the state naming a checkpoint that is half-deleted (seen: model.safetensors
-    gone, state.pt left) while the newer one, copied to storage before it was reported, is
-    complete. It belongs to the same trial and config, so resuming from it is exact.
+    The fallbacks for a recorded checkpoint that does not load: one a kill left half-deleted
+    (seen with Ray's own `num_to_keep` deletion, which sweeps started before
+    `sweeps/pruning.py` still use) or half-overwritten. The newer ones belong to the same trial
+    and config, and resuming from one of them is exact.
     """
     ckpt = Path(ckpt)
     others = [p for p in ckpt.parent.glob("checkpoint_*") if p.is_dir() and p != ckpt]
@@ -150,7 +149,7 @@ def with_siblings(ckpt: Path) -> list[Path]:
 
 def ranked_checkpoints(trial_dir: Path, metric: str, mode: str) -> list[Path]:
     """A trial's checkpoints whose header has a finite `metric`, best first; ties go to the
-    later one (as Ray ranks them). Reads only the headers (`checkpoint_info`)."""
+    later one. Reads only the headers (`checkpoint_info`)."""
     sign = 1.0 if mode == "max" else -1.0
     scored = []
     for path in Path(trial_dir).glob("checkpoint_*"):
@@ -165,7 +164,7 @@ def resume_state(candidates: list[Path], model, opt, sched, scaler) -> tuple[int
     """`load_state` from the first candidate that loads; (0, 0.0) when there is none.
 
     The first candidate is the checkpoint Tune recorded; the others are fallbacks for one that
-    a kill left half-deleted (`tune_io.with_siblings`). Falling back is said on stderr; when no
+    does not load (`with_siblings`). Falling back is said on stderr; when no
     candidate loads, the first one's error is raised.
     """
     errors: list[KDSweepError] = []
