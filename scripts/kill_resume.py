@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="kdsweep-kill-")).resolve()
     killed_dir, ref_dir = root / "killed", root / "reference"
-    for d in (killed_dir, ref_dir):
-        d.mkdir(parents=True, exist_ok=True)
+    for d in (killed_dir, ref_dir):  # this script's own folders: a rerun starts them afresh
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
 
