@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import random
 import shutil
@@ -43,6 +44,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
+from trainables.checkpointing import checkpoint_epoch  # noqa: E402
 from trainables.tune_io import orphaned_scratch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +94,8 @@ def redone_seconds(events: list[dict], kill_ts: list[float]) -> list[float]:
         if ev["ev"] != "resumed":
             continue
         for epoch in range(ev["from_epoch"] + 1, ev["logged_epoch"] + 1):
-            reported = first_ts.get((ev["trial"], epoch))
-            kill = next((k for k in sorted(kill_ts) if reported is not None and k > reported), None)
+            reported = first_ts.get((ev["trial"], epoch), math.inf)
+            kill = next((k for k in kill_ts if k > reported), None)  # kill_ts: in order
             if kill is not None:
                 out.append(kill - reported)
     return out
@@ -196,9 +198,6 @@ def mlflow_check(work: Path) -> dict:
 
 def checkpoints_load(work: Path) -> list[str]:
     """Every trial's newest checkpoint loads; returns the ones that do not."""
-    import torch
-    from safetensors.torch import load_file
-
     bad = []
     for trial_dir in sorted((work / "runs").glob("*/*/")):
         ckpts = sorted(trial_dir.glob("checkpoint_*"))
@@ -207,11 +206,8 @@ def checkpoints_load(work: Path) -> list[str]:
         if not ckpts:
             bad.append(f"{trial_dir}: no checkpoint")
             continue
-        try:
-            load_file(str(ckpts[-1] / "model.safetensors"))
-            torch.load(ckpts[-1] / "state.pt", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            bad.append(f"{ckpts[-1]}: {type(e).__name__}: {e}")
+        if checkpoint_epoch(ckpts[-1]) is None:  # weights, state and config, one epoch
+            bad.append(f"{ckpts[-1]}: does not load")
     return bad
 
 

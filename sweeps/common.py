@@ -514,13 +514,13 @@ def summarize(grid, space, sweep, path, metric, mode, max_t, args, ended) -> Swe
             "params": {k: r.config.get(k) for k in space.varied},
             "config": r.config,
         }
-        ckpt = r.get_best_checkpoint(metric, mode) if r.best_checkpoints else r.checkpoint
         local = _best_on_disk(Path(r.path), metric, mode)
         if local is not None:
             outcome.best["checkpoint"] = str(local)
             if not args.no_test:
                 outcome.best["test"] = evaluate_checkpoint(r.config, local, "test")
-        elif ckpt is not None:  # remote storage, or checkpoints from an older kdsweep
+        elif r.best_checkpoints or r.checkpoint:  # remote storage, or an older kdsweep's
+            ckpt = r.get_best_checkpoint(metric, mode) if r.best_checkpoints else r.checkpoint
             outcome.best["checkpoint"] = ckpt.path
             if not args.no_test:
                 with ckpt.as_directory() as d:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from kdsweep.errors import KDSweepError
 
@@ -84,9 +84,10 @@ def load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:
     """Restore what `save_state` wrote; returns (epochs done, seconds trained so far)."""
     ckpt = Path(ckpt)
     try:
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        weights, header = _read_weights(ckpt)
+        model.load_state_dict(weights)
         state = torch.load(ckpt / "state.pt", weights_only=True)
-        _same_epoch(ckpt, state)
+        _same_epoch(header, state)
     except Exception as e:  # corrupt/foreign checkpoint: say which file
         raise KDSweepError(f"checkpoint {ckpt}: cannot load ({type(e).__name__}: {e})") from e
     opt.load_state_dict(state["optimizer"])
@@ -110,9 +111,14 @@ def checkpoint_info(ckpt: Path) -> tuple[int, dict[str, float]] | None:
         return None
 
 
-def _same_epoch(ckpt: Path, state: dict) -> None:
-    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
-        weights_epoch = (f.metadata() or {}).get("epoch")
+def _read_weights(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The weights and the header of `ckpt`/model.safetensors, in one read."""
+    with safe_open(str(Path(ckpt) / "model.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}  # noqa: SIM118
+
+
+def _same_epoch(header: dict[str, str], state: dict) -> None:
+    weights_epoch = header.get("epoch")
     if weights_epoch is not None and int(weights_epoch) != int(state["epoch"]):
         raise ValueError(
             f"weights of epoch {weights_epoch} but training state of epoch {state['epoch']} "
@@ -125,9 +131,9 @@ def checkpoint_epoch(ckpt: Path) -> int | None:
     weights and training state from different epochs)."""
     ckpt = Path(ckpt)
     try:
-        load_file(str(ckpt / "model.safetensors"))
+        _, header = _read_weights(ckpt)
         state = torch.load(ckpt / "state.pt", weights_only=True)
-        _same_epoch(ckpt, state)
+        _same_epoch(header, state)
         json.loads((ckpt / "config.json").read_text())
         return int(state["epoch"])
     except Exception:  # noqa: BLE001 - any failure means "not loadable"

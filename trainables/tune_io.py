@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainables.checkpointing import with_siblings
-
 _LOCAL: LocalSession | None = None
 
 
@@ -84,6 +82,8 @@ def restored_checkpoints() -> Iterator[list[Path]]:
     `checkpoint_*` dirs, newest first (see `with_siblings`). The caller loads the first that
     loads (`checkpointing.resume_state`).
     """
+    from trainables.checkpointing import with_siblings  # torch: not at this seam's import
+
     if _LOCAL is not None:
         yield with_siblings(Path(_LOCAL.restore_from)) if _LOCAL.restore_from else []
         return
