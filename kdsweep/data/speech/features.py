@@ -1,0 +1,234 @@
+"""Log-mel features, SpecAugment, the cached `FeatureSet` and length-bucketed batching."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+from kdsweep.data.speech.audio import SAMPLE_RATE, _torch_threads, read_audio
+from kdsweep.data.speech.corpus import Utterance
+from kdsweep.data.speech.text import CharVocab
+from kdsweep.errors import KDSweepError
+
+FEATURE_VERSION = 1
+
+
+class LogMel(nn.Module):
+    """80-bin log-mel filterbank, 25 ms window / 10 ms hop at 16 kHz, per-utterance CMVN."""
+
+    def __init__(self, n_mels: int = 80, sample_rate: int = SAMPLE_RATE, eps: float = 1e-6):
+        super().__init__()
+        self.n_mels, self.sample_rate, self.eps = n_mels, sample_rate, eps
+        win = int(0.025 * sample_rate)  # 400 samples
+        hop = int(0.010 * sample_rate)  # 160 samples -> 100 frames/s
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=win, win_length=win, hop_length=hop, n_mels=n_mels
+        )
+
+    def config(self) -> dict[str, float]:
+        """Settings that determine the features (part of the feature cache key)."""
+        return {"n_mels": self.n_mels, "sample_rate": self.sample_rate, "eps": self.eps}
+
+    def forward(self, wave: Tensor) -> Tensor:
+        """wave [N] -> features [T, n_mels] with T = N // hop + 1."""
+        # eps=1e-6 floors log power at -13.8 (about -60 dB below unit power): silence and digital
+        # zeros stay finite without dominating the per-utterance statistics.
+        feats = torch.log(self.mel(wave) + self.eps).transpose(0, 1)
+        mean = feats.mean(dim=0, keepdim=True)
+        # unbiased=False so a 1-frame clip gives std 0 (then clamped) instead of NaN
+        std = feats.std(dim=0, keepdim=True, unbiased=False).clamp_min(1e-5)
+        return (feats - mean) / std
+
+
+class SpecAugment(nn.Module):
+    """SpecAugment (frequency + time masks) on a batch [B, T, F]; identity in eval mode."""
+
+    def __init__(
+        self, freq_mask: int = 15, time_mask: int = 25, n_freq_masks: int = 2, n_time_masks: int = 2
+    ):
+        super().__init__()
+        self.freq = nn.ModuleList(
+            torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)
+            for _ in range(n_freq_masks)
+        )
+        self.time = nn.ModuleList(
+            torchaudio.transforms.TimeMasking(time_mask, iid_masks=True)
+            for _ in range(n_time_masks)
+        )
+
+    def forward(self, feats: Tensor) -> Tensor:
+        """Masked copy of ``feats``; masks fill with 0, the per-utterance mean after CMVN."""
+        if not self.training:
+            return feats
+        x = feats.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T] as torchaudio expects
+        for m in (*self.freq, *self.time):
+            x = m(x)
+        return x.squeeze(1).transpose(1, 2)
+
+
+@dataclass
+class FeatureSet(torch.utils.data.Dataset):
+    """Cached features: per-utterance log-mels [T, 80] and label ids, plus metadata."""
+
+    ids: list[str]
+    feats: list[Tensor]
+    targets: list[Tensor]
+    transcripts: list[str]
+    voices: list[str]
+    splits: list[str]
+    lengths: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lengths = [int(f.shape[0]) for f in self.feats]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.feats[i], self.targets[i]
+
+    def select(self, split: str | Iterable[str]) -> FeatureSet:
+        """Subset by split name(s), e.g. ``fs.select("train")``."""
+        wanted = {split} if isinstance(split, str) else set(split)
+        idx = [i for i, s in enumerate(self.splits) if s in wanted]
+        fields = ("ids", "feats", "targets", "transcripts", "voices", "splits")
+        return FeatureSet(*([getattr(self, a)[i] for i in idx] for a in fields))
+
+    def batches(
+        self, batch_size: int, shuffle: bool = True, seed: int = 0, pad_targets: bool = False
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Length-bucketed, collated batches (see ``bucket_batches`` and ``pad_collate``).
+
+        Pass the epoch number as ``seed`` for a new order each epoch.
+        """
+        for _, batch in self.indexed_batches(batch_size, shuffle, seed, pad_targets):
+            yield batch
+
+    def indexed_batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, pad_targets: bool = False
+    ) -> Iterator[tuple[list[int], tuple[Tensor, Tensor, Tensor, Tensor]]]:
+        """Like ``batches`` but yields (utterance indices, batch): for matching hypotheses to
+        ``transcripts`` in evaluation (unshuffled batches are sorted by length)."""
+        for idx in bucket_batches(self.lengths, batch_size, shuffle=shuffle, seed=seed):
+            yield idx, pad_collate([self[i] for i in idx], pad_targets=pad_targets)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def featurize(
+    utterances: Sequence[Utterance],
+    cache_dir: str | Path,
+    logmel: LogMel | None = None,
+    vocab: CharVocab | None = None,
+) -> FeatureSet:
+    """Compute log-mel features once and cache them in ``cache_dir/feats-<hash>.pt``.
+
+    The key hashes the audio bytes, transcripts, ids, splits and the feature settings, so a
+    changed corpus or setting never reuses stale features.
+    """
+    if not utterances:
+        raise KDSweepError("utterances: empty list, nothing to featurize")
+    logmel = logmel or LogMel()
+    vocab = vocab or CharVocab()
+    h = hashlib.sha1(json.dumps({"v": FEATURE_VERSION, **logmel.config()}, sort_keys=True).encode())
+    for u in utterances:
+        if not Path(u.path).is_file():
+            raise KDSweepError(f"utterance {u.id}: field 'path': audio file not found: {u.path}")
+        h.update(f"{u.id}\t{u.transcript}\t{u.voice}\t{u.split}\t".encode())
+        h.update(_file_digest(Path(u.path)).encode())
+    cache = Path(cache_dir) / f"feats-{h.hexdigest()[:16]}.pt"
+
+    if cache.exists():
+        blob = torch.load(cache, weights_only=True)
+    else:
+        feats = []
+        with torch.no_grad(), _torch_threads(1):
+            for u in utterances:
+                feats.append(logmel(read_audio(u.path, logmel.sample_rate)))
+        lens = torch.tensor([0] + [f.shape[0] for f in feats])
+        blob = {
+            # float16 on disk halves the cache; after CMVN values are O(1), and fp16's ~1e-3
+            # relative precision is far below the features' own noise. Loaded back as float32.
+            "feats": torch.cat(feats).to(torch.float16),
+            "offsets": torch.cumsum(lens, 0),
+            "ids": [u.id for u in utterances],
+            "transcripts": [u.transcript for u in utterances],
+            "voices": [u.voice for u in utterances],
+            "splits": [u.split for u in utterances],
+        }
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        torch.save(blob, tmp)
+        tmp.replace(cache)
+    allf = blob["feats"].float()
+    off = blob["offsets"].tolist()
+    feats = [allf[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+    targets = [torch.tensor(vocab.encode(t), dtype=torch.long) for t in blob["transcripts"]]
+    meta = blob["ids"], blob["transcripts"], blob["voices"], blob["splits"]
+    return FeatureSet(meta[0], feats, targets, *meta[1:])
+
+
+def pad_collate(
+    batch: Sequence[tuple[Tensor, Tensor]], pad_targets: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Collate (feat [T, F], target [L]) pairs.
+
+    Returns feats [B, Tmax, F] (zero-padded), feat_lens [B], targets (concatenated 1-D, or
+    [B, Lmax] zero-padded when ``pad_targets``) and target_lens [B]. Both target layouts are
+    accepted by ``torch.nn.functional.ctc_loss``.
+    """
+    feats = [b[0] for b in batch]
+    tgts = [b[1] for b in batch]
+    feat_lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+    tgt_lens = torch.tensor([t.shape[0] for t in tgts], dtype=torch.long)
+    x = nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    if pad_targets:
+        y = nn.utils.rnn.pad_sequence(tgts, batch_first=True) if tgts else torch.zeros(0, 0)
+    else:
+        y = torch.cat(tgts) if tgts else torch.zeros(0, dtype=torch.long)
+    return x, feat_lens, y.long(), tgt_lens
+
+
+def bucket_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    chunk_batches: int = 20,
+) -> list[list[int]]:
+    """Batches of indices with similar lengths: shuffle, cut into chunks of ``chunk_batches``
+    batches, sort each chunk by length, split into batches, shuffle the batch order.
+
+    Similar lengths mean little padding (faster LSTMs); chunking keeps batches random across
+    epochs. Without ``shuffle`` the result is fully sorted by length (good for evaluation).
+    """
+    if batch_size < 1:
+        raise KDSweepError(f"batch_size: must be >= 1, got {batch_size}")
+    n = len(lengths)
+    if not shuffle:
+        order = sorted(range(n), key=lambda i: lengths[i])
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(n).tolist()
+    chunk = batch_size * chunk_batches
+    batches: list[list[int]] = []
+    for c in range(0, n, chunk):
+        part = sorted(idx[c : c + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
