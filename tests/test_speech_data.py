@@ -190,8 +190,9 @@ def test_cmu_clips_load_with_transcripts() -> None:
 def test_featurize_cached_and_collate(corpus: Path, tmp_path: Path) -> None:
     utts = load_manifest(corpus)
     fs = featurize(utts, tmp_path / "cache")
-    files = list((tmp_path / "cache").glob("feats-*.pt"))
-    assert len(files) == 1
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 2 and files[1] == files[0] + ".lock"  # one cache folder + its lock
+    assert (tmp_path / "cache" / files[0] / "feats.npy").is_file()
     fs2 = featurize(utts, tmp_path / "cache")  # from cache
     assert torch.equal(fs.feats[0], fs2.feats[0]) and fs.ids == fs2.ids
     n = sf.info(str(utts[0].path)).frames

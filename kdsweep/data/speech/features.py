@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,13 @@ from torch import Tensor, nn
 
 from kdsweep.data.speech.audio import SAMPLE_RATE, _torch_threads, read_audio
 from kdsweep.data.speech.corpus import Utterance
+from kdsweep.data.speech.feature_store import CHUNK_UTTERANCES, FeatureRows, load_or_build
 from kdsweep.data.speech.text import CharVocab
 from kdsweep.errors import KDSweepError
+from kdsweep.filelock import locked
 
-FEATURE_VERSION = 1
+# 2: a float16 memory map + offsets per content (1: one torch.save blob loaded whole).
+FEATURE_VERSION = 2
 
 
 class LogMel(nn.Module):
@@ -75,12 +77,20 @@ class SpecAugment(nn.Module):
         return x.squeeze(1).transpose(1, 2)
 
 
+_FIELDS = ("ids", "feats", "targets", "transcripts", "voices", "splits")
+
+
 @dataclass
 class FeatureSet(torch.utils.data.Dataset):
-    """Cached features: per-utterance log-mels [T, 80] and label ids, plus metadata."""
+    """Per-utterance log-mels [T, 80] and label ids, plus metadata.
+
+    ``feats`` is a list of tensors or, from `featurize`, a `FeatureRows` that reads each
+    utterance from the on-disk float16 cache when indexed (so a trial's memory does not grow
+    with the corpus). ``lengths`` (frames per utterance) never reads features.
+    """
 
     ids: list[str]
-    feats: list[Tensor]
+    feats: Sequence[Tensor]
     targets: list[Tensor]
     transcripts: list[str]
     voices: list[str]
@@ -88,7 +98,10 @@ class FeatureSet(torch.utils.data.Dataset):
     lengths: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.lengths = [int(f.shape[0]) for f in self.feats]
+        if isinstance(self.feats, FeatureRows):
+            self.lengths = self.feats.lengths
+        else:
+            self.lengths = [int(f.shape[0]) for f in self.feats]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,12 +109,24 @@ class FeatureSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return self.feats[i], self.targets[i]
 
+    def take(self, rows: Iterable[int]) -> FeatureSet:
+        """The utterances ``rows``, in that order (features stay on disk when they were)."""
+        rows = list(rows)
+        if isinstance(self.feats, FeatureRows):
+            feats: Sequence[Tensor] = self.feats.take(rows)
+        else:
+            feats = [self.feats[i] for i in rows]
+        rest = ([getattr(self, a)[i] for i in rows] for a in _FIELDS[2:])
+        return FeatureSet([self.ids[i] for i in rows], feats, *rest)
+
+    def concat(self, other: FeatureSet) -> FeatureSet:
+        """Rows of ``self`` then rows of ``other``."""
+        return FeatureSet(*(getattr(self, a) + getattr(other, a) for a in _FIELDS))
+
     def select(self, split: str | Iterable[str]) -> FeatureSet:
         """Subset by split name(s), e.g. ``fs.select("train")``."""
         wanted = {split} if isinstance(split, str) else set(split)
-        idx = [i for i, s in enumerate(self.splits) if s in wanted]
-        fields = ("ids", "feats", "targets", "transcripts", "voices", "splits")
-        return FeatureSet(*([getattr(self, a)[i] for i in idx] for a in fields))
+        return self.take(i for i, s in enumerate(self.splits) if s in wanted)
 
     def batches(
         self, batch_size: int, shuffle: bool = True, seed: int = 0, pad_targets: bool = False
@@ -135,11 +160,14 @@ def featurize(
     cache_dir: str | Path,
     logmel: LogMel | None = None,
     vocab: CharVocab | None = None,
+    chunk: int = CHUNK_UTTERANCES,
 ) -> FeatureSet:
-    """Compute log-mel features once and cache them in ``cache_dir/feats-<hash>.pt``.
+    """Compute log-mel features once per content into ``cache_dir/feats-<hash>/`` (a float16
+    memory map, see `feature_store`) and return them as a lazily read `FeatureSet`.
 
     The key hashes the audio bytes, transcripts, ids, splits and the feature settings, so a
-    changed corpus or setting never reuses stale features.
+    changed corpus or setting never reuses stale features. Features are computed ``chunk``
+    utterances at a time; an interrupted build continues after its last saved chunk.
     """
     if not utterances:
         raise KDSweepError("utterances: empty list, nothing to featurize")
@@ -151,36 +179,23 @@ def featurize(
             raise KDSweepError(f"utterance {u.id}: field 'path': audio file not found: {u.path}")
         h.update(f"{u.id}\t{u.transcript}\t{u.voice}\t{u.split}\t".encode())
         h.update(_file_digest(Path(u.path)).encode())
-    cache = Path(cache_dir) / f"feats-{h.hexdigest()[:16]}.pt"
+    key = h.hexdigest()[:16]
+    columns = {
+        "ids": [u.id for u in utterances],
+        "transcripts": [u.transcript for u in utterances],
+        "voices": [u.voice for u in utterances],
+        "splits": [u.split for u in utterances],
+    }
+    meta = {"version": FEATURE_VERSION, "key": key, **logmel.config(), **columns}
 
-    if cache.exists():
-        blob = torch.load(cache, weights_only=True)
-    else:
-        feats = []
-        with torch.no_grad(), _torch_threads(1):
-            for u in utterances:
-                feats.append(logmel(read_audio(u.path, logmel.sample_rate)))
-        lens = torch.tensor([0] + [f.shape[0] for f in feats])
-        blob = {
-            # float16 on disk halves the cache; after CMVN values are O(1), and fp16's ~1e-3
-            # relative precision is far below the features' own noise. Loaded back as float32.
-            "feats": torch.cat(feats).to(torch.float16),
-            "offsets": torch.cumsum(lens, 0),
-            "ids": [u.id for u in utterances],
-            "transcripts": [u.transcript for u in utterances],
-            "voices": [u.voice for u in utterances],
-            "splits": [u.split for u in utterances],
-        }
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save(blob, tmp)
-        tmp.replace(cache)
-    allf = blob["feats"].float()
-    off = blob["offsets"].tolist()
-    feats = [allf[off[i] : off[i + 1]] for i in range(len(off) - 1)]
-    targets = [torch.tensor(vocab.encode(t), dtype=torch.long) for t in blob["transcripts"]]
-    meta = blob["ids"], blob["transcripts"], blob["voices"], blob["splits"]
-    return FeatureSet(meta[0], feats, targets, *meta[1:])
+    def compute(i: int) -> Tensor:
+        return logmel(read_audio(utterances[i].path, logmel.sample_rate))
+
+    cache = Path(cache_dir) / f"feats-{key}"
+    with locked(cache.with_name(cache.name + ".lock")), torch.no_grad(), _torch_threads(1):
+        feats = load_or_build(cache, meta, logmel.n_mels, compute, chunk)
+    targets = [torch.tensor(vocab.encode(t), dtype=torch.long) for t in columns["transcripts"]]
+    return FeatureSet(columns["ids"], feats, targets, *list(columns.values())[1:])
 
 
 def pad_collate(

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,7 +97,10 @@ def _synthesize(
         power = float(wave.pow(2).mean())
         noise_std = (power / 10 ** (noise_snr_db / 10)) ** 0.5
         wave = wave + noise_std * torch.randn(wave.shape, generator=gen)
-    sf.write(str(out), wave.clamp(-1.0, 1.0).numpy(), SAMPLE_RATE, subtype="PCM_16")
+    # Written under a temporary name and renamed: a wav file exists only when complete.
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    sf.write(str(tmp), wave.clamp(-1.0, 1.0).numpy(), SAMPLE_RATE, "PCM_16", format="WAV")
+    os.replace(tmp, out)
     return wave.numel() / SAMPLE_RATE
 
 
@@ -204,14 +208,29 @@ def synthesize_jobs(
     num_workers: int | None = None,
 ) -> None:
     """Synthesize `jobs` (from `draw_tts_job`) into `corpus_dir`/wav + manifest.tsv, built in a
-    `.partial` folder and renamed into place: a half-built corpus is never mistaken for cached."""
+    `.partial` folder and renamed into place: a half-built corpus is never mistaken for cached.
+
+    Resumable: each wav file appears only when complete, and a rerun with the same jobs keeps
+    the `.partial` folder's finished files and synthesizes the rest (same result: every job's
+    settings, noise seed included, are fixed in `jobs`).
+    """
     tmp_dir = corpus_dir.with_name(corpus_dir.name + ".partial")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    (tmp_dir / "wav").mkdir(parents=True)
+    plan = json.loads(json.dumps({"jobs": jobs, "params": params}))
+    plan_file = tmp_dir / "plan.json"
+    if not plan_file.is_file() or json.loads(plan_file.read_text()) != plan:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        (tmp_dir / "wav").mkdir(parents=True)
+        plan_file.write_text(json.dumps(plan))
 
     def run(job: tuple) -> float:
         uid, text, voice, wpm, pitch, snr, noise_seed = job
-        return _synthesize(text, voice, wpm, pitch, snr, noise_seed, tmp_dir / "wav" / f"{uid}.wav")
+        out = tmp_dir / "wav" / f"{uid}.wav"
+        if out.is_file():  # finished before an interruption
+            try:
+                return sf.info(str(out)).frames / SAMPLE_RATE
+            except (sf.LibsndfileError, RuntimeError):
+                pass  # unreadable: synthesize it again
+        return _synthesize(text, voice, wpm, pitch, snr, noise_seed, out)
 
     # TTS runs in subprocesses, so threads are enough to keep both cores busy; one torch thread
     # per worker avoids oversubscription during resampling.
@@ -226,5 +245,8 @@ def synthesize_jobs(
             w.writerow([uid, f"wav/{uid}.wav", f"{sec:.4f}", text, voice, split_of(text)])
     if params is not None:
         (tmp_dir / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True))
+    for leftover in (tmp_dir / "wav").glob("*.tmp*"):  # from a killed writer
+        leftover.unlink()
+    plan_file.unlink()
     shutil.rmtree(corpus_dir, ignore_errors=True)
     tmp_dir.rename(corpus_dir)
