@@ -27,6 +27,7 @@ from kdsweep.data.speech import (
     load_user_manifest,
     normalize_text,
     pad_collate,
+    synthesis,
     voices_by_split,
 )
 from kdsweep.errors import KDSweepError
@@ -184,6 +185,39 @@ def test_cmu_clips_load_with_transcripts() -> None:
     )
     assert all(c.seconds > 0.5 and c.path.is_file() for c in clips)
     assert {c.split for c in clips} == {"ood", "ood-cards"}
+
+
+@needs_tts
+def test_interrupted_synthesis_continues_and_equals_an_uninterrupted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = build_synthetic_corpus(tmp_path / "ref", 8, seed=5, num_workers=1)
+    real, calls = synthesis._synthesize, []
+
+    def killed_after_three(*args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        calls.append(args[-1].name)
+        return real(*args)
+
+    monkeypatch.setattr(synthesis, "_synthesize", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        build_synthetic_corpus(tmp_path / "run", 8, seed=5, num_workers=1)
+    (partial,) = (tmp_path / "run").glob("*.partial")
+    assert sorted(p.name for p in (partial / "wav").iterdir()) == sorted(calls)
+
+    done, calls = list(calls), []
+    monkeypatch.setattr(synthesis, "_synthesize", lambda *a: calls.append(a[-1].name) or real(*a))
+    manifest = build_synthetic_corpus(tmp_path / "run", 8, seed=5, num_workers=1)
+    assert len(calls) == 5 and not set(calls) & set(done)  # only the missing files
+    assert manifest.read_text() == ref.read_text()
+    assert sorted(p.name for p in manifest.parent.iterdir()) == [
+        "manifest.tsv",
+        "params.json",
+        "wav",
+    ]
+    for wav in (ref.parent / "wav").iterdir():
+        assert (manifest.parent / "wav" / wav.name).read_bytes() == wav.read_bytes()
 
 
 @needs_tts
