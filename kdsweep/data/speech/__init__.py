@@ -5,7 +5,8 @@ files on disk, sentences from templates or the Debian ``fortunes`` files. No ray
 
 Modules, by job: `text` (normalization, CharVocab, sentence sources), `audio` (reading and
 resampling), `synthesis` (TTS voices and corpus building), `corpus` (manifests, loaders,
-`Utterance`), `features` (log-mel, SpecAugment, `FeatureSet`, batching). Every name is
+`Utterance`), `features` (log-mel, SpecAugment, `FeatureSet`, batching), `feature_store`
+(the float16 memory-mapped feature cache, built per chunk). Every name is
 re-exported here; patch a function in the module that defines it.
 """
 
@@ -19,6 +20,7 @@ from kdsweep.data.speech.corpus import (
     load_manifest,
     load_user_manifest,
 )
+from kdsweep.data.speech.feature_store import CHUNK_UTTERANCES, FeatureRows
 from kdsweep.data.speech.features import (
     FEATURE_VERSION,
     FeatureSet,
@@ -57,13 +59,13 @@ from kdsweep.data.speech.text import (
 )
 
 __all__ = [
-    "CMU_DATA_DIR", "CORPUS_VERSION", "DEV_FLITE", "DEV_VARIANTS", "ESPEAK_ACCENTS",
-    "ESPEAK_VARIANTS", "FEATURE_VERSION", "FLITE_VOICES", "FORTUNES_DIR", "MANIFEST_COLUMNS",
-    "SAMPLE_RATE", "TEST_FLITE", "TEST_VARIANTS", "CharVocab", "FeatureSet", "LogMel",
-    "SpecAugment", "Utterance", "_command_sentence", "_file_digest", "_resample", "_synthesize",
-    "_torch_threads", "bucket_batches", "build_synthetic_corpus", "command_sentences",
-    "draw_tts_job", "featurize", "fortune_records", "fortune_sentences", "load_cmu_clips",
-    "load_librispeech_dir", "load_manifest", "load_user_manifest", "normalize_text",
-    "number_to_words", "open_sentences", "pad_collate", "read_audio", "synthesize_jobs",
-    "voices_by_split",
+    "CHUNK_UTTERANCES", "CMU_DATA_DIR", "CORPUS_VERSION", "DEV_FLITE", "DEV_VARIANTS",
+    "ESPEAK_ACCENTS", "ESPEAK_VARIANTS", "FEATURE_VERSION", "FLITE_VOICES", "FORTUNES_DIR",
+    "MANIFEST_COLUMNS", "SAMPLE_RATE", "TEST_FLITE", "TEST_VARIANTS", "CharVocab",
+    "FeatureRows", "FeatureSet", "LogMel", "SpecAugment", "Utterance", "_command_sentence",
+    "_file_digest", "_resample", "_synthesize", "_torch_threads", "bucket_batches",
+    "build_synthetic_corpus", "command_sentences", "draw_tts_job", "featurize",
+    "fortune_records", "fortune_sentences", "load_cmu_clips", "load_librispeech_dir",
+    "load_manifest", "load_user_manifest", "normalize_text", "number_to_words",
+    "open_sentences", "pad_collate", "read_audio", "synthesize_jobs", "voices_by_split",
 ]  # fmt: skip
