@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from kdsweep.data.speech import LogMel, Utterance, feature_store, features, featurize, read_audio
-from kdsweep.data.speech.feature_store import FeatureRows
+from kdsweep.data.speech.feature_store import MappedFeatures
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +41,7 @@ def _cache(cache_dir: Path) -> Path:
 def test_rows_are_the_fp16_log_mels_read_lazily(tmp_path: Path) -> None:
     utts = _clips(tmp_path / "wav", 5)
     fs = featurize(utts, tmp_path / "cache")
-    assert isinstance(fs.feats, FeatureRows) and len(fs.feats) == 5
+    assert isinstance(fs.feats, MappedFeatures) and len(fs.feats) == 5
     logmel = LogMel()
     with torch.no_grad():
         want = [logmel(read_audio(u.path)).to(torch.float16).float() for u in utts]
@@ -54,10 +54,10 @@ def test_select_take_concat_and_pickle_stay_on_disk(tmp_path: Path) -> None:
     a = featurize(_clips(tmp_path / "a", 4), tmp_path / "cache")
     b = featurize(_clips(tmp_path / "b", 3, seed=1), tmp_path / "cache")
     dev = a.select("dev")
-    assert isinstance(dev.feats, FeatureRows) and dev.ids == ["u1", "u3"]
+    assert isinstance(dev.feats, MappedFeatures) and dev.ids == ["u1", "u3"]
     assert torch.equal(dev.feats[1], a.feats[3]) and dev.lengths == [a.lengths[1], a.lengths[3]]
     both = a.concat(b)
-    assert isinstance(both.feats, FeatureRows) and len(both) == 7
+    assert isinstance(both.feats, MappedFeatures) and len(both) == 7
     assert torch.equal(both.feats[5], b.feats[1]) and both.lengths == a.lengths + b.lengths
     picked = both.take([6, 0, 6])
     assert [t.shape for t in picked.feats] == [b.feats[2].shape, a.feats[0].shape, b.feats[2].shape]

@@ -20,7 +20,7 @@ from kdsweep.data.speech.corpus import (
     load_manifest,
     load_user_manifest,
 )
-from kdsweep.data.speech.feature_store import CHUNK_UTTERANCES, FeatureRows
+from kdsweep.data.speech.feature_store import CHUNK_UTTERANCES, MappedFeatures
 from kdsweep.data.speech.features import (
     FEATURE_VERSION,
     FeatureSet,
@@ -61,11 +61,11 @@ from kdsweep.data.speech.text import (
 __all__ = [
     "CHUNK_UTTERANCES", "CMU_DATA_DIR", "CORPUS_VERSION", "DEV_FLITE", "DEV_VARIANTS",
     "ESPEAK_ACCENTS", "ESPEAK_VARIANTS", "FEATURE_VERSION", "FLITE_VOICES", "FORTUNES_DIR",
-    "MANIFEST_COLUMNS", "SAMPLE_RATE", "TEST_FLITE", "TEST_VARIANTS", "CharVocab",
-    "FeatureRows", "FeatureSet", "LogMel", "SpecAugment", "Utterance", "_command_sentence",
-    "_file_digest", "_resample", "_synthesize", "_torch_threads", "bucket_batches",
-    "build_synthetic_corpus", "command_sentences", "draw_tts_job", "featurize",
-    "fortune_records", "fortune_sentences", "load_cmu_clips", "load_librispeech_dir",
-    "load_manifest", "load_user_manifest", "normalize_text", "number_to_words",
-    "open_sentences", "pad_collate", "read_audio", "synthesize_jobs", "voices_by_split",
+    "MANIFEST_COLUMNS", "SAMPLE_RATE", "TEST_FLITE", "TEST_VARIANTS", "bucket_batches",
+    "build_synthetic_corpus", "CharVocab", "command_sentences", "draw_tts_job", "FeatureSet",
+    "featurize", "fortune_records", "fortune_sentences", "load_cmu_clips",
+    "load_librispeech_dir", "load_manifest", "load_user_manifest", "LogMel", "MappedFeatures",
+    "normalize_text", "number_to_words", "open_sentences", "pad_collate", "read_audio",
+    "SpecAugment", "synthesize_jobs", "Utterance", "voices_by_split", "_command_sentence",
+    "_file_digest", "_resample", "_synthesize", "_torch_threads",
 ]  # fmt: skip

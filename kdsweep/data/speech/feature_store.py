@@ -29,7 +29,7 @@ CHUNK_UTTERANCES = 256  # features computed and saved per chunk (bounded memory,
 _FEATS, _OFFSETS, _META, _PLAN = "feats.npy", "offsets.npy", "meta.json", "plan.json"
 
 
-class FeatureRows(Sequence[Tensor]):
+class MappedFeatures(Sequence[Tensor]):
     """Utterance features [T, F] read on access from float16 memory maps, as float32 tensors.
 
     Rows may come from several caches (e.g. a labeled corpus, then a transfer set); a trial
@@ -42,7 +42,7 @@ class FeatureRows(Sequence[Tensor]):
         self._maps: dict[int, np.ndarray] = {}
 
     @classmethod
-    def open(cls, path: Path, offsets: np.ndarray) -> FeatureRows:
+    def open(cls, path: Path, offsets: np.ndarray) -> MappedFeatures:
         """All utterances of one cache, in order."""
         n = len(offsets) - 1
         return cls([(path, offsets)], np.stack([np.zeros(n, np.int64), np.arange(n)], axis=1))
@@ -52,7 +52,7 @@ class FeatureRows(Sequence[Tensor]):
 
     def __getitem__(self, i: int) -> Tensor:  # type: ignore[override]
         if not isinstance(i, int | np.integer):
-            raise TypeError(f"FeatureRows index must be an int, got {type(i).__name__}")
+            raise TypeError(f"MappedFeatures index must be an int, got {type(i).__name__}")
         part, row = self._index[i]
         path, off = self._parts[part]
         mm = self._maps.get(int(part))
@@ -69,15 +69,16 @@ class FeatureRows(Sequence[Tensor]):
         sizes = [np.diff(off) for _, off in self._parts]
         return [int(sizes[p][r]) for p, r in self._index]
 
-    def take(self, rows: Iterable[int]) -> FeatureRows:
+    def take(self, rows: Iterable[int]) -> MappedFeatures:
         """The utterances ``rows``, in that order (still on disk)."""
         picked = np.fromiter(rows, dtype=np.int64)
-        return FeatureRows(self._parts, self._index[picked])
+        return MappedFeatures(self._parts, self._index[picked])
 
     def __add__(self, other: Sequence[Tensor]) -> Sequence[Tensor]:
-        if isinstance(other, FeatureRows):
+        if isinstance(other, MappedFeatures):
             shifted = other._index + np.array([len(self._parts), 0])
-            return FeatureRows(self._parts + other._parts, np.concatenate([self._index, shifted]))
+            index = np.concatenate([self._index, shifted])
+            return MappedFeatures(self._parts + other._parts, index)
         return list(self) + list(other)
 
     def __radd__(self, other: Sequence[Tensor]) -> list[Tensor]:
@@ -93,7 +94,7 @@ def load_or_build(
     n_features: int,
     compute: Callable[[int], Tensor],
     chunk: int = CHUNK_UTTERANCES,
-) -> FeatureRows:
+) -> MappedFeatures:
     """The cached features described by ``meta`` (``meta["ids"]``: one per utterance), built
     with ``compute(i) -> [T, n_features]`` if ``cache`` is missing, partial or does not match."""
     problem = _check(cache, meta, n_features)
@@ -105,7 +106,7 @@ def load_or_build(
         problem = _check(cache, meta, n_features)
         if problem is not None:
             raise KDSweepError(f"features cache {cache}: {problem} right after building it")
-    return FeatureRows.open(cache / _FEATS, np.load(cache / _OFFSETS))
+    return MappedFeatures.open(cache / _FEATS, np.load(cache / _OFFSETS))
 
 
 def _check(cache: Path, meta: dict[str, Any], n_features: int) -> str | None:

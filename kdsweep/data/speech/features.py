@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from kdsweep.data.speech.audio import SAMPLE_RATE, _torch_threads, read_audio
 from kdsweep.data.speech.corpus import Utterance
-from kdsweep.data.speech.feature_store import CHUNK_UTTERANCES, FeatureRows, load_or_build
+from kdsweep.data.speech.feature_store import CHUNK_UTTERANCES, MappedFeatures, load_or_build
 from kdsweep.data.speech.text import CharVocab
 from kdsweep.errors import KDSweepError
 from kdsweep.filelock import locked
@@ -84,7 +84,7 @@ _FIELDS = ("ids", "feats", "targets", "transcripts", "voices", "splits")
 class FeatureSet(torch.utils.data.Dataset):
     """Per-utterance log-mels [T, 80] and label ids, plus metadata.
 
-    ``feats`` is a list of tensors or, from `featurize`, a `FeatureRows` that reads each
+    ``feats`` is a list of tensors or, from `featurize`, a `MappedFeatures` that reads each
     utterance from the on-disk float16 cache when indexed (so a trial's memory does not grow
     with the corpus). ``lengths`` (frames per utterance) never reads features.
     """
@@ -98,7 +98,7 @@ class FeatureSet(torch.utils.data.Dataset):
     lengths: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.feats, FeatureRows):
+        if isinstance(self.feats, MappedFeatures):
             self.lengths = self.feats.lengths
         else:
             self.lengths = [int(f.shape[0]) for f in self.feats]
@@ -112,7 +112,7 @@ class FeatureSet(torch.utils.data.Dataset):
     def take(self, rows: Iterable[int]) -> FeatureSet:
         """The utterances ``rows``, in that order (features stay on disk when they were)."""
         rows = list(rows)
-        if isinstance(self.feats, FeatureRows):
+        if isinstance(self.feats, MappedFeatures):
             feats: Sequence[Tensor] = self.feats.take(rows)
         else:
             feats = [self.feats[i] for i in rows]
