@@ -27,6 +27,7 @@ from kdsweep.data.speech import (
     load_user_manifest,
     normalize_text,
     pad_collate,
+    synthesis,
     voices_by_split,
 )
 from kdsweep.errors import KDSweepError
@@ -187,11 +188,45 @@ def test_cmu_clips_load_with_transcripts() -> None:
 
 
 @needs_tts
+def test_interrupted_synthesis_continues_and_equals_an_uninterrupted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = build_synthetic_corpus(tmp_path / "ref", 8, seed=5, num_workers=1)
+    real, calls = synthesis._synthesize, []
+
+    def killed_after_three(*args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        calls.append(args[-1].name)
+        return real(*args)
+
+    monkeypatch.setattr(synthesis, "_synthesize", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        build_synthetic_corpus(tmp_path / "run", 8, seed=5, num_workers=1)
+    (partial,) = (tmp_path / "run").glob("*.partial")
+    assert sorted(p.name for p in (partial / "wav").iterdir()) == sorted(calls)
+
+    done, calls = list(calls), []
+    monkeypatch.setattr(synthesis, "_synthesize", lambda *a: calls.append(a[-1].name) or real(*a))
+    manifest = build_synthetic_corpus(tmp_path / "run", 8, seed=5, num_workers=1)
+    assert len(calls) == 5 and not set(calls) & set(done)  # only the missing files
+    assert manifest.read_text() == ref.read_text()
+    assert sorted(p.name for p in manifest.parent.iterdir()) == [
+        "manifest.tsv",
+        "params.json",
+        "wav",
+    ]
+    for wav in (ref.parent / "wav").iterdir():
+        assert (manifest.parent / "wav" / wav.name).read_bytes() == wav.read_bytes()
+
+
+@needs_tts
 def test_featurize_cached_and_collate(corpus: Path, tmp_path: Path) -> None:
     utts = load_manifest(corpus)
     fs = featurize(utts, tmp_path / "cache")
-    files = list((tmp_path / "cache").glob("feats-*.pt"))
-    assert len(files) == 1
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 2 and files[1] == files[0] + ".lock"  # one cache folder + its lock
+    assert (tmp_path / "cache" / files[0] / "feats.npy").is_file()
     fs2 = featurize(utts, tmp_path / "cache")  # from cache
     assert torch.equal(fs.feats[0], fs2.feats[0]) and fs.ids == fs2.ids
     n = sf.info(str(utts[0].path)).frames

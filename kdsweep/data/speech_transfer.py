@@ -234,14 +234,12 @@ def file_digests(utterances: Sequence[Utterance]) -> set[str]:
 # ------------------------------------------------------------------------ rows of an epoch
 def concat_features(a: FeatureSet, b: FeatureSet) -> FeatureSet:
     """Rows of `a` then rows of `b` (the labeled split, then the transfer set)."""
-    attrs = ("ids", "feats", "targets", "transcripts", "voices", "splits")
-    return FeatureSet(*(getattr(a, k) + getattr(b, k) for k in attrs))
+    return a.concat(b)
 
 
 def take_rows(fs: FeatureSet, rows: Sequence[int]) -> FeatureSet:
     """The utterances `rows` of `fs`, in that order (tensors shared, not copied)."""
-    attrs = ("ids", "feats", "targets", "transcripts", "voices", "splits")
-    return FeatureSet(*([getattr(fs, k)[i] for i in rows] for k in attrs))
+    return fs.take(rows)
 
 
 def features_key(fs: FeatureSet) -> str:

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from kdsweep.data import fortunes
+from kdsweep.data.fortunes import FORTUNES_DIR
 from kdsweep.errors import KDSweepError
 from kdsweep.filelock import locked
 
-FORTUNES_DIR = Path(os.environ.get("KDSWEEP_FORTUNES_DIR", "/usr/share/games/fortunes"))
 # Six well-filled, topically distinct categories (people 1250, definitions 1203, computers 1050,
 # politics 703, work 630, science 625 records in Debian's `fortunes`).
 FORTUNES_TOPICS = ("computers", "people", "definitions", "politics", "science", "work")
@@ -90,38 +91,19 @@ def load_text_dataset(spec: DataSpec) -> TextSplits:
 
 
 def _read_fortunes(per_class: int, max_chars: int) -> tuple[list[tuple[str, str, str]], list[str]]:
-    if not FORTUNES_DIR.is_dir():
-        raise KDSweepError(
-            f"dataset 'fortunes': {FORTUNES_DIR} not found; install the Debian package "
-            "`fortunes` (make setup does) or set KDSWEEP_FORTUNES_DIR"
-        )
+    fortunes.check_dir(FORTUNES_DIR, "dataset 'fortunes'")
     rows, unlabeled = [], []
     for topic in FORTUNES_TOPICS:
         path = FORTUNES_DIR / topic
         if not path.is_file():
             raise KDSweepError(f"dataset 'fortunes': category file {path} is missing")
-        records = _fortune_records(path)
+        records = [r.text for r in fortunes.read_file(path)]
         kept = [r for r in records if len(r) <= max_chars]
         # Deterministic per-topic selection; the rest is unlabeled transfer material.
         random.Random(f"fortunes-{topic}").shuffle(kept)
         rows += [(t, topic, "") for t in kept[:per_class]]
         unlabeled += kept[per_class:]
     return rows, unlabeled
-
-
-def _fortune_records(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    records, current = [], []
-    for line in text.splitlines():
-        if line.strip() == "%":
-            if current:
-                records.append(" ".join(s.strip() for s in current if s.strip()))
-            current = []
-        else:
-            current.append(line)
-    if current:
-        records.append(" ".join(s.strip() for s in current if s.strip()))
-    return [r for r in records if r]
 
 
 def rotten_tomatoes_path() -> Path:
