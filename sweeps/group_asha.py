@@ -122,15 +122,10 @@ class GroupASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         key = self._group_of[tid]
         self._observe(tid, t, v, result)
-        action = TrialScheduler.CONTINUE
-        if key in self._stopped:
-            action = TrialScheduler.STOP
-        elif self._judge_ready(key):
-            action = TrialScheduler.STOP
-        elif t >= self._max_t:
-            action = TrialScheduler.STOP
+        # _judge_ready also returns True for a group stopped earlier (its seeds still running)
+        stop = self._judge_ready(key) or t >= self._max_t
         self._save()
-        return action
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         tid = trial.trial_id
@@ -340,4 +335,3 @@ def stop_reasons(state_path: str | os.PathLike) -> dict[str, str]:
         return {}
     sched = GroupASHA.load(state_path)
     return {tid: sched.reason_for(tid) for tid in sched._group_of}
-

@@ -1,0 +1,267 @@
+"""GroupASHA and SeedGroupSearcher: seeds of a config kept or stopped, and reported, as one unit."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from sweeps.group_asha import GroupASHA, stop_reasons
+from sweeps.seed_groups import SeedGroupSearcher, group_key
+
+pytestmark = pytest.mark.unit
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+class Controller:
+    """What a scheduler may ask of Tune's controller: the trials."""
+
+    def __init__(self):
+        self.trials: list[Trial] = []
+
+    def get_trials(self):
+        return self.trials
+
+
+def make(sched: GroupASHA, ctl: Controller, config: dict) -> Trial:
+    trial = Trial("__fake", config=config, stub=True)
+    trial.set_status(Trial.RUNNING)
+    ctl.trials.append(trial)
+    sched.on_trial_add(ctl, trial)
+    return trial
+
+
+def report(sched, ctl, trial, epoch, acc, **extra):
+    return sched.on_trial_result(ctl, trial, {"epoch": epoch, "acc": acc, **extra})
+
+
+def scheduler(**kw) -> GroupASHA:
+    kw = {"metric": "acc", "mode": "max", "max_t": 8, "grace_period": 1, "num_seeds": 2, **kw}
+    kw.setdefault("floor_key", None)
+    return GroupASHA(**kw)
+
+
+def group(sched, ctl, T, seeds=(0, 1)):
+    return [make(sched, ctl, {"T": T, "seed": s}) for s in seeds]
+
+
+def test_group_key_ignores_seed_and_named_keys():
+    a = group_key({"T": 2, "seed": 0, "data_dir": "/x"}, ignore={"data_dir"})
+    assert a == group_key({"seed": 3, "T": 2, "data_dir": "/y"}, ignore={"data_dir"})
+    assert a != group_key({"T": 4, "seed": 0})
+
+
+def test_group_stopped_as_a_unit():
+    sched, ctl = scheduler(), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    b0, b1 = group(sched, ctl, 4)
+    assert report(sched, ctl, a0, 1, 0.8) == CONTINUE
+    assert report(sched, ctl, a1, 1, 0.7) == CONTINUE  # first group at rung 1: kept
+    assert report(sched, ctl, b0, 1, 0.5) == CONTINUE  # b1 not there yet: not judged
+    assert report(sched, ctl, b0, 2, 0.5) == CONTINUE  # ahead of its group: goes on
+    assert report(sched, ctl, b1, 1, 0.4) == STOP  # group b (0.45 < 0.75) stopped here...
+    assert report(sched, ctl, b0, 3, 0.9) == STOP  # ...and its running seed on its next result
+    assert sched.reason_for(b0.trial_id) == sched.reason_for(b1.trial_id)
+    assert sched.reason_for(b0.trial_id).startswith("rung 1 (epoch 1): group mean best 0.4500")
+    assert "< cut 0.7500 (2 groups)" in sched.reason_for(b1.trial_id)
+    assert report(sched, ctl, a0, 2, 0.8) == CONTINUE
+
+
+def test_seeds_straddling_the_cut_share_the_group_fate():
+    """Seed 0 of config b beats the cut alone, seed 1 does not: the group mean decides."""
+    sched, ctl = scheduler(), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    report(sched, ctl, a0, 1, 0.6)
+    report(sched, ctl, a1, 1, 0.6)
+    b0, b1 = group(sched, ctl, 4)
+    c0, c1 = group(sched, ctl, 8)
+    assert report(sched, ctl, b0, 1, 0.9) == CONTINUE
+    assert report(sched, ctl, b1, 1, 0.2) == STOP  # mean 0.55 < 0.6: both seeds go
+    assert report(sched, ctl, b0, 2, 0.9) == STOP
+    assert report(sched, ctl, c0, 1, 0.3) == CONTINUE
+    assert report(sched, ctl, c1, 1, 0.95) == CONTINUE  # mean 0.625 > cut: both stay
+    assert report(sched, ctl, c0, 2, 0.3) == CONTINUE
+
+
+def test_rung_value_is_best_so_far_not_last_epoch():
+    sched, ctl = scheduler(grace_period=2), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    for t, acc in [(1, 0.6), (2, 0.6)]:
+        report(sched, ctl, a0, t, acc)
+        report(sched, ctl, a1, t, acc)
+    b0, b1 = group(sched, ctl, 4)
+    report(sched, ctl, b0, 1, 0.9)  # best 0.9, then a noisy dip at the rung
+    report(sched, ctl, b1, 1, 0.9)
+    report(sched, ctl, b0, 2, 0.3)
+    assert report(sched, ctl, b1, 2, 0.3) == CONTINUE  # judged on 0.9 (last epoch: 0.3)
+    assert sched.decisions()[-1]["value"] == pytest.approx(0.9)
+
+
+def test_min_epochs_respected():
+    sched, ctl = scheduler(min_epochs=3), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    b0, b1 = group(sched, ctl, 4)
+    for t in (1, 2):
+        report(sched, ctl, a0, t, 0.8)
+        report(sched, ctl, a1, t, 0.8)
+        report(sched, ctl, b0, t, 0.1)
+        assert report(sched, ctl, b1, t, 0.1) == CONTINUE  # rungs 1, 2 are below min_epochs
+    assert "before min_epochs 3" in sched.decisions()[-1]["reason"]
+    for t in (3, 4):
+        report(sched, ctl, a0, t, 0.8)
+        report(sched, ctl, a1, t, 0.8)
+        report(sched, ctl, b0, t, 0.1)
+    assert report(sched, ctl, b1, 4, 0.1) == STOP  # rung at epoch 4 >= min_epochs
+    assert sched.reason_for(b1.trial_id).startswith("rung 3 (epoch 4)")
+
+
+def test_not_stopped_while_at_the_majority_rate_floor():
+    sched, ctl = scheduler(floor_key="dev_majority_rate"), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    b0, b1 = group(sched, ctl, 4)
+    report(sched, ctl, a0, 1, 0.7, dev_majority_rate=0.5)
+    report(sched, ctl, a1, 1, 0.7, dev_majority_rate=0.5)
+    report(sched, ctl, b0, 1, 0.5, dev_majority_rate=0.5)
+    assert report(sched, ctl, b1, 1, 0.5, dev_majority_rate=0.5) == CONTINUE
+    assert "not separated from floor 0.5000" in sched.decisions()[-1]["reason"]
+    report(sched, ctl, a0, 2, 0.7, dev_majority_rate=0.5)
+    report(sched, ctl, a1, 2, 0.7, dev_majority_rate=0.5)
+    report(sched, ctl, b0, 2, 0.55, dev_majority_rate=0.5)
+    assert report(sched, ctl, b1, 2, 0.55, dev_majority_rate=0.5) == STOP  # separated, behind
+
+
+def test_errored_seed_leaves_the_group_and_the_rest_decides():
+    sched, ctl = scheduler(), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    report(sched, ctl, a0, 1, 0.8)
+    report(sched, ctl, a1, 1, 0.8)
+    b0, b1 = group(sched, ctl, 4)
+    report(sched, ctl, b0, 1, 0.1)
+    sched.on_trial_error(ctl, b1)  # b1 will never report: b is judged on b0 alone
+    assert report(sched, ctl, b0, 2, 0.1) == STOP
+    assert "over 1 seed(s)" in sched.reason_for(b0.trial_id)
+    assert sched.reason_for(b1.trial_id) == sched.reason_for(b0.trial_id)
+
+
+def test_group_waits_for_seeds_not_yet_created():
+    sched, ctl = scheduler(), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    report(sched, ctl, a0, 1, 0.8)
+    report(sched, ctl, a1, 1, 0.8)
+    (b0,) = group(sched, ctl, 4, seeds=(0,))
+    assert report(sched, ctl, b0, 1, 0.1) == CONTINUE  # num_seeds=2: b1 still to come
+    (b1,) = group(sched, ctl, 4, seeds=(1,))
+    assert report(sched, ctl, b1, 1, 0.1) == STOP
+
+
+def test_finished_and_max_t():
+    sched, ctl = scheduler(max_t=2), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    report(sched, ctl, a0, 1, 0.8)
+    report(sched, ctl, a1, 1, 0.8)
+    assert report(sched, ctl, a0, 2, 0.8) == STOP
+    sched.on_trial_complete(ctl, a0, {"epoch": 2, "acc": 0.8})
+    assert sched.reason_for(a0.trial_id) == "finished"
+    assert sched.reason_for(a1.trial_id) == "running"
+
+
+def test_pending_sibling_of_a_running_seed_runs_first():
+    sched, ctl = scheduler(), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    b0, b1 = group(sched, ctl, 4)
+    a0.set_status(Trial.TERMINATED)
+    a1.set_status(Trial.PENDING)
+    b1.set_status(Trial.PENDING)
+    assert sched.choose_trial_to_run(ctl) is b1
+    b0.set_status(Trial.TERMINATED)
+    assert sched.choose_trial_to_run(ctl) is a1
+
+
+def test_state_survives_pickle_and_restore(tmp_path):
+    """Tune pickles the scheduler when the Tuner is built and brings that copy back on
+    restore: decisions taken after that come back from the state file."""
+    state = tmp_path / "group_asha.pkl"
+    sched, ctl = scheduler(state_path=state), Controller()
+    at_build = pickle.dumps(sched)
+    a0, a1 = group(sched, ctl, 2)
+    b0, b1 = group(sched, ctl, 4)
+    report(sched, ctl, a0, 1, 0.8)
+    report(sched, ctl, a1, 1, 0.8)
+    report(sched, ctl, b0, 1, 0.1)
+    assert report(sched, ctl, b1, 1, 0.1) == STOP
+
+    restored = pickle.loads(at_build)
+    restored.set_search_properties(None, None)
+    for t in ctl.trials:  # Tune re-adds every trial on restore
+        restored.on_trial_add(ctl, t)
+    assert report(restored, ctl, b0, 2, 0.9) == STOP  # b stays stopped
+    assert report(restored, ctl, a0, 2, 0.8) == CONTINUE
+    assert restored.reason_for(b1.trial_id) == sched.reason_for(b1.trial_id)
+    assert stop_reasons(state)[b0.trial_id] == sched.reason_for(b0.trial_id)
+
+    other = scheduler(state_path=state)  # another Tuner's scheduler ignores this file
+    other.set_search_properties(None, None)
+    assert other.decisions() == []
+
+    copy_path = tmp_path / "saved.pkl"
+    sched.save(str(copy_path))
+    fresh = scheduler()
+    fresh.restore(str(copy_path))
+    assert fresh.reason_for(b0.trial_id) == sched.reason_for(b0.trial_id)
+
+
+def test_mode_min():
+    sched, ctl = scheduler(mode="min"), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    b0, b1 = group(sched, ctl, 4)
+    report(sched, ctl, a0, 1, 0.2)
+    report(sched, ctl, a1, 1, 0.2)
+    report(sched, ctl, b0, 1, 0.6)
+    assert report(sched, ctl, b1, 1, 0.6) == STOP
+    assert "> cut 0.2000" in sched.reason_for(b0.trial_id)
+
+
+# ---- SeedGroupSearcher
+
+
+def _optuna_seed_groups(n_seeds=2):
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    inner = OptunaSearch(metric="acc", mode="max", seed=0)
+    searcher = SeedGroupSearcher(inner, seeds=n_seeds)
+    space = {"T": tune.uniform(1, 8), "seed": tune.grid_search([0, 1])}
+    assert searcher.set_search_properties("acc", "max", space)
+    return searcher, inner
+
+
+def test_seed_group_searcher_emits_seeds_and_tells_optuna_the_mean():
+    searcher, inner = _optuna_seed_groups()
+    c1, c2, c3 = (searcher.suggest(f"t{i}") for i in range(3))
+    assert c1["T"] == c2["T"] != c3["T"]
+    assert (c1["seed"], c2["seed"], c3["seed"]) == (0, 1, 0)
+    searcher.on_trial_result("t0", {"acc": 0.9})  # best-so-far 0.9 ...
+    searcher.on_trial_complete("t0", {"acc": 0.5})  # ... though it ended at 0.5
+    assert inner._ot_study.trials[0].value is None  # t1 still running: Optuna waits
+    searcher.on_trial_complete("t1", {"acc": 0.6})
+    assert inner._ot_study.trials[0].value == pytest.approx(0.75)
+    assert len(inner._ot_study.trials) == 2  # one Optuna trial per group, not per seed
+    assert searcher.groups()[0]["value"] == pytest.approx(0.75)
+
+
+def test_seed_group_searcher_errored_group_and_state_round_trip():
+    searcher, inner = _optuna_seed_groups()
+    for i in range(2):
+        searcher.suggest(f"t{i}")
+    state = pickle.loads(pickle.dumps(searcher.get_state()))
+    again, _ = _optuna_seed_groups()
+    again.searcher = inner
+    again.set_state(state)
+    again.on_trial_complete("t0", None, error=True)
+    again.on_trial_complete("t1", None, error=True)
+    import optuna
+
+    assert inner._ot_study.trials[0].state == optuna.trial.TrialState.FAIL
