@@ -60,6 +60,7 @@ class GroupASHA(FIFOScheduler):
         seed_key: str = SEED_KEY,
         group_ignore: Iterable[str] = (),
         state_path: str | os.PathLike | None = None,
+        wait: bool = True,
     ):
         if max_t <= 0 or grace_period <= 0 or grace_period > max_t or reduction_factor <= 1:
             raise ValueError("GroupASHA needs 0 < grace_period <= max_t and reduction_factor > 1")
@@ -68,7 +69,7 @@ class GroupASHA(FIFOScheduler):
         super().__init__()
         self._time_attr, self._metric, self._mode = time_attr, metric, mode
         self._max_t, self._rf, self._min_epochs = max_t, float(reduction_factor), min_epochs
-        self._num_seeds = num_seeds
+        self._num_seeds, self._wait = num_seeds, wait
         self._floor_key, self._floor_margin = floor_key, float(floor_margin)
         self._seed_key, self._group_ignore = seed_key, tuple(sorted(group_ignore))
         self._rungs: list[float] = []
@@ -90,6 +91,7 @@ class GroupASHA(FIFOScheduler):
         self._decided: dict[str, list[int]] = {}  # group key -> rungs judged
         self._stopped: dict[str, str] = {}  # group key -> why
         self._history: list[dict[str, Any]] = []
+        self._waiting: dict[str, int] = {}  # paused trial id -> rung its group is judged at
 
     # ---- Tune's scheduler API
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -122,10 +124,18 @@ class GroupASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         key = self._group_of[tid]
         self._observe(tid, t, v, result)
+        self._waiting.pop(tid, None)
+        action = TrialScheduler.CONTINUE
         # _judge_ready also returns True for a group stopped earlier (its seeds still running)
-        stop = self._judge_ready(key) or t >= self._max_t
+        if self._judge_ready(key, tune_controller) or t >= self._max_t:
+            action = TrialScheduler.STOP
+        elif self._wait:
+            rung = self._undecided_rung(key, t)
+            if rung is not None:  # wait, paused, for the group's other seeds
+                self._waiting[tid] = rung
+                action = TrialScheduler.PAUSE
         self._save()
-        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+        return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         tid = trial.trial_id
@@ -135,27 +145,49 @@ class GroupASHA(FIFOScheduler):
         if t is not None:
             self._observe(tid, t, finite(result.get(self._metric)), result)
         self._gone[tid] = "complete"
-        self._judge_ready(self._group_of[tid])
+        self._waiting.pop(tid, None)
+        self._judge_ready(self._group_of[tid], tune_controller)
         self._save()
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
-        self._leave(trial.trial_id, "error")
+        self._leave(tune_controller, trial.trial_id, "error")
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
-        self._leave(trial.trial_id, "removed")
+        self._leave(tune_controller, trial.trial_id, "removed")
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
-        """FIFO, except that a pending seed whose group already has a seed running goes first
-        (the seeds of a group run side by side, so the group reaches each rung together)."""
+        """FIFO (pending first, then paused seeds whose group has been judged), except that a
+        pending seed whose group already has a seed running or waiting goes first.
+
+        When nothing runs or waits to start and every paused seed waits for seeds that cannot
+        start (a concurrency limit below the group size, fewer trials than `num_seeds`), the
+        waiting groups are judged on the seeds they have, rather than wait for ever."""
         trials = tune_controller.get_trials()
-        running = {self._group_of.get(t.trial_id) for t in trials if t.status == Trial.RUNNING}
+        active = {
+            self._group_of.get(t.trial_id)
+            for t in trials
+            if t.status == Trial.RUNNING or t.trial_id in self._waiting
+        }
         pending = [t for t in trials if t.status == Trial.PENDING]
         for trial in pending:
-            if self._group_of.get(trial.trial_id) in running:
+            if self._group_of.get(trial.trial_id) in active:
                 return trial
         if pending:
             return pending[0]
-        return next((t for t in trials if t.status == Trial.PAUSED), None)
+        paused = [t for t in trials if t.status == Trial.PAUSED]
+        ready = [t for t in paused if t.trial_id not in self._waiting]
+        if ready or not paused or any(t.status == Trial.RUNNING for t in trials):
+            return ready[0] if ready else None
+        for trial in paused:  # stalled: judge each waiting group on the seeds it has
+            key = self._group_of.get(trial.trial_id)
+            if key is not None and trial.trial_id in self._waiting:
+                self._judge_ready(key, tune_controller, force=True)
+        self._save()
+        trials = tune_controller.get_trials()
+        return next(
+            (t for t in trials if t.status == Trial.PAUSED and t.trial_id not in self._waiting),
+            None,
+        )
 
     def debug_string(self) -> str:
         stopped = len(self._stopped)
@@ -217,17 +249,29 @@ class GroupASHA(FIFOScheduler):
             if t >= milestone and i not in at and best is not None:
                 at[i] = best
 
-    def _leave(self, tid: str, why: str) -> None:
+    def _leave(self, tune_controller: Any, tid: str, why: str) -> None:
         if tid not in self._group_of:
             return
         self._gone[tid] = why
-        self._judge_ready(self._group_of[tid])
+        self._waiting.pop(tid, None)
+        self._judge_ready(self._group_of[tid], tune_controller)
         self._save()
 
-    def _value_at(self, key: str, rung: int) -> tuple[list[float], list[float]] | None:
-        """Per-seed best-so-far at the rung and their floors, or None while a seed is missing."""
+    def _undecided_rung(self, key: str, t: float) -> int | None:
+        """The lowest rung reached at `t` where the group could be stopped and is not judged."""
+        done = self._decided.get(key, [])
+        for i, milestone in enumerate(self._rungs):
+            if milestone <= t and milestone >= self._min_epochs and i not in done:
+                return i
+        return None
+
+    def _value_at(
+        self, key: str, rung: int, force: bool = False
+    ) -> tuple[list[float], list[float]] | None:
+        """Per-seed best-so-far at the rung and their floors, or None while a seed is missing
+        (`force`: the seeds there are enough)."""
         members = self._members.get(key, [])
-        if self._num_seeds and len(members) < self._num_seeds:
+        if self._num_seeds and len(members) < self._num_seeds and not force:
             return None
         values, floors = [], []
         for tid in members:
@@ -236,7 +280,7 @@ class GroupASHA(FIFOScheduler):
                 values.append(self._at_rung[tid][rung])
             elif gone == "complete" and tid in self._best:
                 values.append(self._best[tid])  # ended before the rung: its best stands
-            elif gone in ("error", "removed") or gone == "complete":
+            elif gone in ("error", "removed", "complete") or force:
                 continue
             else:
                 return None
@@ -244,25 +288,47 @@ class GroupASHA(FIFOScheduler):
                 floors.append(self._floor[tid])
         return (values, floors) if values else None
 
-    def _judge_ready(self, key: str) -> bool:
-        """Judge the group at every rung it has completed and not been judged at; True when
-        it is stopped."""
+    def _judge_ready(self, key: str, tune_controller: Any, force: bool = False) -> bool:
+        """Judge the group at every rung it has completed and not been judged at; release its
+        waiting seeds (kept) or stop them (stopped). True when the group is stopped."""
         if key in self._stopped:
             return True
         done = self._decided.setdefault(key, [])
+        stopped = False
         for i, milestone in enumerate(self._rungs):
             if i in done:
                 continue
-            got = self._value_at(key, i)
+            got = self._value_at(key, i, force)
             if got is None:
                 break
             done.append(i)
-            if self._judge(key, i, milestone, *got):
-                return True
-        return False
+            if self._judge(key, i, milestone, *got, partial=force):
+                stopped = True
+                break
+        members = self._members.get(key, [])
+        for tid in members:
+            if tid in self._waiting and (stopped or self._waiting[tid] in done):
+                del self._waiting[tid]
+        if stopped:
+            self._stop_paused(key, tune_controller)
+        return stopped
+
+    def _stop_paused(self, key: str, tune_controller: Any) -> None:
+        """Stop the group's paused seeds now (running ones get STOP on their next result)."""
+        for trial in list(tune_controller.get_trials()):
+            if self._group_of.get(trial.trial_id) != key:
+                continue
+            if trial.status == Trial.PAUSED or (trial.status == Trial.RUNNING and trial.is_saving):
+                tune_controller.stop_trial(trial)
 
     def _judge(
-        self, key: str, rung: int, milestone: float, values: list[float], floors: list[float]
+        self,
+        key: str,
+        rung: int,
+        milestone: float,
+        values: list[float],
+        floors: list[float],
+        partial: bool = False,
     ) -> bool:
         sign = 1.0 if self._mode == "max" else -1.0
         value = float(np.mean(values))
@@ -272,6 +338,8 @@ class GroupASHA(FIFOScheduler):
         floor = float(np.mean(floors)) if floors else None
         where = f"rung {rung + 1} ({self._time_attr} {milestone:g})"
         mean = f"group mean best {value:.4f} over {len(values)} seed(s)"
+        if partial:
+            mean += " (the others could not start)"
         stop = False
         if cut is None:
             why = f"{where}: {mean}; first group at this rung"

@@ -13,33 +13,54 @@ from sweeps.seed_groups import SeedGroupSearcher, group_key
 
 pytestmark = pytest.mark.unit
 
-CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+CONTINUE, STOP, PAUSE = TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.PAUSE
 
 
 class Controller:
-    """What a scheduler may ask of Tune's controller: the trials."""
+    """What a scheduler may ask of Tune's controller: the trials, and stop_trial (which, as
+    Tune's, tells the scheduler on_trial_remove for a paused or pending trial)."""
 
     def __init__(self):
         self.trials: list[Trial] = []
+        self.sched = None
+        self.stopped: list[str] = []
 
     def get_trials(self):
         return self.trials
+
+    def stop_trial(self, trial):
+        if trial.status in (Trial.PAUSED, Trial.PENDING):
+            self.sched.on_trial_remove(self, trial)
+        trial.set_status(Trial.TERMINATED)
+        self.stopped.append(trial.trial_id)
 
 
 def make(sched: GroupASHA, ctl: Controller, config: dict) -> Trial:
     trial = Trial("__fake", config=config, stub=True)
     trial.set_status(Trial.RUNNING)
     ctl.trials.append(trial)
+    ctl.sched = sched
     sched.on_trial_add(ctl, trial)
     return trial
 
 
 def report(sched, ctl, trial, epoch, acc, **extra):
-    return sched.on_trial_result(ctl, trial, {"epoch": epoch, "acc": acc, **extra})
+    """One result, with Tune's response to the decision: a paused trial is resumed by the
+    next report (as Tune does once choose_trial_to_run picks it), a stopped one completes."""
+    trial.set_status(Trial.RUNNING)
+    result = {"epoch": epoch, "acc": acc, **extra}
+    action = sched.on_trial_result(ctl, trial, result)
+    if action == PAUSE:
+        trial.set_status(Trial.PAUSED)
+    elif action == STOP:
+        sched.on_trial_complete(ctl, trial, result)
+        trial.set_status(Trial.TERMINATED)
+    return action
 
 
 def scheduler(**kw) -> GroupASHA:
     kw = {"metric": "acc", "mode": "max", "max_t": 8, "grace_period": 1, "num_seeds": 2, **kw}
+    kw.setdefault("wait", False)
     kw.setdefault("floor_key", None)
     return GroupASHA(**kw)
 
@@ -265,3 +286,40 @@ def test_seed_group_searcher_errored_group_and_state_round_trip():
     import optuna
 
     assert inner._ot_study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+# ---- waiting: a seed that reaches a rung first is paused until its group is judged there
+
+
+def test_first_seed_at_a_rung_waits_paused_and_shares_the_stop():
+    sched, ctl = scheduler(wait=True), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    b0, b1 = group(sched, ctl, 4)
+    assert report(sched, ctl, a0, 1, 0.8) == PAUSE  # a1 not at rung 1 yet
+    assert sched.choose_trial_to_run(ctl) is None  # a0 waits; nothing else to start
+    assert report(sched, ctl, a1, 1, 0.8) == CONTINUE  # group a judged (kept): a0 released
+    assert sched.choose_trial_to_run(ctl) is a0
+    assert report(sched, ctl, b0, 1, 0.1) == PAUSE
+    assert report(sched, ctl, b1, 1, 0.1) == STOP  # group b stopped...
+    assert b0.trial_id in ctl.stopped  # ...and its paused seed with it, at once
+    assert b0.status == Trial.TERMINATED
+    assert sched.reason_for(b0.trial_id) == sched.reason_for(b1.trial_id) != ""
+
+
+def test_no_wait_below_min_epochs():
+    sched, ctl = scheduler(wait=True, min_epochs=2), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    assert report(sched, ctl, a0, 1, 0.8) == CONTINUE  # rung 1 cannot stop anyone
+    assert report(sched, ctl, a0, 2, 0.8) == PAUSE
+
+
+def test_stalled_group_is_judged_on_the_seeds_it_has():
+    """num_seeds=3 but a concurrency limit lets only 2 seeds live: they must not wait forever."""
+    sched, ctl = scheduler(wait=True, num_seeds=3), Controller()
+    a0, a1 = group(sched, ctl, 2)
+    assert report(sched, ctl, a0, 1, 0.8) == PAUSE
+    assert report(sched, ctl, a1, 1, 0.8) == PAUSE
+    assert sched.choose_trial_to_run(ctl) in (a0, a1)  # nothing runs: judged, released
+    assert "over 2 seed(s) (the others could not start)" in sched.decisions()[-1]["reason"]
+    (a2,) = group(sched, ctl, 2, seeds=(2,))  # the third seed later follows the group
+    assert report(sched, ctl, a2, 1, 0.8) == CONTINUE

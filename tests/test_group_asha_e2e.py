@@ -1,0 +1,53 @@
+"""GroupASHA inside a real `tune.Tuner`: the seeds of each config end the same way."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweeps.group_asha import GroupASHA, stop_reasons
+
+pytestmark = pytest.mark.e2e
+
+
+def test_tuner_keeps_or_stops_each_config_with_all_its_seeds(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray import tune
+
+    # T=2's seeds straddle the others (0.6 and 0.0): only the group mean (0.3) can decide.
+    level = {1: (0.8, 0.8), 2: (0.6, 0.0), 4: (0.9, 0.9)}
+    max_t = 6
+
+    def trainable(config):
+        import time
+
+        acc = level[config["T"]][config["seed"]]
+        for epoch in range(1, max_t + 1):
+            time.sleep(0.3)
+            tune.report({"epoch": epoch, "acc": acc + 0.01 * epoch})
+
+    state = tmp_path / "group_asha.pkl"
+    sched = GroupASHA(max_t=max_t, grace_period=1, reduction_factor=2, num_seeds=2,
+                      floor_key=None, state_path=state)  # fmt: skip
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={"T": tune.grid_search([1, 2, 4]), "seed": tune.grid_search([0, 1])},
+            tune_config=tune.TuneConfig(metric="acc", mode="max", scheduler=sched),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="g", verbose=0),
+        )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+
+    reasons = stop_reasons(state)
+    ended: dict[int, set] = {}
+    for r in grid:
+        assert r.error is None
+        finished = r.metrics["epoch"] >= max_t
+        why = reasons[r.metrics["trial_id"]]
+        assert why.startswith("finished") == finished, why
+        ended.setdefault(r.config["T"], set()).add(finished)
+    assert all(len(fates) == 1 for fates in ended.values()), ended  # one fate per config
+    assert ended[4] == {True}  # the best config ran to the end
+    assert ended[2] == {False}  # the straddling config was stopped with both its seeds
