@@ -17,13 +17,24 @@ def test_tuner_keeps_or_stops_each_config_with_all_its_seeds(tmp_path):
     level = {1: (0.8, 0.8), 2: (0.6, 0.0), 4: (0.9, 0.9)}
     max_t = 6
 
-    def trainable(config):
+    def trainable(config):  # checkpoints every epoch, so a paused seed resumes where it was
+        import json
+        import os
+        import tempfile
         import time
 
-        acc = level[config["T"]][config["seed"]]
-        for epoch in range(1, max_t + 1):
+        acc, start = level[config["T"]][config["seed"]], 1
+        ckpt = tune.get_checkpoint()
+        if ckpt:
+            with ckpt.as_directory() as d, open(os.path.join(d, "state.json")) as f:
+                start = json.load(f)["epoch"] + 1
+        for epoch in range(start, max_t + 1):
             time.sleep(0.3)
-            tune.report({"epoch": epoch, "acc": acc + 0.01 * epoch})
+            with tempfile.TemporaryDirectory() as d:
+                with open(os.path.join(d, "state.json"), "w") as f:
+                    json.dump({"epoch": epoch}, f)
+                metrics = {"epoch": epoch, "acc": acc + 0.01 * epoch, "start": start}
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     state = tmp_path / "group_asha.pkl"
     sched = GroupASHA(max_t=max_t, grace_period=1, reduction_factor=2, num_seeds=2,
@@ -51,3 +62,5 @@ def test_tuner_keeps_or_stops_each_config_with_all_its_seeds(tmp_path):
     assert all(len(fates) == 1 for fates in ended.values()), ended  # one fate per config
     assert ended[4] == {True}  # the best config ran to the end
     assert ended[2] == {False}  # the straddling config was stopped with both its seeds
+    # a seed that got to a rung first waited paused and resumed from its checkpoint
+    assert any(r.metrics["start"] > 1 for r in grid if r.config["T"] != 2)
