@@ -93,6 +93,10 @@ class GroupASHA(FIFOScheduler):
         self._history: list[dict[str, Any]] = []
         self._waiting: dict[str, int] = {}  # paused trial id -> rung its group is judged at
 
+    def __getstate__(self) -> dict:
+        # A pickled copy (Tune's tuner.pkl) reads the state file again when it is next used.
+        return {**self.__dict__, "_loaded": False}
+
     # ---- Tune's scheduler API
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         if (self._metric and metric) or (self._mode and mode):
