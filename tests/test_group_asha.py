@@ -323,3 +323,22 @@ def test_stalled_group_is_judged_on_the_seeds_it_has():
     assert "over 2 seed(s) (the others could not start)" in sched.decisions()[-1]["reason"]
     (a2,) = group(sched, ctl, 2, seeds=(2,))  # the third seed later follows the group
     assert report(sched, ctl, a2, 1, 0.8) == CONTINUE
+
+
+def test_seed_group_searcher_under_tune_wrappers_with_the_seed_grid_left_in_the_space():
+    """As Tune wires it (max_concurrent_trials -> ConcurrencyLimiter, SearchGenerator), with
+    the `seed` grid sweeps/space.py adds for --seeds still in the param space."""
+    from ray import tune
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    alg = SearchGenerator(
+        ConcurrencyLimiter(SeedGroupSearcher(OptunaSearch(seed=0), seeds=3), max_concurrent=6)
+    )
+    space = {"T": tune.uniform(1, 8), "seed": tune.grid_search([0, 1, 2])}
+    assert alg.set_search_properties("acc", "max", space)
+    alg.add_configurations([Experiment("x", lambda c: None, config=space, num_samples=6)])
+    configs = [alg.next_trial().config for _ in range(6)]
+    assert [c["seed"] for c in configs] == [0, 1, 2, 0, 1, 2]
+    assert len({c["T"] for c in configs[:3]}) == 1 and configs[0]["T"] != configs[3]["T"]
