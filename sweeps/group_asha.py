@@ -20,7 +20,9 @@ The seeds of a config (trials whose configs differ only in `seed`, see
 State is plain attributes. Ray 2.60 does not save a scheduler with the experiment state (its
 `Tuner.restore` brings back the scheduler pickled when the Tuner was built), so with
 `state_path` every change is written there (atomically) and read back on the first call after
-a restore; a file left by another Tuner (another `_token`) is ignored.
+a restore; a file left by another Tuner (another `_token`) is ignored. Its name must not end
+in .json or .pkl: Tune's restore copies those from the experiment folder to its staging folder
+and uploads that stale copy back over the experiment folder at every save.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ class GroupASHA(FIFOScheduler):
         while m < max_t:
             self._rungs.append(m)
             m *= self._rf
+        if state_path and str(state_path).endswith((".json", ".pkl")):
+            raise ValueError(
+                f"GroupASHA state_path {state_path}: use another suffix (e.g. .state); Tune's "
+                "restore would upload a stale copy of a .json/.pkl over it"
+            )
         self._state_path = str(state_path) if state_path else None
         self._token = uuid.uuid4().hex
         self._loaded = False

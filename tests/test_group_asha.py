@@ -204,7 +204,7 @@ def test_pending_sibling_of_a_running_seed_runs_first():
 def test_state_survives_pickle_and_restore(tmp_path):
     """Tune pickles the scheduler when the Tuner is built and brings that copy back on
     restore: decisions taken after that come back from the state file."""
-    state = tmp_path / "group_asha.pkl"
+    state = tmp_path / "group_asha.state"
     sched, ctl = scheduler(state_path=state), Controller()
     at_build = pickle.dumps(sched)
     a0, a1 = group(sched, ctl, 2)
@@ -342,3 +342,8 @@ def test_seed_group_searcher_under_tune_wrappers_with_the_seed_grid_left_in_the_
     configs = [alg.next_trial().config for _ in range(6)]
     assert [c["seed"] for c in configs] == [0, 1, 2, 0, 1, 2]
     assert len({c["T"] for c in configs[:3]}) == 1 and configs[0]["T"] != configs[3]["T"]
+
+
+def test_state_file_name_that_tune_would_overwrite_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="stale copy"):
+        scheduler(state_path=tmp_path / "group_asha.pkl")

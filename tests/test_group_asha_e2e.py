@@ -55,7 +55,7 @@ def test_tuner_keeps_or_stops_each_config_with_all_its_seeds_across_a_restore(tm
                 fired.touch()
                 os.kill(os.getpid(), signal.SIGINT)
 
-    state = tmp_path / "group_asha.pkl"
+    state = tmp_path / "g" / "group_asha.state"  # in the experiment folder, as a sweep has it
     sched = GroupASHA(max_t=max_t, grace_period=1, reduction_factor=2, num_seeds=2,
                       floor_key=None, state_path=state)  # fmt: skip
     trn = tune.with_resources(trainable, {"cpu": 1})
