@@ -229,6 +229,10 @@ class GroupASHA(FIFOScheduler):
             return f"ended by the trial at {self._time_attr} {last:g}" if last else "ended"
         return {"error": "error", "removed": "removed"}.get(gone or "", "running")
 
+    def is_stopped(self, trial_id: str) -> bool:
+        """Whether the trial's group was stopped (pruned), whatever this seed had run."""
+        return self._group_of.get(trial_id) in self._stopped
+
     def group_of(self, trial_id: str) -> str | None:
         """The group key of a trial (see `sweeps.seed_groups.group_key`)."""
         return self._group_of.get(trial_id)

@@ -86,6 +86,8 @@ def test_group_stopped_as_a_unit():
     assert report(sched, ctl, b1, 1, 0.4) == STOP  # group b (0.45 < 0.75) stopped here...
     assert report(sched, ctl, b0, 3, 0.9) == STOP  # ...and its running seed on its next result
     assert sched.reason_for(b0.trial_id) == sched.reason_for(b1.trial_id)
+    assert sched.is_stopped(b0.trial_id) and not sched.is_stopped(a0.trial_id)
+    assert sched.group_of(b0.trial_id) == sched.group_of(b1.trial_id)
     assert sched.reason_for(b0.trial_id).startswith("rung 1 (epoch 1): group mean best 0.4500")
     assert "< cut 0.7500 (2 groups)" in sched.reason_for(b1.trial_id)
     assert report(sched, ctl, a0, 2, 0.8) == CONTINUE
