@@ -3,14 +3,21 @@
 Layout of one entry (`<root>/<id>/`):
     model.safetensors          the teacher's weights
     meta.json                  recipe, corpus fingerprint, dev/test greedy WER/CER, seconds
-    posteriors_<split>.pt      float16 logits of every utterance of the split, concatenated over
-                               frames ([sum T', V]) + offsets [N+1] + utterance ids: soft/hard KD
-                               trials read these and never run the teacher
-    hidden_<split>_<layers>.pt the same for hidden states of the mapped layers ([sum T', L, 2H]),
-                               built lazily (one teacher pass) the first time a trial needs them
-    posteriors_transfer_<key>.pt the logits of a transfer set (unlabeled utterances, content key
-                               <key>), and hidden_transfer_<key>_<layers>.pt its hidden states:
-                               computed once in a sweep's prepare step, read by every trial
+    posteriors_<split>.rows/   float16 logits of every utterance of the split, concatenated over
+                               frames ([sum T', V]), as a `kdsweep.rowcache` (memory map +
+                               offsets + utterance ids): soft/hard KD trials read these per
+                               batch and never run the teacher
+    hidden_<split>_<layers>.rows/ the same for hidden states of the mapped layers only
+                               ([sum T', L, 2H]), built lazily (one teacher pass) the first time
+                               a trial needs them
+    posteriors_transfer_<key>.rows/ the logits of a transfer set (unlabeled utterances, content
+                               key <key>), and hidden_transfer_<key>_<layers>.rows/ its hidden
+                               states: computed once in a sweep's prepare step, read by every trial
+
+A cache that does not match what it is read for (truncated, other utterances, other frame
+counts or shape) is rebuilt where the caller passes the features, else refused with a
+KDSweepError. Caches of the earlier single-file layout (`<name>.pt`) are converted on first
+read, so existing entries keep their ids.
 
 The id hashes (version, recipe, corpus fingerprint). Locking, the temp dir + os.replace publish
 and the atomic meta.json are `kdsweep.store`'s (so concurrent trials train a missing teacher
@@ -20,7 +27,6 @@ exactly once); this module only says what an entry holds. The training itself is
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -31,10 +37,17 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from kdsweep import asr_teacher
-from kdsweep.asr_teacher import ASRTeacherRecipe, build_model, greedy_scores, predict
+from kdsweep.asr_teacher import (
+    ASRTeacherRecipe,
+    build_model,
+    frames_needed,
+    greedy_scores,
+    predict,
+)
 from kdsweep.data.speech import FeatureSet
 from kdsweep.errors import KDSweepError
 from kdsweep.models.speech import BiLSTMCTC
+from kdsweep.rowcache import read_rows, rows_problem, write_rows
 from kdsweep.store import META, Store, cached_file, content_id, read_json
 
 SPLITS = ("train", "dev", "test")
@@ -63,31 +76,34 @@ class StoredASRTeacher:
         model.load_state_dict(load_file(str(self.path / "model.safetensors")))
         return model.to(device).eval()
 
-    def logits(self, split: str, ids: Sequence[str] | None = None) -> list[Tensor]:
-        """Cached teacher logits of a split, one float32 [T'_i, V] per utterance (no forward)."""
-        return _read_rows(self.path / f"posteriors_{split}.pt", "logits", ids)
+    def logits(self, split: str, ids: Sequence[str] | None = None) -> Sequence[Tensor]:
+        """Cached teacher logits of a split, one float32 [T'_i, V] per utterance (no forward),
+        read from the float16 memory map when indexed."""
+        path = self.path / f"posteriors_{split}.rows"
+        _migrate(path, "logits")
+        return read_rows(path, ids)
 
     def transfer_logits(
         self, key: str, fs: FeatureSet, device: torch.device | str = "cpu"
-    ) -> list[Tensor]:
+    ) -> Sequence[Tensor]:
         """Teacher logits of a transfer set (content key `key`), one [T'_i, V] per utterance:
         computed once (one teacher pass, under a lock, published atomically) into
-        `posteriors_transfer_<key>.pt`, then read like a split's posteriors."""
+        `posteriors_transfer_<key>.rows`, then read like a split's posteriors."""
 
         def write(tmp: Path) -> None:
             logits, _ = predict(self.load_model(device), fs, torch.device(device))
-            _write_rows(tmp, "logits", logits, fs.ids)
+            write_rows(tmp, logits, fs.ids)
 
-        path = cached_file(self.path / f"posteriors_transfer_{key}.pt", write)
-        return _read_rows(path, "logits", fs.ids)
+        return self._cached(f"posteriors_transfer_{key}", "logits", write, fs)
 
     def hidden(
         self, split: str, layers: Sequence[int], fs: FeatureSet, device: torch.device | str = "cpu"
-    ) -> list[Tensor]:
-        """Hidden states of teacher `layers` (1-based), one [T'_i, L, 2H] per utterance.
+    ) -> Sequence[Tensor]:
+        """Hidden states of teacher `layers` (1-based, only these are cached), one
+        [T'_i, L, 2H] per utterance.
 
         Built on first use with one teacher pass (under a lock: concurrent trials build it
-        once), then read from the cache: float16 on disk, float32 in memory.
+        once), then read per row from the cache's float16 memory map as float32.
         """
         if not layers or any(not 1 <= j <= self.recipe.layers for j in layers):
             raise KDSweepError(
@@ -98,10 +114,26 @@ class StoredASRTeacher:
         def write(tmp: Path) -> None:
             model = self.load_model(device)
             _, hidden = predict(model, fs, torch.device(device), hidden_layers=layers)
-            _write_rows(tmp, "hidden", hidden, fs.ids)
+            write_rows(tmp, hidden, fs.ids)
 
-        path = cached_file(self.path / f"hidden_{split}_{'-'.join(map(str, layers))}.pt", write)
-        return _read_rows(path, "hidden", fs.ids)
+        name = f"hidden_{split}_{'-'.join(map(str, layers))}"
+        return self._cached(name, "hidden", write, fs, (len(layers), 2 * self.recipe.hidden))
+
+    def _cached(
+        self,
+        name: str,
+        key: str,
+        write: Callable[[Path], None],
+        fs: FeatureSet,
+        tail: tuple[int, ...] | None = None,
+    ) -> Sequence[Tensor]:
+        """The row cache `<name>.rows` of `fs`, built by `write` when missing, or rebuilt when
+        it does not match `fs` (truncated, other utterances or frame counts, other shape)."""
+        path = self.path / f"{name}.rows"
+        _migrate(path, key)
+        expect = {"lengths": frames_needed(fs.lengths, self.recipe.stack), "tail": tail}
+        cached_file(path, write, lambda p: rows_problem(p, fs.ids, **expect) is None)
+        return read_rows(path, fs.ids, **expect)
 
 
 class ASRTeacherStore:
@@ -169,7 +201,7 @@ def _save(tmp: Path, model, recipe, fingerprint, feats, seconds, name) -> dict:
     for split in SPLITS:
         fs = feats[split]
         logits, _ = predict(model, fs, device)
-        _write_rows(tmp / f"posteriors_{split}.pt", "logits", logits, fs.ids)
+        write_rows(tmp / f"posteriors_{split}.rows", logits, fs.ids)
         if split != "train" and len(fs):
             for k, v in greedy_scores(logits, fs.transcripts).items():
                 metrics[f"{split}_{k}"] = v
@@ -185,30 +217,18 @@ def _save(tmp: Path, model, recipe, fingerprint, feats, seconds, name) -> dict:
     }
 
 
-# --------------------------------------------------------------------------------------------
-# Per-utterance tensors stored as one concatenated float16 tensor + offsets
-# --------------------------------------------------------------------------------------------
+def _migrate(path: Path, key: str) -> None:
+    """Convert a row cache of the old single-file layout (`<name>.pt`: float16 tensor +
+    offsets + ids) into `path`'s, once, so entries keep their ids across the change."""
+    legacy = path.with_suffix(".pt")
+    if not legacy.is_file() or rows_problem(path) is None:
+        return
 
+    def write(tmp: Path) -> None:
+        blob = torch.load(legacy, weights_only=True)
+        off = blob["offsets"].tolist()
+        rows = [blob[key][off[i] : off[i + 1]] for i in range(len(off) - 1)]
+        write_rows(tmp, rows, blob["ids"])
 
-def _write_rows(path: Path, key: str, rows: Sequence[Tensor], ids: Sequence[str]) -> None:
-    lens = torch.tensor([0] + [r.shape[0] for r in rows], dtype=torch.long)
-    cat = torch.cat(list(rows)) if rows else torch.zeros(0)
-    blob = {key: cat.to(torch.float16), "offsets": torch.cumsum(lens, 0), "ids": list(ids)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-
-
-def _read_rows(path: Path, key: str, ids: Sequence[str] | None) -> list[Tensor]:
-    try:
-        blob = torch.load(path, weights_only=True)
-    except FileNotFoundError:
-        msg = f"teacher store: {path} is missing (delete the entry to rebuild)"
-        raise KDSweepError(msg) from None
-    if ids is not None and list(ids) != blob["ids"]:
-        raise KDSweepError(
-            f"teacher store: {path} holds other utterances than this split (corpus changed?)"
-        )
-    data = blob[key].float()
-    off = blob["offsets"].tolist()
-    return [data[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+    cached_file(path, write, lambda p: rows_problem(p) is None)
+    legacy.unlink(missing_ok=True)

@@ -237,7 +237,7 @@ def frames_needed(lengths: Sequence[int], stack: int) -> list[int]:
     return [math.ceil(n / stack) for n in lengths]
 
 
-_STORE_NAMES = ("ASRTeacherStore", "StoredASRTeacher", "STORE_VERSION", "_read_rows", "_write_rows")
+_STORE_NAMES = ("ASRTeacherStore", "StoredASRTeacher", "STORE_VERSION")
 
 
 def __getattr__(name: str):
