@@ -79,7 +79,11 @@ class StoredTeacher:
 
     def logits(self, split: str) -> torch.Tensor:
         """Cached teacher logits of a split, [N, K] float32 (no teacher forward)."""
-        return torch.from_numpy(np.load(self.path / f"logits_{split}.npy"))
+        path = self.path / f"logits_{split}.npy"
+        if not npy_matches(path, np.float32, ()):
+            msg = f"teacher store: {path} is missing or truncated (delete {self.path} to rebuild)"
+            raise KDSweepError(msg)
+        return torch.from_numpy(np.load(path))
 
     def transfer_logits(self, key: str, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Teacher logits of a transfer set (content key `key`), [N, K] float32: computed once
@@ -91,9 +95,13 @@ class StoredTeacher:
             logits = predict_logits(model, {**tokens, "labels": tokens["input_ids"]}, 64, device)
             np.save(tmp, logits.numpy().astype(np.float32))
 
-        return torch.from_numpy(
-            np.load(cached_file(self.path / f"logits_transfer_{key}.npy", write))
+        n = len(tokens["input_ids"])
+        path = cached_file(
+            self.path / f"logits_transfer_{key}.npy",
+            write,
+            lambda p: npy_matches(p, np.float32, (n,)),  # else truncated: rebuilt
         )
+        return torch.from_numpy(np.load(path))
 
     def features(
         self, split: str, kind: str, layers: list[int], tokens: dict[str, torch.Tensor]

@@ -67,6 +67,9 @@ def test_a_truncated_or_mismatched_cache_is_refused_with_the_reason(tmp_path):
     assert "other utterances" in rows_problem(path, ids[::-1])
     assert "frame counts" in rows_problem(path, lengths=[9] * 5)
     assert "shape" in rows_problem(path, tail=(4,))
+    write_rows(tmp_path / "empty", [], [])
+    assert rows_problem(tmp_path / "empty", [], lengths=[], tail=(4,)) is None
+    assert len(read_rows(tmp_path / "empty")) == 0
     _truncate(path / DATA, 10)
     with pytest.raises(KDSweepError, match=r"c is truncated"):
         read_rows(path, ids)
