@@ -56,30 +56,39 @@ def rows_problem(
     tail: Sequence[int] | None = None,
 ) -> str | None:
     """Why the row cache at `path` is unusable for (ids, row lengths, trailing shape), or None."""
-    index = read_json(Path(path) / INDEX)
+    return _inspect(Path(path), ids, lengths, tail)[0]
+
+
+def _inspect(path: Path, ids, lengths, tail) -> tuple[str | None, dict[str, Any]]:
+    index = read_json(path / INDEX)
     if index is None or index.get("version") != ROWS_VERSION:
-        return "is missing or incomplete"
+        return "is missing or incomplete", {}
     offsets, shape = index["offsets"], tuple(index["shape"])
     if len(offsets) != len(index["ids"]) + 1 or not shape or offsets[-1] != shape[0]:
-        return "has an inconsistent index"
-    if not npy_matches(Path(path) / DATA, np.float16, shape):
-        return "is truncated or does not match its index"
+        return "has an inconsistent index", index
+    if not npy_matches(path / DATA, np.float16, shape):
+        return "is truncated or does not match its index", index
     if ids is not None and list(ids) != index["ids"]:
-        return "holds other utterances than this split (corpus changed?)"
+        return "holds other utterances than this split (corpus changed?)", index
     if lengths is not None and list(lengths) != np.diff(offsets).tolist():
-        return "has other frame counts than these features"
+        return "has other frame counts than these features", index
     if tail is not None and offsets[-1] and tuple(tail) != shape[1:]:  # no rows: no shape
-        return f"holds rows of shape {list(shape[1:])}, expected {list(tail)}"
-    return None
+        return f"holds rows of shape {list(shape[1:])}, expected {list(tail)}", index
+    return None, index
 
 
-def read_rows(path: Path, ids: Sequence[str] | None = None, **expect: Any) -> Rows:
+def read_rows(
+    path: Path,
+    ids: Sequence[str] | None = None,
+    lengths: Sequence[int] | None = None,
+    tail: Sequence[int] | None = None,
+) -> Rows:
     """The rows of the cache at `path` (checked as in `rows_problem`; KDSweepError if bad)."""
-    problem = rows_problem(path, ids, **expect)
+    path = Path(path)
+    problem, index = _inspect(path, ids, lengths, tail)
     if problem is not None:
         raise KDSweepError(f"teacher store: {path} {problem} (delete it to rebuild)")
-    index = read_json(Path(path) / INDEX)
-    rows = Rows(Path(path), index["offsets"])
+    rows = Rows(path, index["offsets"])
     if rows.map().shape != tuple(index["shape"]):  # replaced between the two reads
         raise KDSweepError(f"teacher store: {path} changed while it was read; run again")
     return rows
