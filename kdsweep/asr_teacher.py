@@ -1,54 +1,32 @@
-"""ASR teacher store: a BiLSTM-CTC teacher trained once, its posteriors cached for every trial.
-
-Layout of one entry (`<root>/<id>/`):
-    model.safetensors          the teacher's weights
-    meta.json                  recipe, corpus fingerprint, dev/test greedy WER/CER, seconds
-    posteriors_<split>.pt      float16 logits of every utterance of the split, concatenated over
-                               frames ([sum T', V]) + offsets [N+1] + utterance ids: soft/hard KD
-                               trials read these and never run the teacher
-    hidden_<split>_<layers>.pt the same for hidden states of the mapped layers ([sum T', L, 2H]),
-                               built lazily (one teacher pass) the first time a trial needs them
-    posteriors_transfer_<key>.pt the logits of a transfer set (unlabeled utterances, content key
-                               <key>), and hidden_transfer_<key>_<layers>.pt its hidden states:
-                               computed once in a sweep's prepare step, read by every trial
-
-The id hashes (recipe, corpus fingerprint). Entries are published atomically (a tmp dir, then
-os.replace) under a file lock, so concurrent trials train a missing teacher exactly once.
+"""Training a BiLSTM-CTC: the epoch loop shared by stored teachers and student trials.
 
 The training code here is also the epoch loop of the student trials (`train_epoch`), so a stored
 "twin" (the student's architecture and recipe) is exactly an independent trial of its seed.
-No ray, no mlflow.
+The store of trained teachers and their cached outputs is `kdsweep.asr_store` (its names are
+re-exported here for existing imports). No ray, no mlflow.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from kdsweep.data.speech import CharVocab, FeatureSet, SpecAugment, bucket_batches, pad_collate
 from kdsweep.decoding import cer, greedy_decode, wer
 from kdsweep.errors import KDSweepError
-from kdsweep.filelock import locked
 from kdsweep.losses.ctc import ctc_loss
 from kdsweep.models.speech import BiLSTMCTC, CTCOutput
 from kdsweep.train_utils import warmup_linear
 
 SPLITS = ("train", "dev", "test")
-STORE_VERSION = 1
 
 # loss_fn(student output, batch, aux modules) -> (total loss, {component name: value})
 LossFn = Callable[[CTCOutput, dict[str, Any], nn.ModuleDict], tuple[Tensor, dict[str, Tensor]]]
@@ -254,193 +232,19 @@ def train_model(
     return student.eval()
 
 
-# --------------------------------------------------------------------------------------------
-# The store
-# --------------------------------------------------------------------------------------------
-
-
-class StoredASRTeacher:
-    """One stored teacher: its model, metrics and cached posteriors / hidden states."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.meta = json.loads((self.path / "meta.json").read_text())
-        self.id: str = self.meta["id"]
-        self.recipe = ASRTeacherRecipe(**self.meta["recipe"])
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return self.meta["metrics"]
-
-    def load_model(self, device: torch.device | str = "cpu") -> BiLSTMCTC:
-        r = self.recipe
-        model = build_model(r.layers, r.hidden, r.stack, 0.0, r.n_mels)
-        model.load_state_dict(load_file(str(self.path / "model.safetensors")))
-        return model.to(device).eval()
-
-    def logits(self, split: str, ids: Sequence[str] | None = None) -> list[Tensor]:
-        """Cached teacher logits of a split, one float32 [T'_i, V] per utterance (no forward)."""
-        return _read_rows(self.path / f"posteriors_{split}.pt", "logits", ids)
-
-    def transfer_logits(
-        self, key: str, fs: FeatureSet, device: torch.device | str = "cpu"
-    ) -> list[Tensor]:
-        """Teacher logits of a transfer set (content key `key`), one [T'_i, V] per utterance:
-        computed once (one teacher pass, under a lock, published atomically) into
-        `posteriors_transfer_<key>.pt`, then read like a split's posteriors."""
-        path = self.path / f"posteriors_transfer_{key}.pt"
-        if not path.is_file():
-            with locked(self.path / f"{path.name}.lock"):
-                if not path.is_file():
-                    model = self.load_model(device)
-                    logits, _ = predict(model, fs, torch.device(device))
-                    _write_rows(path, "logits", logits, fs.ids)
-        return _read_rows(path, "logits", fs.ids)
-
-    def hidden(
-        self, split: str, layers: Sequence[int], fs: FeatureSet, device: torch.device | str = "cpu"
-    ) -> list[Tensor]:
-        """Hidden states of teacher `layers` (1-based), one [T'_i, L, 2H] per utterance.
-
-        Built on first use with one teacher pass (under a lock: concurrent trials build it
-        once), then read from the cache: float16 on disk, float32 in memory.
-        """
-        if not layers or any(not 1 <= j <= self.recipe.layers for j in layers):
-            raise KDSweepError(
-                f"field 'layer_map': teacher {self.id} has layers 1..{self.recipe.layers}, "
-                f"got {list(layers)}"
-            )
-        path = self.path / f"hidden_{split}_{'-'.join(map(str, layers))}.pt"
-        if not path.is_file():
-            with locked(self.path / f"{path.name}.lock"):
-                if not path.is_file():
-                    model = self.load_model(device)
-                    _, hidden = predict(model, fs, torch.device(device), hidden_layers=layers)
-                    _write_rows(path, "hidden", hidden, fs.ids)
-        return _read_rows(path, "hidden", fs.ids)
-
-
-class ASRTeacherStore:
-    """Directory of StoredASRTeacher entries keyed by (recipe, corpus fingerprint)."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    @staticmethod
-    def entry_id(recipe: ASRTeacherRecipe, fingerprint: str) -> str:
-        blob = json.dumps(
-            {"v": STORE_VERSION, "recipe": asdict(recipe), "data": fingerprint}, sort_keys=True
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def get(self, entry_id: str) -> StoredASRTeacher | None:
-        path = self.root / entry_id
-        return StoredASRTeacher(path) if (path / "meta.json").is_file() else None
-
-    def get_or_train(
-        self,
-        recipe: ASRTeacherRecipe,
-        fingerprint: str,
-        feats: dict[str, FeatureSet],
-        log: Callable[[str], None] = print,
-        device: torch.device | str = "cpu",
-        threads: int = 1,
-        name: str = "teacher",
-    ) -> tuple[StoredASRTeacher, bool]:
-        """The stored teacher for (recipe, corpus); trained only on a miss. Returns (teacher,
-        hit). Concurrent callers serialize on a lock; the loser finds the winner's entry."""
-        entry_id = self.entry_id(recipe, fingerprint)
-        found = self.get(entry_id)
-        if found:
-            return found, True
-        with locked(self.root / f"{entry_id}.lock"):
-            found = self.get(entry_id)
-            if found:
-                return found, True
-            arch = f"L{recipe.layers}-H{recipe.hidden}"
-            log(f"ASR teacher store: miss for {name} {arch} ({entry_id}); training it once")
-            prev = torch.get_num_threads()
-            torch.set_num_threads(max(1, threads))
-            try:
-                t0 = time.perf_counter()
-                device = torch.device(device)
-                model = train_model(recipe, feats, device, log, name)
-                seconds = time.perf_counter() - t0
-                path = self._publish(entry_id, model, recipe, fingerprint, feats, seconds, name)
-            finally:
-                torch.set_num_threads(prev)
-            teacher = StoredASRTeacher(path)
-            m = teacher.metrics
-            log(
-                f"ASR teacher store: saved {name} {entry_id}: dev WER {m['dev_wer']:.3f} "
-                f"CER {m['dev_cer']:.3f}, test WER {m['test_wer']:.3f} ({seconds:.0f} s)"
-            )
-            return teacher, False
-
-    def _publish(self, entry_id, model, recipe, fingerprint, feats, seconds, name) -> Path:
-        final = self.root / entry_id
-        tmp = self.root / f".{entry_id}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(
-            {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
-            str(tmp / "model.safetensors"),
-        )
-        device = next(model.parameters()).device
-        metrics: dict[str, float] = {}
-        for split in SPLITS:
-            fs = feats[split]
-            logits, _ = predict(model, fs, device)
-            _write_rows(tmp / f"posteriors_{split}.pt", "logits", logits, fs.ids)
-            if split != "train" and len(fs):
-                for k, v in greedy_scores(logits, fs.transcripts).items():
-                    metrics[f"{split}_{k}"] = v
-        meta = {
-            "id": entry_id,
-            "name": name,
-            "arch": f"L{recipe.layers}-H{recipe.hidden}",
-            "recipe": asdict(recipe),
-            "data": fingerprint,
-            "metrics": metrics,
-            "params": sum(p.numel() for p in model.parameters()),
-            "train_seconds": seconds,
-            "sizes": {s: len(feats[s]) for s in SPLITS},
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        shutil.rmtree(final, ignore_errors=True)  # a half-written leftover never has meta.json
-        os.replace(tmp, final)  # atomic publish: readers never see a half-written entry
-        return final
-
-
-# --------------------------------------------------------------------------------------------
-# Per-utterance tensors stored as one concatenated float16 tensor + offsets
-# --------------------------------------------------------------------------------------------
-
-
-def _write_rows(path: Path, key: str, rows: Sequence[Tensor], ids: Sequence[str]) -> None:
-    lens = torch.tensor([0] + [r.shape[0] for r in rows], dtype=torch.long)
-    cat = torch.cat(list(rows)) if rows else torch.zeros(0)
-    blob = {key: cat.to(torch.float16), "offsets": torch.cumsum(lens, 0), "ids": list(ids)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-
-
-def _read_rows(path: Path, key: str, ids: Sequence[str] | None) -> list[Tensor]:
-    try:
-        blob = torch.load(path, weights_only=True)
-    except FileNotFoundError:
-        msg = f"teacher store: {path} is missing (delete the entry to rebuild)"
-        raise KDSweepError(msg) from None
-    if ids is not None and list(ids) != blob["ids"]:
-        raise KDSweepError(
-            f"teacher store: {path} holds other utterances than this split (corpus changed?)"
-        )
-    data = blob[key].float()
-    off = blob["offsets"].tolist()
-    return [data[off[i] : off[i + 1]] for i in range(len(off) - 1)]
-
-
 def frames_needed(lengths: Sequence[int], stack: int) -> list[int]:
     """Frames after stacking for feature lengths (ceil(T / stack))."""
     return [math.ceil(n / stack) for n in lengths]
+
+
+_STORE_NAMES = ("ASRTeacherStore", "StoredASRTeacher", "STORE_VERSION")
+
+
+def __getattr__(name: str):
+    """The store moved to `kdsweep.asr_store`; its names are still importable from here
+    (lazily, as asr_store imports this module's training code)."""
+    if name in _STORE_NAMES:
+        from kdsweep import asr_store
+
+        return getattr(asr_store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,15 +10,13 @@ Layout of one entry (`<root>/<id>/`):
     feat_<kind>_transfer_<key>_<layers>.npy  the same for a transfer set (hidden/attention KD)
 
 The id hashes (recipe, data fingerprint): the same backbone, data and recipe always map to the
-same entry, so a second sweep reuses the teacher instead of retraining it.
+same entry, so a second sweep reuses the teacher instead of retraining it. Locking, the temp
+dir + os.replace publish and the atomic meta.json are `kdsweep.store`'s; this module only
+says what an entry holds.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,8 +26,8 @@ import numpy as np
 import torch
 
 from kdsweep.errors import KDSweepError
-from kdsweep.filelock import locked
 from kdsweep.models.text import load_classifier, pick_device, resolve_backbone
+from kdsweep.store import META, Store, cached_file, content_id, npy_matches, read_json
 from kdsweep.train_utils import (
     batches,
     classification_metrics,
@@ -39,6 +37,7 @@ from kdsweep.train_utils import (
 )
 
 SPLITS = ("train", "dev", "test")
+STORE_VERSION = 1  # of the entry layout below; not part of the ids, which predate it
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,11 @@ class StoredTeacher:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.meta = json.loads((self.path / "meta.json").read_text())
-        self.id: str = self.meta["id"]
+        meta = read_json(self.path / META)
+        if meta is None:
+            raise KDSweepError(f"teacher store: {self.path} has no readable {META}")
+        self.meta: dict = meta
+        self.id: str = meta["id"]
 
     @property
     def model_dir(self) -> str:
@@ -77,23 +79,28 @@ class StoredTeacher:
 
     def logits(self, split: str) -> torch.Tensor:
         """Cached teacher logits of a split, [N, K] float32 (no teacher forward)."""
-        return torch.from_numpy(np.load(self.path / f"logits_{split}.npy"))
+        path = self.path / f"logits_{split}.npy"
+        if not npy_matches(path, np.float32, ()):
+            msg = f"teacher store: {path} is missing or truncated (delete {self.path} to rebuild)"
+            raise KDSweepError(msg)
+        return torch.from_numpy(np.load(path))
 
     def transfer_logits(self, key: str, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Teacher logits of a transfer set (content key `key`), [N, K] float32: computed once
         under a lock into `logits_transfer_<key>.npy`, then read like the splits' logits."""
-        path = self.path / f"logits_transfer_{key}.npy"
-        if not path.is_file():
-            with locked(self.path / f"logits_transfer_{key}.lock"):
-                if not path.is_file():
-                    device = pick_device("auto")
-                    model = self.load_model().to(device)
-                    logits = predict_logits(
-                        model, {**tokens, "labels": tokens["input_ids"]}, 64, device
-                    )
-                    tmp = self.path / f".logits_transfer_{key}.tmp.npy"
-                    np.save(tmp, logits.numpy().astype(np.float32))
-                    os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            device = pick_device("auto")
+            model = self.load_model().to(device)
+            logits = predict_logits(model, {**tokens, "labels": tokens["input_ids"]}, 64, device)
+            np.save(tmp, logits.numpy().astype(np.float32))
+
+        n = len(tokens["input_ids"])
+        path = cached_file(
+            self.path / f"logits_transfer_{key}.npy",
+            write,
+            lambda p: npy_matches(p, np.float32, (n,)),  # else truncated: rebuilt
+        )
         return torch.from_numpy(np.load(path))
 
     def features(
@@ -102,15 +109,18 @@ class StoredTeacher:
         """Cached hidden states [N, L, S, H] or head-averaged attention [N, L, S, S], float16.
 
         Built on first use (under a lock, so concurrent trials build it once) with one teacher
-        pass, then memory-mapped: a trial pages in only the rows of its batches.
+        pass, then memory-mapped: a trial pages in only the rows of its batches. A file whose
+        shape does not match `tokens` and `layers` (truncated, other content) is rebuilt.
         """
         assert kind in ("hidden", "attention")
+        n, s = tokens["input_ids"].shape
         name = f"feat_{kind}_{split}_{'-'.join(map(str, layers))}.npy"
-        path = self.path / name
-        if not path.is_file():
-            with locked(self.path / f"{name}.lock"):
-                if not path.is_file():
-                    self._build_features(path, kind, layers, tokens)
+        want = (n, len(layers), s) if kind == "hidden" else (n, len(layers), s, s)
+        path = cached_file(
+            self.path / name,
+            lambda tmp: self._build_features(tmp, kind, layers, tokens),
+            lambda p: npy_matches(p, np.float16, want),
+        )
         return np.load(path, mmap_mode="r")
 
     def transfer_features(
@@ -125,14 +135,14 @@ class StoredTeacher:
     def _build_features(
         self, path: Path, kind: str, layers: list[int], tokens: dict[str, torch.Tensor]
     ) -> None:
+        """Write the features of `tokens` to the .npy file `path` (one teacher pass)."""
         model = self.load_model(eager_attention=kind == "attention")
         device = pick_device("auto")
         model.to(device)
         n, s = tokens["input_ids"].shape
         h = model.config.hidden_size
         shape = (n, len(layers), s, h if kind == "hidden" else s)
-        tmp = path.with_suffix(".tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
         for idx in batches(n, 64, shuffle=False):
             ids = tokens["input_ids"][idx].long().to(device)
             mask = tokens["attention_mask"][idx].long().to(device)
@@ -150,23 +160,22 @@ class StoredTeacher:
                 out[idx.numpy(), j] = val.float().cpu().numpy().astype(np.float16)
         out.flush()
         del out
-        os.replace(tmp, path)
 
 
 class TeacherStore:
-    """Directory of StoredTeacher entries keyed by content hash."""
+    """Directory of StoredTeacher entries keyed by content hash (a layer on `kdsweep.store`)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._store = Store(self.root, STORE_VERSION)
 
     @staticmethod
     def entry_id(recipe: TeacherRecipe, data_fingerprint: str) -> str:
-        blob = json.dumps({"recipe": asdict(recipe), "data": data_fingerprint}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return content_id(asdict(recipe), data_fingerprint)  # no version: the ids predate it
 
     def get(self, entry_id: str) -> StoredTeacher | None:
-        path = self.root / entry_id
-        return StoredTeacher(path) if (path / "meta.json").is_file() else None
+        path = self._store.get(entry_id)
+        return StoredTeacher(path) if path is not None else None
 
     def get_or_train(
         self,
@@ -182,13 +191,8 @@ class TeacherStore:
         finds the winner's entry and does not train again.
         """
         entry_id = self.entry_id(recipe, data_fingerprint)
-        found = self.get(entry_id)
-        if found:
-            return found, True
-        with locked(self.root / f"{entry_id}.lock"):
-            found = self.get(entry_id)
-            if found:
-                return found, True
+
+        def build(tmp: Path) -> dict:
             log(f"teacher store: miss for {recipe.backbone} ({entry_id}); fine-tuning once")
             # Seeded before the new classifier head is initialised: same recipe, same teacher.
             torch.manual_seed(recipe.seed)
@@ -196,11 +200,12 @@ class TeacherStore:
             t0 = time.perf_counter()
             finetune(model, tokens, recipe, log)
             seconds = time.perf_counter() - t0
-            path = self._save(entry_id, model, recipe.backbone, label_names, tokens, log)
-            meta = json.loads((path / "meta.json").read_text())
-            meta.update(recipe=asdict(recipe), data=data_fingerprint, train_seconds=seconds)
-            (path / "meta.json").write_text(json.dumps(meta, indent=2))
-            return StoredTeacher(path), False
+            meta = self._save(entry_id, tmp, model, recipe.backbone, label_names, tokens, log)
+            return {**meta, "recipe": asdict(recipe), "data": data_fingerprint,
+                    "train_seconds": seconds}  # fmt: skip
+
+        path, hit = self._store.get_or_build(entry_id, build)
+        return StoredTeacher(path), hit
 
     def register(
         self,
@@ -212,30 +217,30 @@ class TeacherStore:
         log: Callable[[str], None] = print,
     ) -> StoredTeacher:
         """Store an already-trained model (a cascade stage's student) as a teacher."""
-        entry_id = hashlib.sha256(f"registered|{source}".encode()).hexdigest()[:16]
-        found = self.get(entry_id)
-        if found:
-            return found
-        with locked(self.root / f"{entry_id}.lock"):
-            return self.get(entry_id) or StoredTeacher(
-                self._save(entry_id, model, tokenizer_dir, label_names, tokens, log, source)
-            )
+        entry_id = content_id({"registered": source}, "")
+        path, _ = self._store.get_or_build(
+            entry_id,
+            lambda tmp: self._save(
+                entry_id, tmp, model, tokenizer_dir, label_names, tokens, log, source
+            ),
+        )
+        return StoredTeacher(path)
 
     def _save(
         self,
         entry_id: str,
+        tmp: Path,
         model: torch.nn.Module,
         tokenizer_src: str,
         label_names: list[str],
         tokens: dict[str, dict[str, torch.Tensor]],
         log: Callable[[str], None],
         source: str = "",
-    ) -> Path:
+    ) -> dict:
+        """Write the model, tokenizer and every split's logits into the entry's temp dir `tmp`;
+        returns its meta (the store adds the id and publishes it)."""
         from transformers import AutoTokenizer
 
-        final = self.root / entry_id
-        tmp = self.root / f".{entry_id}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "model").mkdir(parents=True)
         model.save_pretrained(tmp / "model")  # safetensors
         AutoTokenizer.from_pretrained(resolve_backbone(tokenizer_src)).save_pretrained(
@@ -249,14 +254,11 @@ class TeacherStore:
             if split != "train":
                 for k, v in classification_metrics(logits, tokens[split]["labels"]).items():
                     metrics[f"{split}_{k}"] = v
-        meta = {"id": entry_id, "label_names": label_names, "metrics": metrics, "source": source}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, final)  # atomic publish: readers never see a half-written entry
         log(
             f"teacher store: saved {entry_id}: "
             + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
         )
-        return final
+        return {"label_names": label_names, "metrics": metrics, "source": source}
 
 
 def finetune(

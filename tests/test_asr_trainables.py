@@ -84,8 +84,8 @@ def test_teacher_store_hit_and_kd_trials_never_run_the_teacher(tmp_path, small_a
     data = prepare_asr(ASRSoftConfig.from_dict(small_asr), log=lambda m: None)
     assert data.teacher_hit  # trained by the fixture, reused here
     entry = data.teacher.path
-    for name in ("model.safetensors", "meta.json", "posteriors_train.pt", "posteriors_dev.pt"):
-        assert (entry / name).is_file(), name
+    for name in ("model.safetensors", "meta.json", "posteriors_train.rows", "posteriors_dev.rows"):
+        assert (entry / name).exists(), name
     assert {"dev_wer", "dev_cer", "test_wer", "test_cer"} <= set(data.teacher.metrics)
     assert data.teacher.meta["train_seconds"] > 0
 
@@ -129,7 +129,7 @@ def test_hidden_states_cached_lazily_per_layer_set(small_asr):
     data = prepare_asr(ASRHiddenConfig.from_dict(small_asr), log=lambda m: None)
     train = data.feats["train"]
     rows = data.teacher.hidden("train", [2], train)
-    assert (data.teacher.path / "hidden_train_2.pt").is_file()
+    assert (data.teacher.path / "hidden_train_2.rows").is_dir()
     assert len(rows) == len(train) and rows[0].shape[1:] == (1, 2 * SMALL_ASR["teacher_hidden"])
     logits = data.teacher.logits("train", train.ids)
     assert all(h.shape[0] == lg.shape[0] for h, lg in zip(rows, logits))

@@ -234,7 +234,7 @@ def test_transfer_outputs_come_from_the_cache(small_asr, monkeypatch):
     tr = data.transfer
     assert calls == [1]  # the teacher ran once, on the transfer set only (it was stored)
     assert len(tr.feats) == 6 and set(tr.feats.transcripts) == {""}
-    assert (data.teacher.path / f"posteriors_transfer_{tr.key}.pt").is_file()
+    assert (data.teacher.path / f"posteriors_transfer_{tr.key}.rows").is_dir()
     assert set(tr.feats.voices) <= set(voices_by_split()["train"])  # held-out voices stay out
     # Synthesized from sentences in none of the corpus's splits.
     manifest = next(Path(small_asr["cache_dir"], "speech", "transfer").glob("*n6-*/manifest.tsv"))
@@ -259,7 +259,7 @@ def test_transfer_outputs_come_from_the_cache(small_asr, monkeypatch):
 def test_self_caches_twin_hidden_states_for_the_transfer_set(small_asr):
     data = prepare_asr(SelfDistillConfig.from_dict({**small_asr, **TRANSFER}), log=lambda m: None)
     tr = data.transfer
-    assert (data.teacher.path / f"hidden_transfer_{tr.key}_1.pt").is_file()
+    assert (data.teacher.path / f"hidden_transfer_{tr.key}_1.rows").is_dir()
     assert len(tr.hidden) == len(tr.feats) == 12
     assert all(h.shape[0] == lg.shape[0] for h, lg in zip(tr.hidden, tr.logits))
 

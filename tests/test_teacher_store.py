@@ -11,6 +11,7 @@ import torch
 
 import kdsweep.teacher_store as teacher_store_mod
 from kdsweep.data.text import load_text_dataset, tokenize_splits
+from kdsweep.errors import KDSweepError
 from kdsweep.models.text import resolve_backbone
 from kdsweep.teacher_store import StoredTeacher, TeacherRecipe, TeacherStore
 from kdsweep.train_utils import classification_metrics, predict_logits
@@ -129,6 +130,25 @@ def test_features_are_cached_and_match_the_teacher(small_text, monkeypatch):
     monkeypatch.setattr(StoredTeacher, "_build_features", no_rebuild)
     again = teacher.features("dev", "hidden", [2, 6], tokens)
     assert np.array_equal(np.asarray(again), np.asarray(hidden))
+
+
+def test_truncated_cache_files_are_rebuilt_or_refused(small_text):
+    data = prepare_text(TextConfig.from_dict(small_text), log=lambda m: None)
+    teacher, tokens = data.teacher, data.tokens["dev"]
+    first = np.array(teacher.features("dev", "hidden", [1], tokens))
+    path = teacher.path / "feat_hidden_dev_1.npy"
+    cut = path.read_bytes()[:-7]
+    path.unlink()  # a new file: the map of the old one stays valid
+    path.write_bytes(cut)
+    assert np.array_equal(np.asarray(teacher.features("dev", "hidden", [1], tokens)), first)
+    logits = teacher.path / "logits_test.npy"
+    saved = logits.read_bytes()
+    try:
+        logits.write_bytes(saved[:-3])
+        with pytest.raises(KDSweepError, match=r"logits_test\.npy is missing or truncated"):
+            teacher.logits("test")
+    finally:
+        logits.write_bytes(saved)
 
 
 # ---------------------------------------------------------------- a tiny backbone, fresh stores
