@@ -53,12 +53,7 @@ def run_sweep(name: str, args: argparse.Namespace, space: SweepSpace) -> SweepOu
 
     grid, wall = fit(space, args, sweep, storage, res, max_t, callback, restore, tracking_uri)
 
-    ended = {
-        ev["trial"]: ev["status"]
-        for ev in journal.events()
-        if ev["ev"] == "end" and ev["status"] in ("FINISHED", "FAILED")
-    }
-    outcome = summarize(grid, space, sweep, path, max_t, ended, test=not args.no_test)
+    outcome = summarize(grid, space, sweep, path, max_t, ended(journal), test=not args.no_test)
     outcome.parent_run_id = journal.state().get("parent")
     callback.close_open_runs()
     artifacts = write_tables(outcome, path)
@@ -211,6 +206,15 @@ def fit(
     finally:
         shutdown_ray(path / RAY_PIDS)
     return grid, wall
+
+
+def ended(journal) -> dict[str, str]:
+    """Trial id -> FINISHED/FAILED for the trials the journal saw end (others were cut off)."""
+    return {
+        ev["trial"]: ev["status"]
+        for ev in journal.events()
+        if ev["ev"] == "end" and ev["status"] in ("FINISHED", "FAILED")
+    }
 
 
 def close_journal(journal, outcome: SweepOutcome, wall: float, artifacts: list[Path]) -> bool:

@@ -165,7 +165,9 @@ def _sentence(c: dict[str, Any], metric_name: str) -> str:
         f"- {c['config']} vs {c['baseline']}: {metric_name} {c['mean_diff']:+.4f} "
         f"(95% CI {c['low']:+.4f} to {c['high']:+.4f}, p = {c['p']:.3g}, "
         f"Holm p = {c['p_holm']:.3g}, d_z = {_num(c['d_z'], '.2f')}, "
-        f"Wilcoxon p = {_num(c['wilcoxon_p'], '.3g')}, n = {c['n']} seeds): {c['verdict']}."
+        f"Wilcoxon p = {_num(c['wilcoxon_p'], '.3g')}"
+        + (f" ({c['wilcoxon']})" if c["wilcoxon"] else "")
+        + f", n = {c['n']} seeds): {c['verdict']}."
     )
 
 
