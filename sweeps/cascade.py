@@ -8,13 +8,18 @@ the best checkpoint of stage k becomes `teacher_checkpoint` of stage k+1, and it
 are stored in the teacher store like any teacher's.
 """
 
+import argparse
+import copy
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
 from kdsweep.errors import KDSweepError  # noqa: E402
-from sweeps.common import build_parser, run_sweep, space_from_args  # noqa: E402
+
+# CLI: sweeps/cli.py; the Tuner: sweeps/tuner.py build_tuner(); the steps: sweeps/run.py
+from sweeps.cli import build_parser, space_from_args  # noqa: E402
+from sweeps.run import run_sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list:
@@ -23,16 +28,17 @@ def main(argv: list[str] | None = None) -> list:
         space = space_from_args("cascade", args)
         if not space.stages:
             raise KDSweepError(f"search space {space.source}: cascade needs `stages: [...]`")
-        base_name, outcomes, teacher_ckpt = args.name, [], ""
+        outcomes, teacher_ckpt = [], ""
         for i, student in enumerate(space.stages, start=1):
-            stage = space_from_args("cascade", args)
+            stage = copy.deepcopy(space)
             stage.fixed.update(student=student, teacher_checkpoint=teacher_ckpt)
             stage.dists.pop("student", None)
-            args.name = f"{base_name or 'cascade-' + stage.task}-stage{i}-{student}"
+            name = f"{args.name or 'cascade-' + stage.task}-stage{i}-{student}"
             print(
                 f"[kdsweep] cascade stage {i}: {student} taught by {teacher_ckpt or 'the teacher'}"
             )
-            outcome = run_sweep("cascade", args, stage)
+            stage_args = argparse.Namespace(**{**vars(args), "name": name})  # args stay as given
+            outcome = run_sweep("cascade", stage_args, stage)
             if not outcome.best or "checkpoint" not in outcome.best:
                 raise KDSweepError(f"cascade stage {i} ({student}) produced no checkpoint")
             teacher_ckpt = outcome.best["checkpoint"]

@@ -123,6 +123,12 @@ def load_space(
     name_or_path: str, overrides: dict[str, Any] | None = None, seeds: int = 0
 ) -> SweepSpace:
     """Read `search_spaces/<name>.yaml` (or a path), apply CLI overrides, validate."""
+    raw, where = read_space(name_or_path)
+    return parse_space(raw, where, overrides or {}, seeds)
+
+
+def read_space(name_or_path: str) -> tuple[Any, str]:
+    """The YAML document of `search_spaces/<name>.yaml` (or a path), and that path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = SPACES_DIR / f"{name_or_path}.yaml"
@@ -132,7 +138,7 @@ def load_space(
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise KDSweepError(f"search space {path}: invalid YAML: {_yaml_reason(e)}") from None
-    return parse_space(raw, str(path), overrides or {}, seeds)
+    return raw, str(path)
 
 
 def parse_space(

@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from sweeps.common import main  # noqa: E402
+# CLI: sweeps/cli.py; the Tuner: sweeps/tuner.py build_tuner(); the steps: sweeps/run.py
+from sweeps.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main("strategy", __doc__)

@@ -1,4 +1,4 @@
-"""Analysis: IG attribution similarity, efficiency, CI/paired-test math, and sweeps/report.py."""
+"""Analysis: IG attribution similarity, efficiency, the report's statistics, sweeps/report.py."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sweeps import report  # noqa: E402
+from sweeps.reporting import stats as rstats  # noqa: E402
 
 
 # ---------------------------------------------------------------- attribution
@@ -146,49 +147,96 @@ def test_efficiency_metrics():
 
 
 # ---------------------------------------------------------------- statistics
-@pytest.mark.parametrize(
-    "df, q",
-    [(1, 12.706205), (2, 4.302653), (4, 2.776445), (9, 2.262157), (29, 2.045230), (1000, 1.962339)],
-)
-def test_t_quantile_known_values(df, q):
-    assert report.t_quantile(0.975, df) == pytest.approx(q, abs=1e-5)
-    assert report.t_quantile(0.025, df) == pytest.approx(-q, abs=1e-5)
-    assert report.t_cdf(q, df) == pytest.approx(0.975, abs=1e-6)
-
-
-def test_t_distribution_matches_scipy_when_present():
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1, 3, 7, 15, 60):
-        for p in (0.6, 0.9, 0.95, 0.995):
-            assert report.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-7)
-        for t in (-3.0, -0.5, 0.0, 1.2, 4.0):
-            assert report.t_cdf(t, df) == pytest.approx(stats.t.cdf(t, df), abs=1e-10)
+# Student's sleep data (Cushny & Peebles; R's `sleep`): extra hours of sleep, 10 patients, two
+# drugs. R: t.test(g2, g1, paired = TRUE) -> t = 4.0621, df = 9, p = 0.002833,
+# 95% CI 0.7001142 to 2.4598858, mean difference 1.58.
+SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
 
 
 def test_mean_ci():
-    m, lo, hi = report.mean_ci([1, 2, 3, 4, 5])
-    half = 2.776445 * math.sqrt(2.5) / math.sqrt(5)
+    m, lo, hi = rstats.mean_ci([1, 2, 3, 4, 5])
+    half = 2.776445 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, df=4) * s / sqrt(n)
     assert (m, lo, hi) == pytest.approx((3.0, 3.0 - half, 3.0 + half), abs=1e-5)
-    m, lo, hi = report.mean_ci([0.7])
+    m, lo, hi = rstats.mean_ci([0.7])
     assert m == 0.7 and math.isnan(lo) and math.isnan(hi)
+    assert rstats.mean_ci([0.5, 0.5, float("nan")]) == (0.5, 0.5, 0.5)  # NaN dropped, no spread
 
 
-def test_paired_comparison():
-    same = report.paired_comparison([0.8, 0.82, 0.79], [0.8, 0.82, 0.79])
+def test_paired_comparison_on_the_sleep_data():
+    res = rstats.paired_comparison(SLEEP_2, SLEEP_1)
+    assert res["n"] == 10 and res["mean_diff"] == pytest.approx(1.58)
+    assert res["t"] == pytest.approx(4.0621, abs=1e-4)
+    assert res["p"] == pytest.approx(0.002833, abs=1e-6)
+    assert (res["low"], res["high"]) == pytest.approx((0.7001142, 2.4598858), abs=1e-6)
+    assert res["d_z"] == pytest.approx(1.58 / 1.2299955, abs=1e-6)  # mean / sd of differences
+    # one zero difference is dropped, 9 positive ones are left (two tied at 1.3): the exact
+    # permutation p of "all 9 signs positive" is 2 / 2**9
+    assert res["wilcoxon_p"] == pytest.approx(2 / 2**9)
+    assert res["wilcoxon"] == "1 zero difference(s) dropped"
+    # the paired bootstrap CI: seeded (the same twice), around the mean, near the t-interval
+    again = rstats.paired_comparison(SLEEP_2, SLEEP_1)
+    assert (res["boot_low"], res["boot_high"]) == (again["boot_low"], again["boot_high"])
+    assert 0.7 < res["boot_low"] < 1.58 < res["boot_high"] < 2.6
+    assert res["significant"] and res["p_holm"] == res["p"]
+
+
+def test_paired_comparison_small_and_degenerate_samples():
+    same = rstats.paired_comparison([0.8, 0.82, 0.79], [0.8, 0.82, 0.79])
     assert same["mean_diff"] == 0 and same["p"] == 1.0 and not same["significant"]
-    assert report.verdict(same, True).startswith("not significant")
-    noisy = report.paired_comparison([0.81, 0.79, 0.83, 0.78], [0.80, 0.80, 0.80, 0.80])
+    assert same["wilcoxon_p"] == 1.0 and same["wilcoxon"] == "all differences 0"
+    assert rstats.verdict(same, True) == "not distinguishable (Holm p = 1; 95% CI includes 0)"
+    noisy = rstats.paired_comparison([0.81, 0.79, 0.83, 0.78], [0.80, 0.80, 0.80, 0.80])
     assert noisy["low"] < 0 < noisy["high"] and noisy["p"] >= 0.05 and not noisy["significant"]
     # diffs 1, 2, 3: mean 2, sd 1, t = 2 * sqrt(3), p = 0.0742 (as scipy.stats.ttest_rel)
-    res = report.paired_comparison([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    res = rstats.paired_comparison([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
     assert res["t"] == pytest.approx(3.4641016) and res["p"] == pytest.approx(0.0741799, abs=1e-6)
-    assert not res["significant"]
-    res = report.paired_comparison([0.9, 0.91, 0.92, 0.93, 0.9], [0.8, 0.8, 0.81, 0.8, 0.8])
-    assert res["significant"] and res["low"] > 0
-    assert report.verdict(res, True) == "significant: better than independent"
-    assert report.verdict(res, False) == "significant: worse than independent"  # WER
-    one = report.paired_comparison([0.9], [0.8])
-    assert one["n"] == 1 and math.isnan(one["p"]) and report.verdict(one, True).startswith("not")
+    assert res["d_z"] == pytest.approx(2.0) and not res["significant"]
+    # five positive differences: the t-test finds them, the signed-rank test cannot (p >= 1/16)
+    res = rstats.paired_comparison([0.9, 0.91, 0.92, 0.93, 0.9], [0.8, 0.8, 0.81, 0.8, 0.8])
+    assert res["significant"] and res["low"] > 0 and res["boot_low"] > 0
+    assert res["wilcoxon_p"] == pytest.approx(0.0625)
+    assert res["wilcoxon"] == "n too small: 5 nonzero differences give p >= 0.0625"
+    assert rstats.verdict(res, True) == "significant: better than independent"
+    assert rstats.verdict(res, False) == "significant: worse than independent"  # WER
+    one = rstats.paired_comparison([0.9], [0.8])
+    assert one["n"] == 1 and math.isnan(one["p"]) and rstats.verdict(one, True).startswith("not")
+    with pytest.raises(ValueError):
+        rstats.paired_comparison([0.9, 0.8], [0.8])
+
+
+def test_pairing_is_what_the_bootstrap_resamples():
+    """Seeds differ a lot, the treatment adds ~0.01 to each: only a paired CI sees it."""
+    base = [0.60, 0.70, 0.80, 0.65, 0.75, 0.72]
+    treated = [b + 0.01 + e for b, e in zip(base, [0.001, -0.001, 0.002, 0.0, -0.002, 0.001])]
+    res = rstats.paired_comparison(treated, base)
+    assert 0 < res["boot_low"] < 0.01 < res["boot_high"] < 0.02
+    assert res["low"] > 0 and res["significant"]
+
+
+def test_holm_against_a_hand_computed_example():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> max so far 0.06
+    got = rstats.holm([0.01, 0.04, 0.03, 0.005])
+    assert got == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    got = rstats.holm([0.02, float("nan"), 0.04])  # NaN: not a member of the family
+    assert got[0] == pytest.approx(0.04) and math.isnan(got[1]) and got[2] == pytest.approx(0.04)
+    assert rstats.holm([0.5, 0.6]) == [1.0, 1.0] and rstats.holm([]) == []
+
+
+def test_holm_turns_two_unadjusted_findings_into_not_distinguishable():
+    from sweeps.reporting.compare import adjust
+
+    a = rstats.paired_comparison([0.82, 0.85, 0.83, 0.88], [0.80, 0.80, 0.81, 0.82])
+    b = rstats.paired_comparison([0.84, 0.80, 0.86, 0.83], [0.80, 0.79, 0.81, 0.80])
+    assert 0.01 < a["p"] < 0.05 and 0.01 < b["p"] < 0.05 and a["significant"]
+    rows = [{**r, "baseline": "independent", "metric": "accuracy"} for r in (a, b)]
+    rows.append({**a, "baseline": "independent", "metric": "F1"})  # another family
+    adjust(rows)
+    assert [r["p_holm"] for r in rows[:2]] == pytest.approx(rstats.holm([a["p"], b["p"]]))
+    assert not rows[0]["significant"] and not rows[1]["significant"]
+    assert rows[2]["p_holm"] == a["p"] and rows[2]["significant"]
+    text = rstats.verdict(rows[0], True)
+    assert text.startswith("not distinguishable (Holm p = ") and "unadjusted CI excludes 0" in text
 
 
 # ---------------------------------------------------------------- report.py on a fake store
@@ -272,7 +320,7 @@ def test_report_on_a_fake_store(tmp_path):
     # soft T=2 equals the baseline seed by seed; soft T=4 is clearly better
     assert "- soft T=2 L2-H128 vs independent T=4 L2-H128: accuracy +0.0000" in md
     line_t2 = next(ln for ln in md.splitlines() if ln.startswith("- soft T=2"))
-    assert "not significant" in line_t2
+    assert "not distinguishable (Holm p = 1; 95% CI includes 0)" in line_t2
     line_t4 = next(ln for ln in md.splitlines() if ln.startswith("- soft T=4"))
     assert "significant: better than independent" in line_t4 and "n = 5 seeds" in line_t4
     pngs = {p.name for p in out.glob("*.png")}

@@ -16,7 +16,7 @@ from sweeps.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-TINY = {  # the smoke preset's sizes (sweeps/common.py SMOKE["asr"])
+TINY = {  # the smoke preset's sizes (sweeps/cli.py SMOKE["asr"])
     "n_utterances": 40,
     "layers": 1,
     "hidden": 32,
@@ -60,7 +60,7 @@ def _check_nested(tmp: Path, n_children: int) -> list:
 
 # ---------------------------------------------------------------- spaces (fast)
 def test_task_asr_picks_the_speech_spaces():
-    from sweeps.common import build_parser, space_from_args
+    from sweeps.cli import build_parser, space_from_args
 
     for name, conditions in [
         ("temperature", ["soft"]),
@@ -78,7 +78,7 @@ def test_task_asr_picks_the_speech_spaces():
 
 
 def test_smoke_fixes_asr_sizes():
-    from sweeps.common import build_parser, space_from_args
+    from sweeps.cli import build_parser, space_from_args
 
     args = build_parser("compression", None).parse_args(["--task", "asr", "--smoke"])
     space = space_from_args("compression", args)

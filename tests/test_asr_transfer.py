@@ -316,7 +316,7 @@ def test_resume_with_a_transfer_set_gives_identical_weights(tmp_path, small_asr)
 
 # ---------------------------------------------------------------- the sweep's space (fast)
 def test_transfer_sweep_task_asr_picks_the_speech_space_and_smoke_stays_small():
-    from sweeps.common import build_parser, space_from_args
+    from sweeps.cli import build_parser, space_from_args
 
     args = build_parser("transfer", None).parse_args(["--task", "asr", "--smoke"])
     space = space_from_args("transfer", args)

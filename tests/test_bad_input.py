@@ -1,6 +1,6 @@
 """Bad input through the sweep CLI: one clear message, exit code 2, earlier results untouched.
 
-Every case runs `sweeps.common.main` (what `python sweeps/<name>.py ...` runs) in-process
+Every case runs `sweeps.cli.main` (what `python sweeps/<name>.py ...` runs) in-process
 against the storage folder and MLflow database of a finished earlier sweep, and checks:
 - it exits with code 2 before Ray starts (Ray start is made to fail the test);
 - stderr is one `error: ...` line naming the field and/or the file at fault;
@@ -219,12 +219,13 @@ def test_at_least_30_cases():
 def test_bad_input_exits_2_and_keeps_earlier_results(
     case, script, argv, needles, earlier, files, cache_dir, monkeypatch, capsys
 ):
-    import sweeps.common as common
+    import sweeps.cli as cli_mod
+    import sweeps.run as run_mod
 
     def no_ray(*a, **k):
         raise AssertionError(f"{case}: bad input reached Ray")
 
-    monkeypatch.setattr(common, "init_ray", no_ray)
+    monkeypatch.setattr(run_mod, "init_ray", no_ray)
     monkeypatch.setenv("KDSWEEP_HOME", str(cache_dir))
     monkeypatch.chdir(earlier)
     before = _snapshot(earlier)
@@ -237,7 +238,7 @@ def test_bad_input_exits_2_and_keeps_earlier_results(
         f"sqlite:///{earlier / 'mlruns.db'}",
     ]
     with pytest.raises(SystemExit) as e:
-        common.main(script, None, cli)
+        cli_mod.main(script, None, cli)
     err = capsys.readouterr().err
     assert e.value.code == 2, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]

@@ -96,7 +96,7 @@ def _stop_groups(pgids: list[int], grace: float = 10.0) -> None:
 
 # ---------------------------------------------------------------- cluster resources (fast)
 def _args(*argv: str):
-    from sweeps.common import build_parser
+    from sweeps.cli import build_parser
 
     return build_parser("temperature", None).parse_args(list(argv))
 
@@ -105,8 +105,8 @@ def test_gpu_request_is_kept_on_a_cluster(monkeypatch, capsys):
     """The driver's machine may have no GPU; the cluster's nodes decide, not the local check."""
     import torch
 
-    from sweeps.common import resolve_resources
     from sweeps.space import load_space
+    from sweeps.tuner import resolve_resources
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -126,7 +126,7 @@ def test_cluster_resources_come_from_the_cluster(monkeypatch, tmp_path, how):
     """With an address, ray.init only connects: no num_cpus/num_gpus, no PID bookkeeping."""
     import ray
 
-    from sweeps.common import init_ray
+    from sweeps.tuner import init_ray
 
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))

@@ -217,7 +217,7 @@ def test_half_deleted_checkpoint_falls_back_to_the_newer_complete_one(small_text
 
     # The sweep's final answer is the trial's best checkpoint that loads, ranked by the metric
     # in each checkpoint's header: never the half-deleted one, whatever Tune recorded.
-    from sweeps.common import _best_on_disk
+    from sweeps.summary import _best_on_disk
     from trainables.checkpointing import checkpoint_epoch, checkpoint_info
 
     assert checkpoint_epoch(first) is None and checkpoint_epoch(second) == 2
