@@ -58,24 +58,26 @@ def _value(v: float | None) -> str:
 
 
 def render_status(snap: Snapshot) -> str:
-    """The status block as plain text (no control characters), first line a summary."""
+    """The status block as plain text (no control characters): a summary line, the best trial,
+    then one line per running trial."""
     n_run = len(snap.running)
     head = (
-        f"[kdsweep] {format_duration(snap.elapsed_s)}  trials: {n_run} running, "
-        f"{snap.pending} pending, {snap.finished} finished, {snap.pruned} pruned, "
-        f"{snap.errored} errored"
+        f"[kdsweep] {format_duration(snap.elapsed_s)}  {n_run} running, {snap.pending} pending, "
+        f"{snap.finished} finished, {snap.pruned} pruned, {snap.errored} errored"
     )
-    if snap.best is not None:
-        head += f"  best {snap.metric}={_value(snap.best[1])} ({snap.best[0]})"
     if snap.eta_s is not None:
-        head += f"  ETA ~{format_duration(snap.eta_s)} (upper bound: pruning ends trials early)"
+        head += f"  ETA ~{format_duration(snap.eta_s)} (upper bound: pruning)"
     elif n_run or snap.pending:
-        head += "  ETA ~? (no epoch finished yet)"
+        head += "  ETA ~? (no epoch done yet)"
     lines = [head]
+    if snap.best is not None:
+        lines.append(f"  best {snap.metric}={_value(snap.best[1])}  {snap.best[0]}")
     for t in snap.running[:MAX_RUNNING_LINES]:
-        lines.append(f"  {t.label}  epoch {t.epoch}/{snap.max_t}  {snap.metric}={_value(t.value)}")
+        lines.append(
+            f"  > {t.label}  epoch {t.epoch}/{snap.max_t}  {snap.metric}={_value(t.value)}"
+        )
     if n_run > MAX_RUNNING_LINES:
-        lines.append(f"  ... and {n_run - MAX_RUNNING_LINES} more running")
+        lines.append(f"  > ... and {n_run - MAX_RUNNING_LINES} more running")
     return "\n".join(lines)
 
 
@@ -279,7 +281,7 @@ class LiveProgress(tune.Callback):
             snap.best,
         )
         heartbeat = self._last_print is None or now - self._last_print >= self.heartbeat_s
-        if not force and key == self._last_key and not heartbeat:
+        if key == self._last_key and not heartbeat:  # force skips only the rate limit
             return False
         self._last_key, self._last_print = key, now
         self._emit(render_status(snap))
@@ -295,7 +297,14 @@ class LiveProgress(tune.Callback):
             from rich.live import Live
 
             console = Console(file=self.stream, force_terminal=True, highlight=False)
-            self._live = Live(console=console, auto_refresh=False, transient=False)
+            own = self.stream in (sys.stdout, sys.__stdout__)  # other prints go above it
+            self._live = Live(
+                console=console,
+                auto_refresh=False,
+                transient=False,
+                redirect_stdout=own,
+                redirect_stderr=own,
+            )
             self._live.start()
         from rich.text import Text
 

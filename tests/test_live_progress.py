@@ -67,20 +67,21 @@ def test_render_status_shows_counts_trials_best_and_eta():
     )
     text = render_status(snap)
     lines = text.splitlines()
-    assert lines[0].startswith("[kdsweep] 2m05s  trials: 2 running, 1 pending, 1 finished, ")
-    assert "2 pruned, 1 errored" in lines[0]
-    assert "best dev_accuracy=0.4933 (soft T=4)" in lines[0]
-    assert "ETA ~3m10s (upper bound" in lines[0]
-    assert lines[1] == "  soft T=1  epoch 2/3  dev_accuracy=0.4512"
-    assert lines[2] == "  soft T=8  epoch 1/3  dev_accuracy=-"
+    assert lines[0] == (
+        "[kdsweep] 2m05s  2 running, 1 pending, 1 finished, 2 pruned, 1 errored  "
+        "ETA ~3m10s (upper bound: pruning)"
+    )
+    assert lines[1] == "  best dev_accuracy=0.4933  soft T=4"
+    assert lines[2] == "  > soft T=1  epoch 2/3  dev_accuracy=0.4512"
+    assert lines[3] == "  > soft T=8  epoch 1/3  dev_accuracy=-"
     assert not CONTROL.search(text)
 
 
 def test_render_status_unknown_eta_and_many_running_trials_are_capped():
     running = tuple(RunningTrial(f"t{i}", 1, 0.1) for i in range(11))
     text = render_status(Snapshot("m", 5, 3.0, running=running))
-    assert "ETA ~? (no epoch finished yet)" in text
-    assert text.splitlines()[-1] == "  ... and 3 more running"
+    assert "ETA ~? (no epoch done yet)" in text
+    assert text.splitlines()[-1] == "  > ... and 3 more running"
     assert len(text.splitlines()) == 1 + 8 + 1
 
 
@@ -179,7 +180,8 @@ def test_non_tty_output_is_plain_lines_without_control_codes():
     text = out.getvalue()
     assert text.count("[kdsweep]") >= 4
     assert "\x1b" not in text and "\r" not in text and not CONTROL.search(text)
-    assert "1 finished, 1 pruned, 1 errored" in text.splitlines()[-2]
+    assert "1 finished, 1 pruned, 1 errored" in text.splitlines()[-3]
+    assert text.count("1 finished, 1 pruned, 1 errored") == 1  # the end repeats no status
 
 
 def test_tty_output_redraws_in_place():
@@ -254,4 +256,9 @@ def test_tty_progress_uses_a_bar(monkeypatch):
 
 
 def test_format_duration():
-    assert [prep.format_duration(s) for s in (0, 45.4, 245, 7380)] == ["0s", "45s", "4m05s", "2h03m"]
+    assert [prep.format_duration(s) for s in (0, 45.4, 245, 7380)] == [
+        "0s",
+        "45s",
+        "4m05s",
+        "2h03m",
+    ]
