@@ -11,10 +11,12 @@ a driver resume, e.g. `ray.tune.get_context().get_trial_dir()`, not a checkpoint
         if not is_cuda_oom(exc):
             raise
         state = record_oom(trial_dir, bs, accum, exc, epoch=epoch)  # raises at batch size 1
-        release_gpu_memory()
         raise                       # Tune's FailureConfig retries from the last checkpoint
 
-The retried trial calls `resume_batch` again and gets the halved batch. Each halving costs one
+The retried trial (a new actor: the failed one's process and its GPU memory are gone) calls
+`resume_batch` again and gets the halved batch. An in-process retry instead (no Tune retry)
+must call `release_gpu_memory()` only after leaving the `except` block: until then the
+traceback keeps the failed step's tensors alive. Each halving costs one
 of Tune's retries: `FailureConfig(max_failures=...)` must allow log2(batch_size) of them (5 for a
 batch of 32) on top of the retries kept for other failures. At batch size 1 `record_oom` writes a
 final record and raises `OutOfMemoryAtBatchOne`; a retry of that trial fails again at once in

@@ -172,14 +172,16 @@ class LiveProgress(tune.Callback):
         stream: IO[str] | None = None,
         tty: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        start: float | None = None,
     ) -> None:
+        """`start`: a `clock()` reading elapsed time counts from (default: the first hook)."""
         self.metric, self.mode, self.max_t = metric, mode, max(1, int(max_t))
         self.describe, self.slots = describe, slots
         self.interval_s, self.heartbeat_s, self.quiet = interval_s, heartbeat_s, quiet
         self.stream = stream if stream is not None else sys.stdout
         self.tty = _isatty(self.stream) if tty is None else tty
         self.clock = clock
-        self._t0: float | None = None
+        self._t0: float | None = start
         self._last_print: float | None = None
         self._last_key: Any = None
         self._tracker = _Tracker()
