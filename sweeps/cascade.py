@@ -10,6 +10,7 @@ are stored in the teacher store like any teacher's.
 
 import argparse
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from sweeps.run import run_sweep  # noqa: E402
 
 def main(argv: list[str] | None = None) -> list:
     args = build_parser("cascade", __doc__).parse_args(argv)
+    if args.quiet:
+        os.environ["KDSWEEP_QUIET"] = "1"
     try:
         space = space_from_args("cascade", args)
         if not space.stages:

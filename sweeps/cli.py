@@ -9,6 +9,7 @@ Bad input raises KDSweepError anywhere before the first trial; main() turns it i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -81,6 +82,7 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny real run (seconds per trial)")
     p.add_argument("--no-test", action="store_true", help="skip the best trial's test eval")
     p.add_argument("--verbose", action="store_true", help="show Ray's and trials' logs")
+    p.add_argument("--quiet", action="store_true", help="no live status or progress bars")
     return p
 
 
@@ -124,6 +126,8 @@ def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
 def main(name: str, doc: str | None, argv: list[str] | None = None) -> SweepOutcome | None:
     """Entry point of every sweep script: clear one-line errors (exit 2) for bad input."""
     args = build_parser(name, doc).parse_args(argv)
+    if args.quiet:  # preparation progress bars (kdsweep.progress) read it too
+        os.environ["KDSWEEP_QUIET"] = "1"
     try:
         return run_sweep(name, args, space_from_args(name, args))
     except KDSweepError as e:

@@ -44,6 +44,9 @@ from sweeps.seed_groups import SEED_KEY, better, finite, group_key
 _KEEP_PATH = ("_state_path",)  # where this object saves: the caller's, not the file's
 
 
+STATE_FILE = "group_asha.state"  # not *.json/*.pkl: Tune re-uploads stale copies of those
+
+
 class GroupASHA(FIFOScheduler):
     """ASHA whose unit is the seed group (see the module docstring)."""
 

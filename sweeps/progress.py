@@ -25,6 +25,7 @@ from typing import IO, Any
 from ray import tune
 
 from kdsweep.progress import format_duration
+from kdsweep.progress import quiet as prep_quiet
 
 MAX_RUNNING_LINES = 8
 ENDED = ("TERMINATED", "ERROR")
@@ -187,6 +188,20 @@ class LiveProgress(tune.Callback):
         self._tracker = _Tracker()
         self._live = None
         self._max_running = 0
+
+    # Tune pickles its callbacks into tuner.pkl and Tuner.restore revives that copy: it must
+    # not carry the old process's stream, display or clock readings.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(stream=None, _live=None, _t0=None, _last_print=None, _last_key=None)
+        state.update(_tracker=_Tracker(), clock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stream, self.clock = sys.stdout, time.monotonic
+        self.tty = _isatty(self.stream)
+        self.quiet = self.quiet or prep_quiet()  # the resuming command's --quiet
 
     # ---- Tune hooks (driver side)
     def on_trial_start(self, iteration, trials, trial, **info):

@@ -184,6 +184,7 @@ def fit(
     tracking_uri: str,
 ):
     """Start Ray, build the Tuner, run it; Ray is shut down whatever happens. (grid, seconds)"""
+    from sweeps.progress import LiveProgress
     from sweeps.pruning import CheckpointPruner, prune_checkpoints
 
     path = storage / sweep
@@ -191,7 +192,16 @@ def fit(
     cluster = init_ray(args, path / RAY_PIDS, res)
     try:
         slots = concurrent_slots(cluster, res)
-        callbacks = [callback, CheckpointPruner(path, metric, mode)]
+        progress = LiveProgress(
+            metric,
+            mode,
+            max_t,
+            describe=functools.partial(describe, varied=space.varied),
+            slots=slots,
+            quiet=getattr(args, "quiet", False),
+            start=time.monotonic(),
+        )
+        callbacks = [callback, CheckpointPruner(path, metric, mode), progress]
         tuner = build_tuner(space, args, sweep, storage, res, slots, max_t, callbacks, restore)
         n_trials = space.num_samples * (1 if space.uses_optuna else space.grid_size())
         print(
@@ -200,7 +210,10 @@ def fit(
             f"metric {metric} ({mode}); MLflow: {tracking_uri}"
         )
         t0 = time.time()
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            progress.close()
         wall = time.time() - t0
         prune_checkpoints(path, metric, mode, margin=1)  # fit saved the final state
     finally:

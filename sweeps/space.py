@@ -38,7 +38,7 @@ TOP_KEYS = {
     "description",
     "stages",
 }
-ASHA_KEYS = {"grace_period", "reduction_factor", "max_t"}
+ASHA_KEYS = {"grace_period", "reduction_factor", "max_t", "min_epochs"}
 DIST_KINDS = {"grid", "choice", "uniform", "loguniform", "randint"}
 
 
@@ -197,11 +197,6 @@ def parse_space(
     for student in stages:
         config_class(task, conditions[0]).from_dict(
             {"student": student}, where=f"search space {where}, stages"
-        )
-    if seeds and space.uses_optuna:
-        raise KDSweepError(
-            f"search space {where}: --seeds repeats each config of a grid; this space has "
-            f"sampled dimensions ({[k for k, (kind, _) in space.dists.items() if kind != 'grid']})"
         )
     validate(space)
     return space

@@ -45,8 +45,12 @@ def summarize(
 
     `grid` is Tune's ResultGrid; `ended` maps the trial ids the journal saw end to their status
     (a trial not in it was interrupted); `test`: evaluate the best checkpoint on test."""
+    from sweeps.group_asha import STATE_FILE, GroupASHA
+
     metric, mode = METRIC[space.task], MODE[space.task]
     outcome = SweepOutcome(name=sweep, path=path)
+    state = path / STATE_FILE  # seed groups (--seeds N): why each config ended
+    groups = GroupASHA.load(state) if state.is_file() else None
     sign = 1 if mode == "max" else -1
     best_row = None
     for r in grid:
@@ -56,7 +60,8 @@ def summarize(
         best_v = (max(values) if mode == "max" else min(values)) if values else math.nan
         epochs = int((r.metrics or {}).get("epoch", 0))
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
-        status = "error" if r.error else ("pruned" if epochs < max_t else "finished")
+        pruned = groups.is_stopped(trial_id) if groups else epochs < max_t
+        status = "error" if r.error else ("pruned" if pruned else "finished")
         if not r.error and trial_id not in ended:
             status, outcome.interrupted = "interrupted", True
         row = {
@@ -68,6 +73,7 @@ def summarize(
             "epochs": epochs,
             "status": status,
             "error": str(r.error).splitlines()[0][:200] if r.error else "",
+            **({"why": groups.reason_for(trial_id)} if groups else {}),
         }
         outcome.rows.append(row)
         if _finite(best_v) and (best_row is None or sign * best_v > sign * best_row[0][metric]):

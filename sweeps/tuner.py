@@ -38,6 +38,7 @@ def build_tuner(
     from ray import tune
 
     metric, mode = METRIC[space.task], MODE[space.task]
+    seeds = max(1, getattr(args, "seeds", 0) or 0)
     trainable = tune.with_resources(run_trial, {"cpu": res["cpu"], "gpu": res["gpu"]})
     if restore:  # searcher, scheduler and callbacks come back from the saved experiment
         return tune.Tuner.restore(str(storage / sweep), trainable=trainable, resume_errored=True)
@@ -47,10 +48,11 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=metric,
             mode=mode,
-            num_samples=space.num_samples,
-            scheduler=make_scheduler(space, args, max_t),
+            scheduler=make_scheduler(space, args, max_t, storage / sweep),
             search_alg=make_searcher(space, args, metric, mode, sweep),
-            max_concurrent_trials=slots,
+            num_samples=space.num_samples * (seeds if space.uses_optuna else 1),
+            # a config's seeds are judged together: paused ones still count as live trials
+            max_concurrent_trials=seeds * -(-slots // seeds),
             # A slot's Ray worker runs its next trial: saves a worker start + imports
             # (5-7 s on 2 cores) per trial after the first (bench/orchestration.py).
             reuse_actors=True,
@@ -73,18 +75,37 @@ def build_tuner(
     )
 
 
-def make_scheduler(space: SweepSpace, args: argparse.Namespace, max_t: int):
-    """ASHA on the `epoch` each trial reports (YAML `asha:` + CLI flags), or FIFO (--no-asha)."""
+def make_scheduler(space: SweepSpace, args: argparse.Namespace, max_t: int, path: Path):
+    """ASHA on the `epoch` each trial reports (YAML `asha:` + CLI flags), or FIFO (--no-asha).
+
+    With `--seeds N` (N > 1) the N seeds of a config are one unit: GroupASHA judges a config
+    at each rung on the mean of its seeds' best-so-far metric, once every seed got there
+    (sweeps/group_asha.py); its state lives in the sweep folder so a resume keeps decisions."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if args.no_asha:
         return FIFOScheduler()
     grace = args.grace_period or space.asha.get("grace_period", 1)
     rf = args.reduction_factor or space.asha.get("reduction_factor", 2)
+    min_epochs = int(space.asha.get("min_epochs", 0))
+    seeds = getattr(args, "seeds", 0) or 0
+    if seeds > 1:
+        from sweeps.group_asha import STATE_FILE, GroupASHA
+
+        return GroupASHA(
+            time_attr="epoch",
+            max_t=int(space.asha.get("max_t", max_t)),
+            grace_period=min(int(grace), max_t),
+            reduction_factor=float(rf),
+            min_epochs=min_epochs,
+            num_seeds=seeds,
+            floor_key="dev_majority_rate" if space.task == "text" else None,
+            state_path=path / STATE_FILE,
+        )
     return ASHAScheduler(
         time_attr="epoch",
         max_t=int(space.asha.get("max_t", max_t)),
-        grace_period=min(int(grace), max_t),
+        grace_period=min(max(int(grace), min_epochs), max_t),
         reduction_factor=float(rf),
     )
 
@@ -100,7 +121,13 @@ def make_searcher(space: SweepSpace, args: argparse.Namespace, metric: str, mode
         import optuna
 
         storage = optuna.storages.RDBStorage(args.optuna_storage)
-    return OptunaSearch(metric=metric, mode=mode, seed=args.seed, study_name=sweep, storage=storage)
+    tpe = OptunaSearch(metric=metric, mode=mode, seed=args.seed, study_name=sweep, storage=storage)
+    seeds = getattr(args, "seeds", 0) or 0
+    if seeds:  # each Optuna suggestion runs with every seed; Optuna is told their mean
+        from sweeps.seed_groups import SeedGroupSearcher
+
+        return SeedGroupSearcher(tpe, seeds)
+    return tpe
 
 
 def resolve_resources(space: SweepSpace, args: argparse.Namespace) -> dict[str, float]:
