@@ -232,9 +232,10 @@ def resolve_resources(space: SweepSpace, args: argparse.Namespace) -> dict[str, 
 def init_ray(args: argparse.Namespace, pid_file: Path, res: dict[str, float]) -> dict:
     import ray
 
-    from sweeps import ray_procs
+    from sweeps import ray_auth, ray_procs
 
     address = args.address or os.environ.get("RAY_ADDRESS")
+    ray_auth.configure(address)  # token auth on, token checked, before any Ray process starts
     if address:
         ray.init(address=address, log_to_driver=args.verbose, runtime_env=_runtime_env())
     else:
