@@ -3,7 +3,7 @@
     args = build_parser("temperature", __doc__).parse_args()
     outcome = run_sweep("temperature", args)
 
-Ray is configured for a home PC (local, dashboard off, token auth off, short trial dirs) and kept
+Ray is configured for a home PC (local, dashboard off, token auth on, short trial dirs) and kept
 behind this module; trainables only see `trainables.tune_io`.
 """
 

@@ -131,3 +131,50 @@ def test_no_project_file_turns_ray_auth_off():
         if TURNS_OFF.search(line)
     ]
     assert not found, "\n".join(found)
+
+
+# ---------------------------------------------------------------- the rest of the surface
+def test_local_cluster_has_no_dashboard_and_token_auth_on(clean_env, monkeypatch):
+    """What init_ray asks of a local Ray: token mode set before ray.init, no dashboard."""
+    import ray
+
+    from sweeps import ray_procs
+    from sweeps.common import build_parser, init_ray
+
+    seen = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append((kw, os.environ["RAY_AUTH_MODE"])))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray_procs, "reap", lambda pid_file: 0)
+    monkeypatch.setattr(ray_procs, "record", lambda pid_file: 0)
+    args = build_parser("temperature", None).parse_args([])
+    init_ray(args, clean_env / "ray_pids.json", {"cpu": 1.0, "gpu": 0.0})
+    ((kw, mode),) = seen
+    assert mode == "token" and kw["include_dashboard"] is False
+    assert kw.get("dashboard_host", "127.0.0.1") == "127.0.0.1"
+    assert (clean_env / "home" / ".ray" / "auth_token").stat().st_mode & 0o077 == 0
+
+
+def test_mlflow_binds_loopback_only():
+    make = (ROOT / "Makefile").read_text()
+    (ui,) = [ln for ln in make.splitlines() if "mlflow ui" in ln]
+    assert "--host 127.0.0.1" in ui
+    readme = (ROOT / "README.md").read_text()
+    servers = re.findall(r"mlflow server [^`\n]*", readme)
+    assert servers and all("--host 127.0.0.1" in s for s in servers), servers
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    published = {
+        name: svc.get("ports", []) for name, svc in compose["services"].items() if svc.get("ports")
+    }
+    assert published == {"mlflow": ["127.0.0.1:5000:5000"]}  # no Ray port leaves the host
+    node_env = compose["x-ray-node"]["environment"]
+    assert node_env["RAY_AUTH_MODE"] == "token" and node_env["RAY_AUTH_TOKEN"].startswith("${")
+
+
+def test_credentials_are_not_logged_as_params():
+    from sweeps.tracking import _public
+
+    cfg = {"lr": 1e-3, "hf_token": "x", "db_password": "y", "RAY_AUTH_TOKEN": "z", "api_key": "k"}
+    assert _public(cfg) == {"lr": 1e-3}
