@@ -1,7 +1,6 @@
 # Two commands on a fresh machine:  `make sweep` (set up + default sweep), `make test` (set up + tests).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export RAY_AUTH_MODE ?= disabled
 
 .PHONY: setup sweep test test-fast lint format bench mlflow-ui
 

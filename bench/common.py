@@ -29,7 +29,6 @@ if str(ROOT) not in sys.path:
 BENCH_HOME = os.environ.get("KDSWEEP_BENCH_HOME", "/tmp/kdsweep-bench")
 ENV_DEFAULTS = {
     "KDSWEEP_HOME": str(Path(BENCH_HOME) / "cache"),  # a cache of its own, not ./.kdsweep
-    "RAY_AUTH_MODE": "disabled",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -42,6 +41,9 @@ def setup_env() -> None:
     """Environment defaults of a benchmark process (its main() calls this; importing doesn't)."""
     for k, v in ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    from sweeps import ray_auth
+
+    ray_auth.configure(None)  # token auth on (0600 token file) for any Ray a benchmark starts
     Path(BENCH_HOME).mkdir(parents=True, exist_ok=True)
 
 

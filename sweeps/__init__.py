@@ -2,7 +2,6 @@
 
 import os
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local-only Ray; no token file + warning
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -14,7 +14,7 @@ PY = sys.executable
 def sweep_env(cache_dir: Path) -> dict[str, str]:
     """The caller's environment, with the session cache and no cluster/MLflow server leaking in."""
     env = dict(os.environ)
-    env.update(KDSWEEP_HOME=str(cache_dir), PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled")
+    env.update(KDSWEEP_HOME=str(cache_dir), PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     return env

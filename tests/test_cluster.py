@@ -50,7 +50,6 @@ def _env(cache_dir: Path, **extra: str) -> dict[str, str]:
     env.update(
         KDSWEEP_HOME=str(cache_dir),
         PYTHONUNBUFFERED="1",
-        RAY_AUTH_MODE="disabled",
         RAY_USAGE_STATS_ENABLED="0",
         **extra,
     )
@@ -132,6 +131,9 @@ def test_cluster_resources_come_from_the_cluster(monkeypatch, tmp_path, how):
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 64.0, "GPU": 8.0})
     monkeypatch.setenv("KDSWEEP_HOME", str(tmp_path / "cache"))
+    (tmp_path / "token").write_text("f" * 64)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # set here, so what init_ray sets is undone
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))  # the cluster's token
     if how == "flag":
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
         args = _args("--address", "10.1.2.3:6379")
@@ -160,8 +162,11 @@ def ray_cluster():
     """Head + one worker node, 1 CPU each, on 127.0.0.1; stopped by process group afterwards."""
     ray_bin = str(Path(PY).with_name("ray"))
     root = Path(tempfile.mkdtemp(prefix="kdray-", dir="/tmp"))  # short: Ray's socket paths
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    from sweeps.ray_auth import ensure_token
+
+    token = ensure_token(root / "auth_token")  # shared by both nodes and the sweep, 0600
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")
     port = _free_port()
     groups: list[int] = []
 
@@ -225,7 +230,8 @@ def test_sweep_on_a_two_node_cluster(ray_cluster, tmp_path, cache_dir):
     nodes = _cluster_nodes(ray_cluster)
     assert sorted(nodes.values()) == ["head", "worker"], nodes
     db = tmp_path / "mlruns.db"
-    env = _env(cache_dir, MLFLOW_TRACKING_URI=f"sqlite:///{db}")  # as compose sets it
+    token = ray_cluster.env["RAY_AUTH_TOKEN_PATH"]  # the cluster's token, shared as compose does
+    env = _env(cache_dir, MLFLOW_TRACKING_URI=f"sqlite:///{db}", RAY_AUTH_TOKEN_PATH=token)
     t0 = time.time()
     res = _sweep(tmp_path, env, "--address", ray_cluster.address)
     wall = time.time() - t0

@@ -202,7 +202,7 @@ def test_hard_trial_with_augment(small_text, tmp_path):
 def test_transfer_sweep_smoke(tmp_path, cache_dir):
     import os
 
-    env = {**os.environ, "KDSWEEP_HOME": str(cache_dir), "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "KDSWEEP_HOME": str(cache_dir)}
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [
