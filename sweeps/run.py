@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from kdsweep.errors import KDSweepError
+from sweeps import ray_auth
 from sweeps.labels import describe
 from sweeps.space import SweepSpace
 from sweeps.summary import SweepOutcome, format_table, summarize, write_tables
@@ -42,6 +44,8 @@ def run_sweep(name: str, args: argparse.Namespace, space: SweepSpace) -> SweepOu
     storage = Path(args.storage).expanduser().resolve()
     path = storage / sweep
     res = resolve_resources(space, args)
+    # Ray token auth on and the token file checked before anything is written or prepared
+    ray_auth.configure(args.address or os.environ.get("RAY_ADDRESS"))
     restore = check_resume(path, space, args.resume)
     print(f"[kdsweep] sweep {sweep}: {'resuming' if restore else 'starting'} ({path})")
     prep = prepare(space)  # bad data/teacher fails here, before anything is written
