@@ -264,20 +264,7 @@ def _runtime_env() -> dict:
     return {"env_vars": env}
 
 
-def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
-    """Driver-side preparation before any trial: data, teacher (trained once), checks."""
-    from trainables.registry import PREPARERS
-
-    first = {k: (args[0]) for k, (kind, args) in space.dists.items()}
-    out: dict[str, Any] = {}
-    # asr: conditions learn from different stored models (big teacher, the student's twin)
-    for cond in space.conditions if space.task == "asr" else space.conditions[:1]:
-        cfg_dict = {**space.fixed, **first, "task": space.task, "condition": cond}
-        cls = config_class(space.task, cond)
-        cfg = cls.from_dict({k: v for k, v in cfg_dict.items() if k in cls.field_names()})
-        prep = PREPARERS[space.task](cfg, log)
-        out = {**out, **prep, "tags": {**out.get("tags", {}), **prep.get("tags", {})}}
-    return out
+from sweeps.preparation import prepare  # noqa: E402
 
 
 def run_sweep(

@@ -16,7 +16,8 @@ from kdsweep.asr_teacher import ASRTeacherRecipe, ASRTeacherStore, NonFiniteLoss
 from kdsweep.errors import KDSweepError
 from trainables.asr import ASR_CONFIGS, ASR_TRAINABLES
 from trainables.asr_config import ASRConfig, ASRHiddenConfig, ASRSoftConfig, SelfDistillConfig
-from trainables.asr_loop import evaluate_asr_checkpoint, prepare_asr, run_asr_trial
+from trainables.asr_loop import prepare_asr, run_asr_trial
+from trainables.registry import evaluate_checkpoint
 from trainables.tune_io import local_session
 
 pytestmark = pytest.mark.skipif(
@@ -61,7 +62,7 @@ def test_every_condition_reports_wer_every_epoch(tmp_path, small_asr, condition)
 def test_evaluate_checkpoint_on_test(tmp_path, small_asr):
     s = _run("independent", small_asr, tmp_path)
     config = {"task": "asr", "condition": "independent", **small_asr}
-    m = evaluate_asr_checkpoint(config, s.last_checkpoint, "test")
+    m = evaluate_checkpoint(config, s.last_checkpoint, "test")
     for key in ("test_wer", "test_cer", "test_wer_beam", "test_cer_beam", "ood_wer"):
         assert key in m and m[key] >= 0, (key, m)
 

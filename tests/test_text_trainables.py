@@ -16,7 +16,8 @@ from kdsweep.teacher_store import StoredTeacher
 from trainables import tune_io
 from trainables.text import TEXT_TRAINABLES
 from trainables.text_config import CascadeConfig, TextConfig
-from trainables.text_loop import NonFiniteLossError, evaluate_text_checkpoint, prepare_text
+from trainables.registry import evaluate_checkpoint
+from trainables.text_loop import NonFiniteLossError, prepare_text
 from trainables.tune_io import local_session
 
 CHANCE = 1 / 6  # six fortune topics (4 of 24 dev examples; "beats" means at least 5)
@@ -285,11 +286,11 @@ def test_nan_loss_names_the_component_and_epoch(small_text, tmp_path, monkeypatc
 def test_evaluate_text_checkpoint(trial_run):
     cfg, session = trial_run("soft")
     config = {**cfg, "task": "text", "condition": "soft"}
-    test = evaluate_text_checkpoint(config, session.last_checkpoint)
+    test = evaluate_checkpoint(config, session.last_checkpoint)
     assert set(test) == {"test_accuracy", "test_f1"}
     assert 0 <= test["test_accuracy"] <= 1 and 0 <= test["test_f1"] <= 1
     # The same code on the dev split reproduces what the trial reported for its last epoch.
-    dev = evaluate_text_checkpoint(config, session.last_checkpoint, split="dev")
+    dev = evaluate_checkpoint(config, session.last_checkpoint, split="dev")
     assert dev["dev_accuracy"] == pytest.approx(session.results[-1]["dev_accuracy"])
     assert dev["dev_f1"] == pytest.approx(session.results[-1]["dev_f1"])
 
