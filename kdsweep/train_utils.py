@@ -41,6 +41,11 @@ def mixed_epoch_index(
     return rows[torch.randperm(len(rows), generator=g)]
 
 
+def first_rows(split: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The first `n` rows of every tensor of a tokenized split (0 = all of them)."""
+    return {k: (v[:n] if n else v) for k, v in split.items()}
+
+
 def trim_padding(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut a batch to its longest real sequence: attention cost is quadratic in padded length."""
     longest = int(mask.sum(dim=1).max().item()) if mask.numel() else 1

@@ -182,3 +182,16 @@ def test_config_errors_name_the_field(condition, override, needle):
 def test_missing_manifest_names_field_and_file():
     with pytest.raises(KDSweepError, match=r"field 'corpus'.*/no/such/corpus\.csv"):
         ASRConfig.from_dict({"corpus": "/no/such/corpus.csv"})
+
+
+def test_gradient_accumulation_steps_every_second_batch(tmp_path, small_asr):
+    """grad_accum=2: the effective batch is reported, the optimizer steps every second batch."""
+    from kdsweep.asr_teacher import steps_per_epoch
+
+    s = _run("soft", {**small_asr, "grad_accum": 2}, tmp_path)
+    assert [r["effective_batch_size"] for r in s.results] == [2 * small_asr["batch_size"]] * 2
+    assert all(r["loss"] == r["loss"] for r in s.results)  # finite
+    state = torch.load(s.last_checkpoint / "state.pt", weights_only=False)
+    train = prepare_asr(ASRConfig.from_dict(small_asr), with_teacher=False).feats["train"]
+    batches = steps_per_epoch(train, small_asr["batch_size"])
+    assert state["scheduler"]["last_epoch"] == 2 * -(-batches // 2) < 2 * batches

@@ -12,13 +12,10 @@ from torch import nn
 
 from kdsweep.filelock import locked
 from kdsweep.teacher_store import StoredTeacher
+from kdsweep.train_utils import first_rows
 from trainables.text_config import TextConfig
 
 ATTRIBUTION_STEPS = 16  # Integrated Gradients steps (per example: 16 forward+backward passes)
-
-
-def _take(split: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
-    return {k: (v[:n] if n else v) for k, v in split.items()}
 
 
 def analysis_due(cfg: TextConfig, epoch: int) -> bool:
@@ -40,9 +37,9 @@ def analysis_metrics(
     from kdsweep.analysis import attribution_similarity, efficiency_metrics
 
     t0 = time.perf_counter()
-    out = efficiency_metrics(student, _take(dev, 32))
+    out = efficiency_metrics(student, first_rows(dev, 32))
     if cfg.attribution_examples > 0:
-        probe = _take(dev, cfg.attribution_examples)
+        probe = first_rows(dev, cfg.attribution_examples)
         if "teacher_attr" not in cache:
             cache["teacher_attr"] = _teacher_attributions(teacher, probe, student)
         out.update(

@@ -38,6 +38,7 @@ from kdsweep.teacher_store import StoredTeacher, TeacherStore
 from kdsweep.train_utils import (
     batches,
     classification_metrics,
+    first_rows,
     mixed_epoch_index,
     predict_logits,
     transfer_count,
@@ -150,7 +151,7 @@ def prepare_transfer(
     if not cfg.transfer_set:
         return None
     if cfg.transfer_set == "augment":
-        train = _take(tokens["train"], cfg.data_subset)
+        train = first_rows(tokens["train"], cfg.data_subset)
         out = augment_tokens(train, tokenizer_dir, cfg.augment_prob, cfg.transfer_size)
     else:
         held_out = {t for t, _ in splits.dev} | {t for t, _ in splits.test}
@@ -255,7 +256,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
     }
     if rows.n_transfer:
         static["transfer_rows_per_epoch"] = rows.per_epoch - rows.n_labeled
-    dev = _take(data.tokens["dev"], cfg.eval_subset)
+    dev = first_rows(data.tokens["dev"], cfg.eval_subset)
     analysis_cache: dict[str, Any] = {}  # the teacher's attributions, once per trial
     last_dev: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -297,7 +298,7 @@ class TrainRows:
 def _train_rows(cfg: TextConfig, data: TextData, teacher_config: Any) -> TrainRows:
     """The labeled train prefix with what `cfg.needs` reads, then (if used) the transfer set."""
     needs = cfg.needs
-    train = _take(data.tokens["train"], cfg.data_subset)
+    train = first_rows(data.tokens["train"], cfg.data_subset)
     if needs.logits:  # cached logits, aligned row by row with the tokenized split
         train["teacher_logits"] = data.teacher.logits("train")[: len(train["labels"])]
     n_labeled = len(train["labels"])
@@ -382,7 +383,7 @@ def evaluate_text_checkpoint(cfg: TextConfig, ckpt: Path, split: str = "test") -
     """Accuracy/F1 of a trial checkpoint on a split (the sweep's final answer uses 'test')."""
     data = prepare_text(cfg, log=lambda m: None)
     model, _ = load_student_from_checkpoint(Path(ckpt), data.teacher)
-    tokens = _take(data.tokens[split], cfg.eval_subset)
+    tokens = first_rows(data.tokens[split], cfg.eval_subset)
     m = classification_metrics(
         predict_logits(model, tokens, 128, torch.device("cpu")), tokens["labels"]
     )
@@ -402,10 +403,6 @@ def mapped_teacher_layers(cfg: TextConfig, teacher_config: Any) -> list[int]:
     return layer_map(
         parse_layers(cfg), teacher_config.num_hidden_layers, getattr(cfg, "layer_map", "")
     )
-
-
-def _take(split: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
-    return {k: (v[:n] if n else v) for k, v in split.items()}
 
 
 def _append_transfer(train: dict[str, Any], transfer: dict[str, Any]) -> dict[str, Any]:
