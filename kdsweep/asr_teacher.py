@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,18 +21,16 @@ from torch.nn.utils.rnn import pad_sequence
 from kdsweep.data.speech import CharVocab, FeatureSet, SpecAugment, bucket_batches, pad_collate
 from kdsweep.decoding import cer, greedy_decode, wer
 from kdsweep.errors import KDSweepError
+from kdsweep.errors import NonFiniteLossError as NonFiniteLossError  # re-exported
 from kdsweep.losses.ctc import ctc_loss
 from kdsweep.models.speech import BiLSTMCTC, CTCOutput
 from kdsweep.train_utils import warmup_linear
+from kdsweep.training import Precision, Stepper, check_finite, optimizer_steps
 
 SPLITS = ("train", "dev", "test")
 
 # loss_fn(student output, batch, aux modules) -> (total loss, {component name: value})
 LossFn = Callable[[CTCOutput, dict[str, Any], nn.ModuleDict], tuple[Tensor, dict[str, Tensor]]]
-
-
-class NonFiniteLossError(RuntimeError):
-    """A NaN/Inf loss: training stops with the component, epoch and step that went bad."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +68,9 @@ def epoch_order(fs: FeatureSet, batch_size: int, seed: int, epoch: int) -> list[
     return bucket_batches(fs.lengths, batch_size, shuffle=True, seed=seed * 100_003 + epoch)
 
 
-def steps_per_epoch(fs: FeatureSet, batch_size: int) -> int:
-    return len(epoch_order(fs, batch_size, 0, 0))
+def steps_per_epoch(fs: FeatureSet, batch_size: int, grad_accum: int = 1) -> int:
+    """Optimizer steps of one epoch over `fs` (batches, grouped by `grad_accum`)."""
+    return optimizer_steps(len(epoch_order(fs, batch_size, 0, 0)), grad_accum)
 
 
 def pad_frames(rows: Sequence[Tensor], length: int) -> Tensor:
@@ -94,7 +92,6 @@ def train_epoch(
     fs: FeatureSet,
     opt: torch.optim.Optimizer,
     sched: Any,
-    scaler: torch.amp.GradScaler,
     *,
     epoch: int,
     seed: int,
@@ -105,20 +102,24 @@ def train_epoch(
     device: torch.device,
     extras: Callable[[list[int], int], dict[str, Any]] | None = None,
     need_hidden: bool = False,
-    amp_dtype: torch.dtype | None = None,
+    precision: Precision | None = None,
+    grad_accum: int = 1,
 ) -> dict[str, float]:
     """One epoch over `fs` (0-based `epoch`); returns the mean of every loss component.
 
     `model` holds the network under "student" and extra trainable modules under "aux";
     `extras(indices, frames)` adds per-batch teacher tensors (padded to the student's frames).
+    `precision` (autocast + grad scaler, default fp32) and `grad_accum` (micro-batches per
+    optimizer step) go to the shared training step (`kdsweep.training`).
     """
     student, aux = model["student"], model["aux"]
     model.train()
     if specaug is not None:
         specaug.train()
+    amp = precision or Precision.of("fp32", device)
+    stepper = Stepper(model.parameters(), opt, sched, amp.scaler, grad_clip, grad_accum)
     sums: dict[str, float] = {}
     step = -1
-    use_amp = device.type == "cuda" and amp_dtype is not None
     for step, idx in enumerate(epoch_order(fs, batch_size, seed, epoch)):
         x, xl, y, yl = pad_collate([fs[i] for i in idx])
         x = x.to(device)
@@ -129,21 +130,14 @@ def train_epoch(
         if extras is not None:
             batch.update(extras(idx, frames))
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
-        with ctx:
+        with amp.autocast():
             out = student(x, xl, return_hidden=need_hidden)
             loss, parts = loss_fn(out, batch, aux)
         check_finite(loss, parts, epoch + 1, step)
-        scaler.scale(loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        stepper.backward(loss)
         for k, v in {"loss": loss, **parts}.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
+    stepper.flush()
     return {k: v / (step + 1) for k, v in sums.items()}
 
 
@@ -151,16 +145,6 @@ def ctc_only(out: CTCOutput, batch: dict[str, Any], aux: nn.ModuleDict):
     """The independent objective: CTC on the gold transcripts."""
     loss = ctc_loss(out.logits, batch["targets"], out.out_lens, batch["target_lens"])
     return loss, {"loss_ctc": loss}
-
-
-def check_finite(loss: Tensor, parts: dict, epoch: int, step: int) -> None:
-    if torch.isfinite(loss):
-        return
-    bad = [k for k, v in parts.items() if not torch.isfinite(v)] or ["loss"]
-    raise NonFiniteLossError(
-        f"non-finite loss ({loss.item()}) at epoch {epoch} step {step}: component(s) "
-        f"{', '.join(bad)}; lower lr or temperature, or keep grad_clip on"
-    )
 
 
 @torch.no_grad()
@@ -215,12 +199,11 @@ def train_model(
         raise KDSweepError(f"{name}: the training split is empty")
     total = recipe.epochs * steps_per_epoch(train, recipe.batch_size)
     opt, sched = make_optimizer(model, recipe.lr, recipe.weight_decay, recipe.warmup_ratio, total)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
     specaug = SpecAugment() if recipe.specaugment else None
     for epoch in range(recipe.epochs):
         t0 = time.perf_counter()
         losses = train_epoch(
-            model, train, opt, sched, scaler, epoch=epoch, seed=recipe.seed,
+            model, train, opt, sched, epoch=epoch, seed=recipe.seed,
             batch_size=recipe.batch_size, grad_clip=recipe.grad_clip, loss_fn=ctc_only,
             specaug=specaug, device=device,
         )  # fmt: skip

@@ -67,6 +67,7 @@ class BaseConfig:
     seed: int = 0
     epochs: int = 5
     batch_size: int = 32
+    grad_accum: int = 1  # micro-batches per optimizer step: effective batch = batch_size x this
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
@@ -106,8 +107,14 @@ class BaseConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def effective_batch_size(self) -> int:
+        """Examples per optimizer step (batch_size x grad_accum)."""
+        return self.batch_size * self.grad_accum
+
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size")
+        _in_range(self, "grad_accum", 1, 1024)
         _in_range(self, "lr", 0.0, 1.0, low_open=True)
         _in_range(self, "weight_decay", 0.0, 1.0)
         _in_range(self, "warmup_ratio", 0.0, 1.0)

@@ -3,3 +3,7 @@
 
 class KDSweepError(ValueError):
     """Bad input (config, YAML, dataset, checkpoint). The message names the field and the file."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/Inf loss: training stops naming the component(s), epoch and step that went bad."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdsweep.errors import KDSweepError
+from kdsweep.errors import KDSweepError, NonFiniteLossError
 from kdsweep.models.text import load_classifier, pick_device, resolve_backbone
 from kdsweep.store import META, Store, cached_file, content_id, npy_matches, read_json
 from kdsweep.train_utils import (
@@ -35,6 +35,7 @@ from kdsweep.train_utils import (
     trim_padding,
     warmup_linear,
 )
+from kdsweep.training import Precision, Stepper, check_finite
 
 SPLITS = ("train", "dev", "test")
 STORE_VERSION = 1  # of the entry layout below; not part of the ids, which predate it
@@ -278,22 +279,23 @@ def finetune(
     steps = recipe.epochs * ((n + recipe.batch_size - 1) // recipe.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     sched = warmup_linear(opt, steps, 0.1)
+    stepper = Stepper(model.parameters(), opt, sched, Precision.of("fp32", device).scaler, 1.0)
     for epoch in range(recipe.epochs):
         model.train()
-        for idx in batches(n, recipe.batch_size, shuffle=True, seed=recipe.seed, epoch=epoch):
+        order = batches(n, recipe.batch_size, shuffle=True, seed=recipe.seed, epoch=epoch)
+        for step, idx in enumerate(order):
             ids, mask = trim_padding(train["input_ids"][idx], train["attention_mask"][idx])
             out = model(
                 input_ids=ids.long().to(device),
                 attention_mask=mask.long().to(device),
                 labels=train["labels"][idx].to(device),
             )
-            if not torch.isfinite(out.loss):
-                raise KDSweepError(f"teacher fine-tune: loss is {out.loss.item()} at epoch {epoch}")
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            try:
+                check_finite(out.loss, {}, epoch + 1, step, "teacher fine-tune")
+            except NonFiniteLossError as e:  # before any trial: a clear error line, exit 2
+                raise KDSweepError(str(e)) from None
+            stepper.backward(out.loss)
+        stepper.flush()
         dev = classification_metrics(
             predict_logits(model, tokens["dev"], 64, device), tokens["dev"]["labels"]
         )

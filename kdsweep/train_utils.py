@@ -23,6 +23,29 @@ def batches(
         yield order[i : i + batch_size]
 
 
+def transfer_count(n_labeled: int, n_transfer: int, ratio: float) -> int:
+    """Transfer rows mixed into each epoch: ratio per labeled row, at most the whole set."""
+    return min(n_transfer, round(ratio * n_labeled))
+
+
+def mixed_epoch_index(
+    n_labeled: int, n_transfer: int, ratio: float, seed: int, epoch: int
+) -> torch.Tensor:
+    """Row ids of one epoch: all labeled rows (0..n_labeled-1) and `transfer_count` transfer
+    rows (n_labeled + j), shuffled together. A pure function of (seed, epoch), so a resumed
+    trial sees the same mix; each epoch draws a different subset of the transfer rows."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    k = transfer_count(n_labeled, n_transfer, ratio)
+    picked = n_labeled + torch.randperm(n_transfer, generator=g)[:k]
+    rows = torch.cat([torch.arange(n_labeled), picked])
+    return rows[torch.randperm(len(rows), generator=g)]
+
+
+def first_rows(split: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The first `n` rows of every tensor of a tokenized split (0 = all of them)."""
+    return {k: (v[:n] if n else v) for k, v in split.items()}
+
+
 def trim_padding(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut a batch to its longest real sequence: attention cost is quadratic in padded length."""
     longest = int(mask.sum(dim=1).max().item()) if mask.numel() else 1
@@ -70,10 +93,3 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
         fn = ((pred != c) & (labels == c)).sum().item()
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
     return {"accuracy": acc, "f1": sum(f1s) / len(f1s)}
-
-
-def set_threads(threads: int) -> int:
-    """Pin torch's intra-op threads (one per CPU the trial was given)."""
-    threads = max(1, threads)
-    torch.set_num_threads(threads)
-    return threads

@@ -19,6 +19,7 @@ from typing import Any
 from kdsweep.errors import KDSweepError
 from sweeps import ray_auth
 from sweeps.labels import describe
+from sweeps.preparation import prepare
 from sweeps.space import SweepSpace
 from sweeps.summary import SweepOutcome, format_table, summarize, write_tables
 from sweeps.tuner import (
@@ -112,22 +113,6 @@ def space_diff(before: dict[str, Any], now: dict[str, Any]) -> str:
     a, b = flat(before), flat(now)
     keys = sorted(k for k in set(a) | set(b) if a.get(k, "(unset)") != b.get(k, "(unset)"))
     return "; ".join(f"{k}: {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in keys)
-
-
-def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
-    """Driver-side preparation before any trial: data, teacher (trained once), checks."""
-    from trainables.registry import PREPARERS
-
-    first = {k: (args[0]) for k, (kind, args) in space.dists.items()}
-    out: dict[str, Any] = {}
-    # asr: conditions learn from different stored models (big teacher, the student's twin)
-    for cond in space.conditions if space.task == "asr" else space.conditions[:1]:
-        cfg_dict = {**space.fixed, **first, "task": space.task, "condition": cond}
-        cls = config_class(space.task, cond)
-        cfg = cls.from_dict({k: v for k, v in cfg_dict.items() if k in cls.field_names()})
-        prep = PREPARERS[space.task](cfg, log)
-        out = {**out, **prep, "tags": {**out.get("tags", {}), **prep.get("tags", {})}}
-    return out
 
 
 def max_epochs(space: SweepSpace) -> int:

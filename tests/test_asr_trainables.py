@@ -16,7 +16,8 @@ from kdsweep.asr_teacher import ASRTeacherRecipe, ASRTeacherStore, NonFiniteLoss
 from kdsweep.errors import KDSweepError
 from trainables.asr import ASR_CONFIGS, ASR_TRAINABLES
 from trainables.asr_config import ASRConfig, ASRHiddenConfig, ASRSoftConfig, SelfDistillConfig
-from trainables.asr_loop import evaluate_asr_checkpoint, prepare_asr, run_asr_trial
+from trainables.asr_loop import prepare_asr, run_asr_trial
+from trainables.registry import evaluate_checkpoint
 from trainables.tune_io import local_session
 
 pytestmark = pytest.mark.skipif(
@@ -61,7 +62,7 @@ def test_every_condition_reports_wer_every_epoch(tmp_path, small_asr, condition)
 def test_evaluate_checkpoint_on_test(tmp_path, small_asr):
     s = _run("independent", small_asr, tmp_path)
     config = {"task": "asr", "condition": "independent", **small_asr}
-    m = evaluate_asr_checkpoint(config, s.last_checkpoint, "test")
+    m = evaluate_checkpoint(config, s.last_checkpoint, "test")
     for key in ("test_wer", "test_cer", "test_wer_beam", "test_cer_beam", "ood_wer"):
         assert key in m and m[key] >= 0, (key, m)
 
@@ -181,3 +182,16 @@ def test_config_errors_name_the_field(condition, override, needle):
 def test_missing_manifest_names_field_and_file():
     with pytest.raises(KDSweepError, match=r"field 'corpus'.*/no/such/corpus\.csv"):
         ASRConfig.from_dict({"corpus": "/no/such/corpus.csv"})
+
+
+def test_gradient_accumulation_steps_every_second_batch(tmp_path, small_asr):
+    """grad_accum=2: the effective batch is reported, the optimizer steps every second batch."""
+    from kdsweep.asr_teacher import steps_per_epoch
+
+    s = _run("soft", {**small_asr, "grad_accum": 2}, tmp_path)
+    assert [r["effective_batch_size"] for r in s.results] == [2 * small_asr["batch_size"]] * 2
+    assert all(r["loss"] == r["loss"] for r in s.results)  # finite
+    state = torch.load(s.last_checkpoint / "state.pt", weights_only=False)
+    train = prepare_asr(ASRConfig.from_dict(small_asr), with_teacher=False).feats["train"]
+    batches = steps_per_epoch(train, small_asr["batch_size"])
+    assert state["scheduler"]["last_epoch"] == 2 * -(-batches // 2) < 2 * batches

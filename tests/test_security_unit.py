@@ -77,16 +77,15 @@ def test_user_turning_auth_off_is_warned_once(clean_env, monkeypatch, capsys, mo
 
 
 def test_cli_error_for_a_missing_token_file(clean_env, monkeypatch, capsys):
-    """The sweep CLI turns the KDSweepError into one `error:` line and exit 2, before Ray starts."""
-    from sweeps.common import main
+    """The sweep CLI turns the KDSweepError into one `error:` line and exit 2, before anything
+    is prepared or written (run_sweep checks the token first)."""
+    from sweeps.cli import main
 
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(clean_env / "nope"))
-    monkeypatch.setattr(
-        "sweeps.common.run_sweep",
-        lambda name, args: ray_auth.configure(args.address),  # the first thing init_ray does
-    )
+    storage = clean_env / "runs"
     with pytest.raises(SystemExit) as exc:
-        main("temperature", None, ["--smoke"])
+        main("temperature", None, ["--smoke", "--storage", str(storage)])
+    assert not storage.exists()
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: Ray token file {clean_env / 'nope'}: does not exist"]
@@ -135,11 +134,12 @@ def test_no_project_file_turns_ray_auth_off():
 
 # ---------------------------------------------------------------- the rest of the surface
 def test_local_cluster_has_no_dashboard_and_token_auth_on(clean_env, monkeypatch):
-    """What init_ray asks of a local Ray: token mode set before ray.init, no dashboard."""
+    """What a sweep asks of a local Ray: token mode set before ray.init, no dashboard."""
     import ray
 
     from sweeps import ray_procs
-    from sweeps.common import build_parser, init_ray
+    from sweeps.cli import build_parser
+    from sweeps.tuner import init_ray
 
     seen = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -148,6 +148,7 @@ def test_local_cluster_has_no_dashboard_and_token_auth_on(clean_env, monkeypatch
     monkeypatch.setattr(ray_procs, "reap", lambda pid_file: 0)
     monkeypatch.setattr(ray_procs, "record", lambda pid_file: 0)
     args = build_parser("temperature", None).parse_args([])
+    ray_auth.configure(args.address)  # run_sweep's first step
     init_ray(args, clean_env / "ray_pids.json", {"cpu": 1.0, "gpu": 0.0})
     ((kw, mode),) = seen
     assert mode == "token" and kw["include_dashboard"] is False

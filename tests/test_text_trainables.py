@@ -14,9 +14,10 @@ import trainables.text as text_mod
 from kdsweep.errors import KDSweepError
 from kdsweep.teacher_store import StoredTeacher
 from trainables import tune_io
+from trainables.registry import evaluate_checkpoint
 from trainables.text import TEXT_TRAINABLES
 from trainables.text_config import CascadeConfig, TextConfig
-from trainables.text_loop import NonFiniteLossError, evaluate_text_checkpoint, prepare_text
+from trainables.text_loop import NonFiniteLossError, prepare_text
 from trainables.tune_io import local_session
 
 CHANCE = 1 / 6  # six fortune topics (4 of 24 dev examples; "beats" means at least 5)
@@ -53,6 +54,7 @@ PER_EPOCH = {
     "size_mb",
     "teacher_dev_accuracy",
     "threads",
+    "effective_batch_size",
 }
 # Wall-clock measurements: everything else a resumed run reports must match exactly.
 TIMING = {"epoch_seconds", "train_seconds", "latency_ms", "throughput", "analysis_seconds"}
@@ -285,11 +287,11 @@ def test_nan_loss_names_the_component_and_epoch(small_text, tmp_path, monkeypatc
 def test_evaluate_text_checkpoint(trial_run):
     cfg, session = trial_run("soft")
     config = {**cfg, "task": "text", "condition": "soft"}
-    test = evaluate_text_checkpoint(config, session.last_checkpoint)
+    test = evaluate_checkpoint(config, session.last_checkpoint)
     assert set(test) == {"test_accuracy", "test_f1"}
     assert 0 <= test["test_accuracy"] <= 1 and 0 <= test["test_f1"] <= 1
     # The same code on the dev split reproduces what the trial reported for its last epoch.
-    dev = evaluate_text_checkpoint(config, session.last_checkpoint, split="dev")
+    dev = evaluate_checkpoint(config, session.last_checkpoint, split="dev")
     assert dev["dev_accuracy"] == pytest.approx(session.results[-1]["dev_accuracy"])
     assert dev["dev_f1"] == pytest.approx(session.results[-1]["dev_f1"])
 
@@ -306,3 +308,24 @@ def test_torch_threads_follow_the_cpu_share(small_text, tmp_path):
         text_mod.independent({**cfg, "threads": 2})
     assert torch.get_num_threads() == 2
     assert session.results[-1]["threads"] == 2
+
+
+def test_gradient_accumulation_trains_with_the_effective_batch(small_text, tmp_path):
+    """grad_accum=2: the optimizer (and the LR schedule) steps every second batch."""
+    cfg = {**small_text, **FAST, "epochs": 2, "batch_size": 8, "warmup_ratio": 0.0}
+    runs, steps = {}, {}
+    for accum in (1, 2):
+        with local_session(tmp_path / f"accum{accum}") as session:
+            TEXT_TRAINABLES["soft"]({**cfg, "grad_accum": accum})
+        runs[accum] = session.results
+        state = torch.load(session.last_checkpoint / "state.pt", weights_only=False)
+        steps[accum] = state["scheduler"]["last_epoch"]  # LR-scheduler (= optimizer) steps
+    plain, accum = runs[1], runs[2]
+    assert steps[1] == 2 * steps[2] > 0  # 192 rows / 8 = 24 batches an epoch: 48 vs 24 steps
+    assert [r["effective_batch_size"] for r in plain + accum] == [8, 8, 16, 16]
+    assert all(math.isfinite(r["loss"]) and 0 <= r["dev_accuracy"] <= 1 for r in accum)
+    # Linear decay from lr to 0 over the run's optimizer steps: after epoch 1 of 2 both runs are
+    # half way (lr / 2), whatever the step count; the steps are half as many with grad_accum=2.
+    assert accum[0]["lr"] == pytest.approx(plain[0]["lr"])
+    assert accum[-1]["lr"] == pytest.approx(plain[-1]["lr"]) == pytest.approx(0.0, abs=1e-12)
+    assert accum[0]["loss"] != plain[0]["loss"]  # different updates, not the same run twice

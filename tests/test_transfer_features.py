@@ -47,8 +47,8 @@ def _forbid_teacher(mp: pytest.MonkeyPatch) -> None:
 
 # ---------------------------------------------------------------- configs
 def test_hidden_and_attention_accept_transfer_sets_independent_does_not():
-    assert HiddenConfig.from_dict({"transfer_set": "unlabeled"}).TEACHER_FEATURES == ("hidden",)
-    assert AttentionConfig.from_dict({"transfer_set": "augment"}).TEACHER_FEATURES == ("attention",)
+    assert HiddenConfig.from_dict({"transfer_set": "unlabeled"}).needs.features == ("hidden",)
+    assert AttentionConfig.from_dict({"transfer_set": "augment"}).needs.features == ("attention",)
     with pytest.raises(KDSweepError, match="TextConfig cannot use a transfer set"):
         TextConfig.from_dict({"transfer_set": "unlabeled"})
     with pytest.raises(KDSweepError, match="unknown source 'unlabelled'"):

@@ -18,7 +18,8 @@ from trainables.asr_config import (
     ASRSoftConfig,
     SelfDistillConfig,
 )
-from trainables.asr_loop import Needs, run_asr_trial
+from trainables.asr_loop import run_asr_trial
+from trainables.conditions import Condition
 
 
 def _ctc(out, batch):
@@ -52,7 +53,7 @@ def soft(config: dict[str, Any]) -> None:
         )  # fmt: skip
         return cfg.alpha * kd + (1 - cfg.alpha) * ctc, {"loss_ctc": ctc, "loss_kd": kd}
 
-    run_asr_trial(cfg, loss_fn, Needs(logits=True), temperature=lambda epoch: cfg.temperature)
+    run_asr_trial(cfg, loss_fn, temperature=lambda epoch: cfg.temperature)
 
 
 def hard(config: dict[str, Any]) -> None:
@@ -66,7 +67,7 @@ def hard(config: dict[str, Any]) -> None:
         )
         return cfg.alpha * kd + (1 - cfg.alpha) * ctc, {"loss_ctc": ctc, "loss_kd": kd}
 
-    run_asr_trial(cfg, loss_fn, Needs(transcripts=True))
+    run_asr_trial(cfg, loss_fn)
 
 
 def hidden(config: dict[str, Any]) -> None:
@@ -91,8 +92,7 @@ def hidden(config: dict[str, Any]) -> None:
             total, parts["loss_kd"] = total + cfg.alpha * kd, kd
         return total, parts
 
-    needs = Needs(logits=cfg.alpha > 0, hidden_layers=mapped, project=True)
-    run_asr_trial(cfg, loss_fn, needs)
+    run_asr_trial(cfg, loss_fn)
 
 
 def self_distill(config: dict[str, Any]) -> None:
@@ -100,7 +100,7 @@ def self_distill(config: dict[str, Any]) -> None:
     alone); alpha * KL_soft(T(epoch)) + beta * CTC(gold) + gamma * MSE(every hidden layer)."""
     cfg = SelfDistillConfig.from_dict(config)
     # Same width layer by layer: no projection. gamma = 0 skips the hidden states entirely.
-    layers = tuple(range(1, cfg.layers + 1)) if cfg.gamma > 0 else ()
+    layers = cfg.needs.hidden_layers
 
     def loss_fn(out, batch, aux):
         kd = ctc_frame_kd_loss(
@@ -121,21 +121,17 @@ def self_distill(config: dict[str, Any]) -> None:
         total = cfg.alpha * kd + cfg.beta * ctc + cfg.gamma * mse
         return total, {"loss_kd": kd, "loss_ctc": ctc, "loss_hidden": mse}
 
-    needs = Needs(logits=True, hidden_layers=layers)
-    run_asr_trial(cfg, loss_fn, needs, temperature=cfg.temperature_at)
+    run_asr_trial(cfg, loss_fn, temperature=cfg.temperature_at)
 
 
-ASR_TRAINABLES = {
-    "independent": independent,
-    "soft": soft,
-    "hard": hard,
-    "hidden": hidden,
-    "self": self_distill,
+# One record per condition: its trainable and its typed config (which declares its `needs`).
+CONDITIONS: dict[str, Condition] = {
+    "independent": Condition(independent, ASRConfig),
+    "soft": Condition(soft, ASRSoftConfig),
+    "hard": Condition(hard, ASRHardConfig),
+    "hidden": Condition(hidden, ASRHiddenConfig),
+    "self": Condition(self_distill, SelfDistillConfig),
 }
-ASR_CONFIGS = {
-    "independent": ASRConfig,
-    "soft": ASRSoftConfig,
-    "hard": ASRHardConfig,
-    "hidden": ASRHiddenConfig,
-    "self": SelfDistillConfig,
-}
+# Views of the records (by name): the trainables and the config classes.
+ASR_TRAINABLES = {name: c.trainable for name, c in CONDITIONS.items()}
+ASR_CONFIGS = {name: c.config for name, c in CONDITIONS.items()}

@@ -13,6 +13,7 @@ from kdsweep.data.speech_transfer import check_source
 from kdsweep.errors import KDSweepError
 from kdsweep.losses.ctc import scale_milestones, temperature_at
 from kdsweep.models.text import layer_map
+from trainables.conditions import Needs, transfer_capable
 
 SYNTHETIC = ("commands", "open")
 
@@ -93,8 +94,8 @@ class ASRConfig(BaseConfig):
         if not self.TRANSFER_OK:
             raise KDSweepError(
                 f"field 'transfer_set': {type(self).__name__} cannot use a transfer set; only "
-                "soft, hard and self can (independent has no teacher to label the audio; the "
-                "hidden condition's projected teacher layers are not cached for transfer audio)"
+                f"{', '.join(transfer_capable(ASRConfig))} can (without a teacher nothing labels "
+                "the audio; projected teacher layers are not cached for transfer audio)"
             )
         if self.transfer_set == TRANSFER_SYNTHETIC and not self.domain:
             raise KDSweepError(
@@ -103,9 +104,14 @@ class ASRConfig(BaseConfig):
                 "audio files instead"
             )
 
+    @property
+    def needs(self) -> Needs:
+        """The cached teacher outputs this condition reads (the prepare step and the trial)."""
+        return Needs()
+
     def transfer_hidden_layers(self) -> tuple[int, ...]:
-        """1-based teacher layers whose hidden states a transfer set needs cached (none)."""
-        return ()
+        """1-based teacher layers whose hidden states a transfer set needs cached."""
+        return self.needs.hidden_layers if self.TRANSFER_OK else ()
 
     @property
     def domain(self) -> str | None:
@@ -169,6 +175,10 @@ class ASRSoftConfig(ASRConfig):
     temperature: float = 2.0
     blank_frame_weight: float = 1.0  # weight of frames whose teacher argmax is blank
 
+    @property
+    def needs(self) -> Needs:
+        return Needs(logits=True)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         in_range(self, "alpha", 0.0, 1.0)
@@ -185,6 +195,10 @@ class ASRHardConfig(ASRConfig):
 
     alpha: float = 1.0
 
+    @property
+    def needs(self) -> Needs:
+        return Needs(transcripts=True)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         in_range(self, "alpha", 0.0, 1.0)
@@ -198,7 +212,11 @@ class ASRHiddenConfig(ASRSoftConfig):
     hidden_weight: float = 1.0
     layer_map: str = ""  # "" = uniform (student layer i -> teacher layer ceil(i*Lt/Ls)); "2,3"
 
-    TRANSFER_OK: ClassVar[bool] = False  # soft/hard/self only
+    TRANSFER_OK: ClassVar[bool] = False  # projected teacher layers: not cached for transfer
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(logits=self.alpha > 0, hidden_layers=tuple(self.mapped_layers()), project=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -248,9 +266,11 @@ class SelfDistillConfig(ASRConfig):
         if stones != sorted(stones) or any(m < 1 for m in stones):
             raise KDSweepError(f"field 'milestones': must be increasing epochs >= 1, got {stones}")
 
-    def transfer_hidden_layers(self) -> tuple[int, ...]:
+    @property
+    def needs(self) -> Needs:
         """Every twin layer when the MSE term is on (same width: no projection), else none."""
-        return tuple(range(1, self.layers + 1)) if self.gamma > 0 else ()
+        layers = tuple(range(1, self.layers + 1)) if self.gamma > 0 else ()
+        return Needs(logits=True, hidden_layers=layers)
 
     def schedule_values(self) -> list[float]:
         return _floats(self.temperatures, "temperatures")

@@ -1,9 +1,10 @@
 """The epoch loop every speech condition shares: corpus, features, LM, teacher, resume, eval.
 
-A condition supplies only its loss (`LossFn`) and which cached teacher outputs it reads
-(`Needs`). Teacher posteriors and hidden states come from the ASR teacher store's cache: KD
-trials never run the teacher. Dev WER/CER (greedy) every epoch; beam search with the KenLM
-trigram at the final epoch (and every `beam_every`), plus the real CMU clips with `eval_cmu`.
+A condition supplies only its loss (`LossFn`); which cached teacher outputs it reads is its
+config's `needs` (a `trainables.conditions.Needs`). Teacher posteriors and hidden states come
+from the ASR teacher store's cache: KD trials never run the teacher. Dev WER/CER (greedy) every
+epoch; beam search with the KenLM trigram at the final epoch (and every `beam_every`), plus the
+real CMU clips with `eval_cmu` (`trainables.asr_eval`).
 """
 
 from __future__ import annotations
@@ -12,27 +13,21 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from kdsweep.asr_teacher import (
     ASRTeacherStore,
     LossFn,
-    NonFiniteLossError,
     StoredASRTeacher,
     build_model,
-    greedy_scores,
     make_optimizer,
     pad_frames,
-    predict,
     steps_per_epoch,
     train_epoch,
 )
@@ -57,31 +52,24 @@ from kdsweep.data.speech_transfer import (
     load_audio_source,
     take_rows,
 )
-from kdsweep.decoding import BeamDecoder, build_lm_corpus, cer, wer, write_arpa
-from kdsweep.errors import KDSweepError
+from kdsweep.decoding import build_lm_corpus, write_arpa
+from kdsweep.errors import KDSweepError, NonFiniteLossError
 from kdsweep.filelock import locked
 from kdsweep.models.speech import count_parameters
 from kdsweep.models.text import pick_device
 from kdsweep.paths import cache_root
-from kdsweep.train_utils import set_threads
+from kdsweep.train_utils import mixed_epoch_index, transfer_count
+from kdsweep.training import Precision, set_threads, torch_threads
 from trainables import tune_io
 from trainables.asr_config import ASRConfig
+from trainables.asr_eval import OOD_SUMMARY, Decoders, evaluate, evaluate_ood, load_student
+from trainables.asr_eval import beam_scores as beam_scores  # re-exported (sweeps/decode.py)
 from trainables.checkpointing import resume_state, save_state
-from trainables.text_loop import mixed_epoch_index, transfer_count
+from trainables.conditions import Needs
 
-__all__ = ["LossFn", "Needs", "NonFiniteLossError", "prepare_asr", "run_asr_trial"]
+__all__ = ["LossFn", "NonFiniteLossError", "prepare_asr", "run_asr_trial"]
 SPLITS = ("train", "dev", "test")
 LM_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Needs:
-    """Which cached teacher outputs a condition reads."""
-
-    logits: bool = False  # frame posteriors (soft KD, self-distillation)
-    transcripts: bool = False  # the teacher's greedy transcripts as CTC targets (hard KD)
-    hidden_layers: tuple[int, ...] = ()  # 1-based teacher layers, one per student layer
-    project: bool = False  # learn Linear(student 2H -> teacher 2H) per mapped layer
 
 
 @dataclass
@@ -196,16 +184,6 @@ def build_lm(name: str, feats: dict[str, FeatureSet], domain: str | None, cache:
     return arpa
 
 
-@contextmanager
-def torch_threads(n: int):
-    prev = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
 def prepare_asr(
     cfg: ASRConfig,
     log: Callable[[str], None] = print,
@@ -275,74 +253,45 @@ def prepare_transfer(
 
 # ------------------------------------------------------------------------------------ trial
 def run_asr_trial(
-    cfg: ASRConfig,
-    loss_fn: LossFn,
-    needs: Needs = Needs(),
-    temperature: Callable[[int], float] | None = None,
+    cfg: ASRConfig, loss_fn: LossFn, temperature: Callable[[int], float] | None = None
 ) -> None:
     """Train the student for `cfg.epochs`, reporting dev WER/CER + a checkpoint every epoch.
 
-    `temperature(epoch)` (0-based) is the KD temperature of that epoch; reported per epoch.
+    The cached teacher outputs the loss reads are the config's `needs`; the optimizer steps
+    every `cfg.grad_accum` batches. `temperature(epoch)` (0-based) is the KD temperature of
+    that epoch; reported per epoch.
     """
     threads = set_threads(cfg.threads or int(tune_io.cpu_share()))
     device = pick_device(cfg.device)
     data = prepare_asr(cfg, log=lambda m: None, threads=threads)
-    train, dev = data.feats["train"], data.feats["dev"]
     torch.manual_seed(cfg.seed)
-
-    # ---- student (+ projections for hidden-state KD)
-    student = build_model(cfg.layers, cfg.hidden, cfg.stack, cfg.dropout)
-    aux = nn.ModuleDict()
-    teacher = data.teacher
-    if needs.hidden_layers and needs.project:
-        width = 2 * teacher.recipe.hidden
-        aux["proj"] = nn.ModuleList(
-            nn.Linear(student.hidden_dim, width) for _ in needs.hidden_layers
-        )
-    model = nn.ModuleDict({"student": student, "aux": aux}).to(device)
-
-    # ---- cached teacher outputs, aligned utterance by utterance with the training split
-    # (then, with a transfer set, with its rows: appended after the labeled ones)
-    transfer = data.transfer if cfg.transfer_ratio > 0 else None
-    extras = _teacher_extras(teacher, train, needs, device, transfer)
-    n_labeled = len(train)
-    if transfer is not None:
-        n_transfer = len(transfer.feats)
-        train = concat_features(train, transfer.feats)
-        # every epoch has the same number of rows: labeled + ratio * labeled (capped)
-        n_rows = n_labeled + transfer_count(n_labeled, n_transfer, cfg.transfer_ratio)
-        total = cfg.epochs * steps_per_epoch(take_rows(train, range(n_rows)), cfg.batch_size)
-    else:
-        total = cfg.epochs * steps_per_epoch(train, cfg.batch_size)
-    opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_ratio, total)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    use_amp = device.type == "cuda" and amp_dtype is not None
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    student, model = _build_student(cfg, data.teacher, device)
+    rows = _train_rows(cfg, data, device)
+    opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_ratio, rows.total)
+    amp = Precision.of(cfg.precision, device)
     specaug = SpecAugment().to(device) if cfg.specaugment else None
 
     # ---- resume: model, optimizer, scheduler, scaler, RNG and the epoch counter
     with tune_io.restored_checkpoints() as ckpts:
-        start_epoch, train_seconds = resume_state(ckpts, model, opt, sched, scaler)
+        start_epoch, train_seconds = resume_state(ckpts, model, opt, sched, amp.scaler)
 
-    static: dict[str, Any] = {"params": count_parameters(student), "threads": threads}
-    if teacher is not None:
-        static.update({f"teacher_{k}": v for k, v in teacher.metrics.items()})
+    static: dict[str, Any] = {
+        "params": count_parameters(student),
+        "threads": threads,
+        "effective_batch_size": cfg.effective_batch_size,
+    }
+    if data.teacher is not None:
+        static.update({f"teacher_{k}": v for k, v in data.teacher.metrics.items()})
     decoder = Decoders(data.arpa)
     last_dev: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        epoch_fs, epoch_extras = train, extras
-        if transfer is not None:  # all labeled rows + a fresh draw of transfer rows
-            picked = mixed_epoch_index(
-                n_labeled, n_transfer, cfg.transfer_ratio, cfg.seed, epoch
-            ).tolist()
-            epoch_fs = take_rows(train, picked)
-            epoch_extras = _remapped(extras, picked)
+        epoch_fs, epoch_extras = rows.epoch(cfg, epoch)
         metrics: dict[str, Any] = train_epoch(
-            model, epoch_fs, opt, sched, scaler, epoch=epoch, seed=cfg.seed,
-            batch_size=cfg.batch_size, grad_clip=cfg.grad_clip, loss_fn=loss_fn,
-            specaug=specaug, device=device, extras=epoch_extras,
-            need_hidden=bool(needs.hidden_layers), amp_dtype=amp_dtype if use_amp else None,
+            model, epoch_fs, opt, sched, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size,
+            grad_clip=cfg.grad_clip, loss_fn=loss_fn, specaug=specaug, device=device,
+            extras=epoch_extras, need_hidden=bool(cfg.needs.hidden_layers), precision=amp,
+            grad_accum=cfg.grad_accum,
         )  # fmt: skip
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
@@ -350,7 +299,8 @@ def run_asr_trial(
         t1 = time.perf_counter()
         beam = final or (cfg.beam_every > 0 and (epoch + 1) % cfg.beam_every == 0)
         if beam or (epoch + 1) % cfg.eval_every == 0 or not last_dev:
-            scores = evaluate(student, dev, "dev", cfg, decoder if beam else None, device)
+            scores = evaluate(student, data.feats["dev"], "dev", cfg, decoder if beam else None,
+                              device)  # fmt: skip
             metrics.update(scores)
             last_dev = {k: scores[k] for k in ("dev_wer", "dev_cer")}
         metrics.update(last_dev)  # repeated between evaluations: ASHA needs it every epoch
@@ -367,8 +317,60 @@ def run_asr_trial(
             lr=sched.get_last_lr()[0],
         )
         ckpt_dir = tune_io.new_checkpoint_dir()
-        save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg, metrics)
+        save_state(ckpt_dir, model, opt, sched, amp.scaler, epoch + 1, train_seconds, cfg, metrics)
         tune_io.report(metrics, ckpt_dir)
+
+
+def _build_student(
+    cfg: ASRConfig, teacher: StoredASRTeacher | None, device: torch.device
+) -> tuple[nn.Module, nn.ModuleDict]:
+    """The student (+ projections for hidden-state KD) as {"student", "aux"} on the device."""
+    needs = cfg.needs
+    student = build_model(cfg.layers, cfg.hidden, cfg.stack, cfg.dropout)
+    aux = nn.ModuleDict()
+    if needs.hidden_layers and needs.project:
+        width = 2 * teacher.recipe.hidden
+        aux["proj"] = nn.ModuleList(
+            nn.Linear(student.hidden_dim, width) for _ in needs.hidden_layers
+        )
+    return student, nn.ModuleDict({"student": student, "aux": aux}).to(device)
+
+
+@dataclass
+class TrainRows:
+    """The training features (labeled, then a transfer set's) and their cached teacher outputs."""
+
+    feats: FeatureSet
+    extras: Any  # extras(indices, frames) -> teacher tensors of a batch, or None
+    n_labeled: int
+    n_transfer: int  # 0: no transfer set in use
+    total: int  # optimizer steps of the whole run (the LR schedule's length)
+
+    def epoch(self, cfg: ASRConfig, epoch: int) -> tuple[FeatureSet, Any]:
+        """The rows of one epoch: all of them, or all labeled + a fresh draw of transfer rows."""
+        if not self.n_transfer:
+            return self.feats, self.extras
+        picked = mixed_epoch_index(
+            self.n_labeled, self.n_transfer, cfg.transfer_ratio, cfg.seed, epoch
+        ).tolist()
+        return take_rows(self.feats, picked), _remapped(self.extras, picked)
+
+
+def _train_rows(cfg: ASRConfig, data: ASRData, device: torch.device) -> TrainRows:
+    """Cached teacher outputs aligned utterance by utterance with the training split (then,
+    with a transfer set, with its rows: appended after the labeled ones)."""
+    train = data.feats["train"]
+    transfer = data.transfer if cfg.transfer_ratio > 0 else None
+    extras = _teacher_extras(data.teacher, train, cfg.needs, device, transfer)
+    n_labeled, n_transfer, epoch_fs = len(train), 0, train
+    if transfer is not None:
+        n_transfer = len(transfer.feats)
+        train = concat_features(train, transfer.feats)
+        # every epoch has the same number of rows: labeled + ratio * labeled (capped)
+        n_rows = n_labeled + transfer_count(n_labeled, n_transfer, cfg.transfer_ratio)
+        epoch_fs = take_rows(train, range(n_rows))
+    total = cfg.epochs * steps_per_epoch(epoch_fs, cfg.batch_size, cfg.grad_accum)
+    return TrainRows(train, extras, n_labeled, n_transfer, total)
 
 
 def _teacher_extras(
@@ -425,95 +427,9 @@ def _remapped(extras, picked: list[int]):
     return lambda idx, frames: extras([picked[i] for i in idx], frames)
 
 
-# ------------------------------------------------------------------------------------ eval
-class Decoders:
-    """One BeamDecoder per (alpha, beta), built on first use (loading the LM takes a second)."""
-
-    def __init__(self, arpa: Path):
-        self.arpa = arpa
-        self._cache: dict[tuple[float, float], BeamDecoder] = {}
-
-    def get(self, alpha: float, beta: float) -> BeamDecoder:
-        key = (float(alpha), float(beta))
-        if key not in self._cache:
-            self._cache[key] = BeamDecoder(CharVocab(), self.arpa, alpha=alpha, beta=beta)
-        return self._cache[key]
-
-
-def beam_texts(decoder: BeamDecoder, logits: Sequence[Tensor], width: int) -> list[str]:
-    lps = [torch.log_softmax(lg.float(), -1).numpy().astype(np.float32) for lg in logits]
-    return decoder.decode_batch(lps, beam_width=width)
-
-
-def beam_scores(
-    decoder: BeamDecoder, logits: Sequence[Tensor], refs: Sequence[str], width: int
-) -> dict[str, float]:
-    hyps = beam_texts(decoder, logits, width)
-    return {"wer": wer(refs, hyps), "cer": cer(refs, hyps)}
-
-
-def evaluate(
-    model: nn.Module,
-    fs: FeatureSet,
-    split: str,
-    cfg: ASRConfig,
-    decoders: Decoders | None,
-    device: torch.device,
-) -> dict[str, float]:
-    """Greedy `<split>_wer/_cer`, and with `decoders` the beam + LM `<split>_wer_beam/_cer_beam`."""
-    logits, _ = predict(model, fs, device)
-    g = greedy_scores(logits, fs.transcripts)
-    out = {f"{split}_wer": g["wer"], f"{split}_cer": g["cer"]}
-    if decoders is not None:
-        b = beam_scores(
-            decoders.get(cfg.lm_weight, cfg.word_bonus), logits, fs.transcripts, cfg.beam_width
-        )
-        out.update({f"{split}_wer_beam": b["wer"], f"{split}_cer_beam": b["cer"]})
-    return out
-
-
-def evaluate_ood(
-    model: nn.Module, ood: FeatureSet, cfg: ASRConfig, decoders: Decoders, device: torch.device
-) -> dict[str, float]:
-    """WER/CER on the real CMU clips (all 10; beam also per set: cards, librivox)."""
-    out = evaluate(model, ood, "ood", cfg, decoders, device)
-    for split, name in (("ood-cards", "ood_cards"), ("ood", "ood_librivox")):
-        part = ood.select(split)
-        if len(part):
-            out.update(evaluate(model, part, name, cfg, decoders, device))
-    return out
-
-
-def load_student(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a student from a trial checkpoint (config.json + model.safetensors)."""
-    ckpt = Path(ckpt)
-    if not (ckpt / "model.safetensors").is_file() or not (ckpt / "config.json").is_file():
-        raise KDSweepError(f"checkpoint {ckpt}: needs model.safetensors and config.json")
-    trial_cfg = json.loads((ckpt / "config.json").read_text())
-    model = build_model(
-        int(trial_cfg.get("layers", 2)),
-        int(trial_cfg.get("hidden", 128)),
-        int(trial_cfg.get("stack", 3)),
-        0.0,
-    )
-    state = load_file(str(ckpt / "model.safetensors"))
-    try:
-        model.load_state_dict(
-            {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
-        )
-    except RuntimeError as e:
-        raise KDSweepError(f"checkpoint {ckpt}: not an ASR student checkpoint ({e})") from None
-    return model.eval(), trial_cfg
-
-
-def evaluate_asr_checkpoint(
-    config: dict[str, Any], ckpt: Path, split: str = "test"
-) -> dict[str, float]:
+def evaluate_asr_checkpoint(cfg: ASRConfig, ckpt: Path, split: str = "test") -> dict[str, float]:
     """WER/CER (greedy and beam + LM) of a trial checkpoint on a split (+ the CMU clips with
     eval_cmu); the sweep's final answer uses 'test'."""
-    from trainables.registry import config_for
-
-    cfg = config_for(config)
     with torch_threads(cfg.threads or 1):
         data = prepare_asr(cfg, log=lambda m: None, with_teacher=False)
         model, _ = load_student(Path(ckpt))
@@ -524,7 +440,3 @@ def evaluate_asr_checkpoint(
             ood = evaluate_ood(model, data.ood, cfg, decoders, device)
             out.update({k: v for k, v in ood.items() if k in OOD_SUMMARY})
     return {k: v for k, v in out.items() if math.isfinite(v)}
-
-
-# The out-of-domain numbers a sweep's test evaluation reports (trials report every subset).
-OOD_SUMMARY = ("ood_wer", "ood_cer", "ood_wer_beam", "ood_cer_beam", "ood_cards_wer_beam")

@@ -1,6 +1,7 @@
 """Text-classification conditions: one Ray Tune function trainable per condition.
 
 Each reads top to bottom: build its typed config, define its loss, run the shared epoch loop.
+What a condition reads from the teacher is declared once, on its config (`needs`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kdsweep.losses.logits import (
     soft_kd_loss,
     soft_kd_objective,
 )
+from trainables.conditions import Condition
 from trainables.text_config import (
     AttentionConfig,
     CascadeConfig,
@@ -25,7 +27,7 @@ from trainables.text_config import (
     SoftConfig,
     TextConfig,
 )
-from trainables.text_loop import Needs, run_text_trial
+from trainables.text_loop import run_text_trial
 
 
 def independent(config: dict[str, Any]) -> None:
@@ -59,7 +61,7 @@ def _soft_loss(cfg: SoftConfig):
 def soft(config: dict[str, Any]) -> None:
     """Soft logit KD from cached teacher logits (the teacher never runs here)."""
     cfg = SoftConfig.from_dict(config)
-    run_text_trial(cfg, _soft_loss(cfg), Needs(logits=True))
+    run_text_trial(cfg, _soft_loss(cfg))
 
 
 def hard(config: dict[str, Any]) -> None:
@@ -72,7 +74,7 @@ def hard(config: dict[str, Any]) -> None:
         )
         return total, {"loss_ce": ce, "loss_kd": kd}
 
-    run_text_trial(cfg, loss_fn, Needs(logits=True))
+    run_text_trial(cfg, loss_fn)
 
 
 def hidden(config: dict[str, Any]) -> None:
@@ -95,7 +97,7 @@ def hidden(config: dict[str, Any]) -> None:
             total, parts["loss_kd"] = total + cfg.alpha * kd, kd
         return total, parts
 
-    run_text_trial(cfg, loss_fn, Needs(logits=cfg.alpha > 0, hidden=True))
+    run_text_trial(cfg, loss_fn)
 
 
 def attention(config: dict[str, Any]) -> None:
@@ -117,28 +119,24 @@ def attention(config: dict[str, Any]) -> None:
             total, parts["loss_kd"] = total + cfg.alpha * kd, kd
         return total, parts
 
-    run_text_trial(cfg, loss_fn, Needs(logits=cfg.alpha > 0, attention=True))
+    run_text_trial(cfg, loss_fn)
 
 
 def cascade(config: dict[str, Any]) -> None:
     """A cascade stage: soft KD from a previous stage's student (teacher -> s1 -> s2)."""
     cfg = CascadeConfig.from_dict(config)
-    run_text_trial(cfg, _soft_loss(cfg), Needs(logits=True))
+    run_text_trial(cfg, _soft_loss(cfg))
 
 
-TEXT_TRAINABLES = {
-    "independent": independent,
-    "soft": soft,
-    "hard": hard,
-    "hidden": hidden,
-    "attention": attention,
-    "cascade": cascade,
+# One record per condition: its trainable and its typed config (which declares its `needs`).
+CONDITIONS: dict[str, Condition] = {
+    "independent": Condition(independent, TextConfig),
+    "soft": Condition(soft, SoftConfig),
+    "hard": Condition(hard, HardConfig),
+    "hidden": Condition(hidden, HiddenConfig),
+    "attention": Condition(attention, AttentionConfig),
+    "cascade": Condition(cascade, CascadeConfig),
 }
-TEXT_CONFIGS = {
-    "independent": TextConfig,
-    "soft": SoftConfig,
-    "hard": HardConfig,
-    "hidden": HiddenConfig,
-    "attention": AttentionConfig,
-    "cascade": CascadeConfig,
-}
+# Views of the records (by name): the trainables and the config classes.
+TEXT_TRAINABLES = {name: c.trainable for name, c in CONDITIONS.items()}
+TEXT_CONFIGS = {name: c.config for name, c in CONDITIONS.items()}

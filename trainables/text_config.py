@@ -12,6 +12,7 @@ from kdsweep.data.transfer import check_source
 from kdsweep.errors import KDSweepError
 from kdsweep.models.text import parse_size
 from kdsweep.teacher_store import TeacherRecipe
+from trainables.conditions import Needs, transfer_capable
 
 
 @dataclass
@@ -43,9 +44,12 @@ class TextConfig(BaseConfig):
 
     # Which conditions can learn from teacher-labeled transfer text (no labels there).
     TRANSFER_OK: ClassVar[bool] = False
-    # Cached teacher features ("hidden", "attention") the condition reads; prepare_text builds
-    # them for a transfer set once, before any trial.
-    TEACHER_FEATURES: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def needs(self) -> Needs:
+        """The cached teacher outputs this condition reads: prepare_text builds them (for a
+        transfer set too) once, before any trial; the trial reads the same declaration."""
+        return Needs()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,8 +60,8 @@ class TextConfig(BaseConfig):
         if self.transfer_set and not self.TRANSFER_OK:
             raise KDSweepError(
                 f"field 'transfer_set': {type(self).__name__} cannot use a transfer set; only "
-                "soft, hard, hidden, attention and cascade can (independent has no teacher to "
-                "label the texts)"
+                f"{', '.join(transfer_capable(TextConfig))} can (without a teacher nothing "
+                "labels the texts)"
             )
         if self.dataset not in BUILTIN and not self.dataset:
             raise KDSweepError("field 'dataset' is empty")
@@ -100,6 +104,10 @@ class SoftConfig(TextConfig):
 
     TRANSFER_OK: ClassVar[bool] = True
 
+    @property
+    def needs(self) -> Needs:
+        return Needs(logits=True)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         in_range(self, "alpha", 0.0, 1.0)
@@ -113,6 +121,10 @@ class HardConfig(TextConfig):
     alpha: float = 1.0
 
     TRANSFER_OK: ClassVar[bool] = True
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(logits=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,7 +140,10 @@ class HiddenConfig(SoftConfig):
     layer_map: str = ""  # "" = uniform (student layer i -> teacher layer ceil(i*Lt/Ls)); "3,6"
 
     TRANSFER_OK: ClassVar[bool] = True  # teacher hidden states of transfer texts are cached too
-    TEACHER_FEATURES: ClassVar[tuple[str, ...]] = ("hidden",)
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(logits=self.alpha > 0, hidden=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,7 +159,10 @@ class AttentionConfig(SoftConfig):
     layer_map: str = ""
 
     TRANSFER_OK: ClassVar[bool] = True  # teacher attention maps of transfer texts are cached too
-    TEACHER_FEATURES: ClassVar[tuple[str, ...]] = ("attention",)
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(logits=self.alpha > 0, attention=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,19 +1,17 @@
 """The epoch loop every text condition shares: data, teacher, student, resume, eval, report.
 
-A condition supplies only its loss (`LossFn`) and what teacher outputs it needs (`Needs`).
+A condition supplies only its loss (`LossFn`); what teacher outputs it reads is its config's
+`needs` (a `trainables.conditions.Needs`). The training step is `kdsweep.training`.
 Teacher logits/features come from the teacher store's cache: soft and hard KD trials never
 run the teacher.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,7 @@ from torch import nn
 
 from kdsweep.data.text import TextSplits, load_text_dataset, tokenize_splits
 from kdsweep.data.transfer import augment_tokens, load_transfer_texts, tokenize_texts, tokens_key
-from kdsweep.errors import KDSweepError
-from kdsweep.filelock import locked
+from kdsweep.errors import KDSweepError, NonFiniteLossError
 from kdsweep.models.text import (
     build_student,
     count_parameters,
@@ -41,32 +38,23 @@ from kdsweep.teacher_store import StoredTeacher, TeacherStore
 from kdsweep.train_utils import (
     batches,
     classification_metrics,
+    first_rows,
+    mixed_epoch_index,
     predict_logits,
-    set_threads,
+    transfer_count,
     trim_padding,
     warmup_linear,
 )
+from kdsweep.training import Precision, Stepper, check_finite, optimizer_steps, set_threads
 from trainables import tune_io
 from trainables.checkpointing import resume_state, save_state
+from trainables.text_analysis import analysis_due, analysis_metrics
 from trainables.text_config import CascadeConfig, TextConfig
 
-ATTRIBUTION_STEPS = 16  # Integrated Gradients steps (per example: 16 forward+backward passes)
+__all__ = ["LossFn", "NonFiniteLossError", "prepare_text", "run_text_trial"]
 
 # loss_fn(student_output, batch, aux) -> (total loss, {component name: value})
 LossFn = Callable[[Any, dict[str, torch.Tensor], nn.ModuleDict], tuple[torch.Tensor, dict]]
-
-
-@dataclass(frozen=True)
-class Needs:
-    """Which cached teacher outputs a condition reads."""
-
-    logits: bool = False
-    hidden: bool = False
-    attention: bool = False
-
-
-class NonFiniteLossError(RuntimeError):
-    """A NaN/Inf loss: the trial stops with the component, epoch and step that went bad."""
 
 
 @dataclass
@@ -163,7 +151,7 @@ def prepare_transfer(
     if not cfg.transfer_set:
         return None
     if cfg.transfer_set == "augment":
-        train = _take(tokens["train"], cfg.data_subset)
+        train = first_rows(tokens["train"], cfg.data_subset)
         out = augment_tokens(train, tokenizer_dir, cfg.augment_prob, cfg.transfer_size)
     else:
         held_out = {t for t, _ in splits.dev} | {t for t, _ in splits.test}
@@ -178,11 +166,11 @@ def prepare_transfer(
         out = tokenize_texts(texts, tokenizer_dir, cfg.max_len, cache)
     key = tokens_key(out)
     result: dict[str, Any] = {**out, "teacher_logits": teacher.transfer_logits(key, out)}
-    if cfg.TEACHER_FEATURES:
+    if cfg.needs.features:
         from transformers import AutoConfig
 
         mapped = mapped_teacher_layers(cfg, AutoConfig.from_pretrained(teacher.model_dir))
-        for kind in cfg.TEACHER_FEATURES:
+        for kind in cfg.needs.features:
             result[f"teacher_{kind}"] = teacher.transfer_features(key, kind, mapped, out)
     return result
 
@@ -234,35 +222,104 @@ def load_student_from_checkpoint(ckpt: Path, teacher: StoredTeacher) -> tuple[nn
     return model.eval(), trial_cfg
 
 
-def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> None:
-    """Train `cfg.student` for `cfg.epochs`, reporting dev metrics + a checkpoint every epoch."""
+def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
+    """Train `cfg.student` for `cfg.epochs`, reporting dev metrics + a checkpoint every epoch.
+
+    The teacher outputs the loss reads are the config's `needs`; each epoch steps the optimizer
+    every `cfg.grad_accum` batches (effective batch: batch_size x grad_accum).
+    """
     threads = set_threads(cfg.threads or int(tune_io.cpu_share()))
     device = pick_device(cfg.device)
     data = prepare_text(cfg, log=lambda m: None)
-    teacher = data.teacher
     from transformers import AutoConfig
 
-    teacher_config = AutoConfig.from_pretrained(teacher.model_dir)
+    teacher_config = AutoConfig.from_pretrained(data.teacher.model_dir)
     torch.manual_seed(cfg.seed)
+    rows = _train_rows(cfg, data, teacher_config)
+    student, model = _build_student(cfg, data, teacher_config)
+    steps_per_epoch = optimizer_steps(math.ceil(rows.per_epoch / cfg.batch_size), cfg.grad_accum)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = warmup_linear(opt, cfg.epochs * steps_per_epoch, cfg.warmup_ratio)
+    amp = Precision.of(cfg.precision, device)
+    stepper = Stepper(model.parameters(), opt, sched, amp.scaler, cfg.grad_clip, cfg.grad_accum)
 
-    # ---- data: the labeled train prefix, dev capped for smoke runs
-    train = _take(data.tokens["train"], cfg.data_subset)
-    dev = _take(data.tokens["dev"], cfg.eval_subset)
+    # ---- resume: model, optimizer, scheduler, scaler, RNG and the epoch counter
+    with tune_io.restored_checkpoints() as ckpts:
+        start_epoch, train_seconds = resume_state(ckpts, model, opt, sched, amp.scaler)
+
+    static = {
+        **count_parameters(student),
+        "size_mb": model_size_mb(student),
+        "teacher_dev_accuracy": data.teacher.metrics.get("dev_accuracy", math.nan),
+        "threads": threads,
+        "effective_batch_size": cfg.effective_batch_size,
+    }
+    if rows.n_transfer:
+        static["transfer_rows_per_epoch"] = rows.per_epoch - rows.n_labeled
+    dev = first_rows(data.tokens["dev"], cfg.eval_subset)
+    analysis_cache: dict[str, Any] = {}  # the teacher's attributions, once per trial
+    last_dev: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        metrics = _train_epoch(cfg, model, rows, loss_fn, stepper, amp, epoch, device)
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or not last_dev:
+            dev_m = classification_metrics(predict_logits(student, dev, 128, device), dev["labels"])
+            last_dev = {"dev_accuracy": dev_m["accuracy"], "dev_f1": dev_m["f1"]}
+        # Between evaluations the last dev values are repeated: ASHA needs the metric every epoch.
+        metrics.update(last_dev)
+        metrics.update(
+            static,
+            epoch=epoch + 1,
+            epoch_seconds=epoch_seconds,
+            train_seconds=train_seconds,
+            lr=sched.get_last_lr()[0],
+        )
+        if analysis_due(cfg, epoch + 1):
+            metrics.update(
+                analysis_metrics(cfg, student, data.tokens["dev"], data.teacher, analysis_cache)
+            )
+        ckpt_dir = tune_io.new_checkpoint_dir()
+        save_state(ckpt_dir, model, opt, sched, amp.scaler, epoch + 1, train_seconds, cfg, metrics)
+        tune_io.report(metrics, ckpt_dir)
+
+
+@dataclass
+class TrainRows:
+    """A trial's training rows: the labeled prefix (+ cached teacher outputs), then transfer."""
+
+    data: dict[str, Any]
+    n_labeled: int
+    n_transfer: int  # 0 = no transfer set in use
+    per_epoch: int  # rows drawn each epoch: every labeled row + transfer_count transfer rows
+
+
+def _train_rows(cfg: TextConfig, data: TextData, teacher_config: Any) -> TrainRows:
+    """The labeled train prefix with what `cfg.needs` reads, then (if used) the transfer set."""
+    needs = cfg.needs
+    train = first_rows(data.tokens["train"], cfg.data_subset)
     if needs.logits:  # cached logits, aligned row by row with the tokenized split
-        train["teacher_logits"] = teacher.logits("train")[: len(train["labels"])]
+        train["teacher_logits"] = data.teacher.logits("train")[: len(train["labels"])]
     n_labeled = len(train["labels"])
     mapped = mapped_teacher_layers(cfg, teacher_config)
-    for kind in ("hidden", "attention"):
-        if getattr(needs, kind):
-            feats = teacher.features("train", kind, mapped, data.tokens["train"])
-            train[f"teacher_{kind}"] = FeatureRows((feats[:n_labeled],), kind == "attention")
+    for kind in needs.features:
+        feats = data.teacher.features("train", kind, mapped, data.tokens["train"])
+        train[f"teacher_{kind}"] = FeatureRows((feats[:n_labeled],), kind == "attention")
     n_transfer = 0
     if data.transfer is not None and cfg.transfer_ratio > 0:  # appended after the labeled rows
         train = _append_transfer(train, data.transfer)
         n_transfer = len(data.transfer["input_ids"])
+    per_epoch = n_labeled + transfer_count(n_labeled, n_transfer, cfg.transfer_ratio)
+    return TrainRows(train, n_labeled, n_transfer, per_epoch)
 
-    # ---- student (+ projections for hidden-state KD)
-    teacher_model = teacher.load_model() if cfg.student_init == "teacher" else None
+
+def _build_student(
+    cfg: TextConfig, data: TextData, teacher_config: Any
+) -> tuple[nn.Module, nn.ModuleDict]:
+    """The student (+ projections for hidden-state KD) as {"student", "aux"} on the device."""
+    needs = cfg.needs
+    teacher_model = data.teacher.load_model() if cfg.student_init == "teacher" else None
     student = build_student(
         cfg.student,
         teacher_config,
@@ -276,96 +333,57 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn, needs: Needs = Needs()) -> 
     aux = nn.ModuleDict()
     if needs.hidden:  # student width -> teacher width, one projection per mapped layer
         aux["proj"] = nn.ModuleList(
-            nn.Linear(student.config.hidden_size, teacher_config.hidden_size) for _ in mapped
+            nn.Linear(student.config.hidden_size, teacher_config.hidden_size)
+            for _ in mapped_teacher_layers(cfg, teacher_config)
         )
-    model = nn.ModuleDict({"student": student, "aux": aux}).to(device)
-
-    n = n_labeled + transfer_count(n_labeled, n_transfer, cfg.transfer_ratio)  # rows per epoch
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = warmup_linear(opt, cfg.epochs * steps_per_epoch, cfg.warmup_ratio)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    use_amp = device.type == "cuda" and amp_dtype is not None
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    # ---- resume: model, optimizer, scheduler, scaler, RNG and the epoch counter
-    with tune_io.restored_checkpoints() as ckpts:
-        start_epoch, train_seconds = resume_state(ckpts, model, opt, sched, scaler)
-
-    params = count_parameters(student)
-    static = {
-        **params,
-        "size_mb": model_size_mb(student),
-        "teacher_dev_accuracy": teacher.metrics.get("dev_accuracy", math.nan),
-        "threads": threads,
-    }
-    if n_transfer:
-        static["transfer_rows_per_epoch"] = n - n_labeled
-    analysis_cache: dict[str, Any] = {}  # the teacher's attributions, once per trial
-    last_dev: dict[str, float] = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        sums: dict[str, float] = {}
-        if n_transfer:  # every labeled row + a fresh draw of transfer rows, shuffled together
-            order = mixed_epoch_index(n_labeled, n_transfer, cfg.transfer_ratio, cfg.seed, epoch)
-            epoch_batches = order.split(cfg.batch_size)
-        else:
-            epoch_batches = batches(n, cfg.batch_size, True, cfg.seed, epoch)
-        for step, idx in enumerate(epoch_batches):
-            batch = _batch(train, idx, device)
-            ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
-            with ctx:
-                out = student(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    output_hidden_states=needs.hidden,
-                    output_attentions=needs.attention,
-                )
-                loss, parts = loss_fn(out, batch, aux)
-            _check_finite(loss, parts, epoch + 1, step)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            for k, v in {"loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-        epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
-        metrics = {k: v / (step + 1) for k, v in sums.items()}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or not last_dev:
-            dev_m = classification_metrics(predict_logits(student, dev, 128, device), dev["labels"])
-            last_dev = {"dev_accuracy": dev_m["accuracy"], "dev_f1": dev_m["f1"]}
-        # Between evaluations the last dev values are repeated: ASHA needs the metric every epoch.
-        metrics.update(last_dev)
-        metrics.update(
-            static,
-            epoch=epoch + 1,
-            epoch_seconds=epoch_seconds,
-            train_seconds=train_seconds,
-            lr=sched.get_last_lr()[0],
-        )
-        if _analysis_due(cfg, epoch + 1):
-            metrics.update(_analysis_metrics(cfg, student, data, analysis_cache))
-        ckpt_dir = tune_io.new_checkpoint_dir()
-        save_state(ckpt_dir, model, opt, sched, scaler, epoch + 1, train_seconds, cfg, metrics)
-        tune_io.report(metrics, ckpt_dir)
+    return student, nn.ModuleDict({"student": student, "aux": aux}).to(pick_device(cfg.device))
 
 
-def evaluate_text_checkpoint(
-    config: dict[str, Any], ckpt: Path, split: str = "test"
+def _train_epoch(
+    cfg: TextConfig,
+    model: nn.ModuleDict,
+    rows: TrainRows,
+    loss_fn: LossFn,
+    stepper: Stepper,
+    amp: Precision,
+    epoch: int,
+    device: torch.device,
 ) -> dict[str, float]:
-    """Accuracy/F1 of a trial checkpoint on a split (the sweep's final answer uses 'test')."""
-    from trainables.registry import config_for
+    """One epoch (0-based `epoch`); the mean of every loss component over its batches."""
+    needs, student, aux = cfg.needs, model["student"], model["aux"]
+    model.train()
+    if rows.n_transfer:  # every labeled row + a fresh draw of transfer rows, shuffled together
+        order = mixed_epoch_index(
+            rows.n_labeled, rows.n_transfer, cfg.transfer_ratio, cfg.seed, epoch
+        )
+        epoch_batches = order.split(cfg.batch_size)
+    else:
+        epoch_batches = batches(rows.per_epoch, cfg.batch_size, True, cfg.seed, epoch)
+    sums: dict[str, float] = {}
+    step = -1
+    for step, idx in enumerate(epoch_batches):
+        batch = _batch(rows.data, idx, device)
+        with amp.autocast():
+            out = student(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                output_hidden_states=needs.hidden,
+                output_attentions=needs.attention,
+            )
+            loss, parts = loss_fn(out, batch, aux)
+        check_finite(loss, parts, epoch + 1, step)
+        stepper.backward(loss)
+        for k, v in {"loss": loss, **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+    stepper.flush()
+    return {k: v / (step + 1) for k, v in sums.items()}
 
-    cfg = config_for(config)
+
+def evaluate_text_checkpoint(cfg: TextConfig, ckpt: Path, split: str = "test") -> dict[str, float]:
+    """Accuracy/F1 of a trial checkpoint on a split (the sweep's final answer uses 'test')."""
     data = prepare_text(cfg, log=lambda m: None)
     model, _ = load_student_from_checkpoint(Path(ckpt), data.teacher)
-    tokens = _take(data.tokens[split], cfg.eval_subset)
+    tokens = first_rows(data.tokens[split], cfg.eval_subset)
     m = classification_metrics(
         predict_logits(model, tokens, 128, torch.device("cpu")), tokens["labels"]
     )
@@ -385,28 +403,6 @@ def mapped_teacher_layers(cfg: TextConfig, teacher_config: Any) -> list[int]:
     return layer_map(
         parse_layers(cfg), teacher_config.num_hidden_layers, getattr(cfg, "layer_map", "")
     )
-
-
-def _take(split: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
-    return {k: (v[:n] if n else v) for k, v in split.items()}
-
-
-def transfer_count(n_labeled: int, n_transfer: int, ratio: float) -> int:
-    """Transfer rows mixed into each epoch: ratio per labeled row, at most the whole set."""
-    return min(n_transfer, round(ratio * n_labeled))
-
-
-def mixed_epoch_index(
-    n_labeled: int, n_transfer: int, ratio: float, seed: int, epoch: int
-) -> torch.Tensor:
-    """Row ids of one epoch: all labeled rows (0..n_labeled-1) and `transfer_count` transfer
-    rows (n_labeled + j), shuffled together. A pure function of (seed, epoch), so a resumed
-    trial sees the same mix; each epoch draws a different subset of the transfer rows."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    k = transfer_count(n_labeled, n_transfer, ratio)
-    picked = n_labeled + torch.randperm(n_transfer, generator=g)[:k]
-    rows = torch.cat([torch.arange(n_labeled), picked])
-    return rows[torch.randperm(len(rows), generator=g)]
 
 
 def _append_transfer(train: dict[str, Any], transfer: dict[str, Any]) -> dict[str, Any]:
@@ -449,70 +445,3 @@ def _batch(data: dict[str, Any], idx: torch.Tensor, device: torch.device) -> dic
         if key in data:
             out[key] = data[key].take(idx.numpy(), s)
     return {k: v.to(device) for k, v in out.items()}
-
-
-def _analysis_due(cfg: TextConfig, epoch: int) -> bool:
-    """Attribution + efficiency at the final epoch, and every `attribution_every` epochs."""
-    every = cfg.attribution_every
-    return epoch == cfg.epochs or (every > 0 and epoch % every == 0)
-
-
-def _analysis_metrics(
-    cfg: TextConfig, student: nn.Module, data: TextData, cache: dict[str, Any]
-) -> dict[str, float]:
-    """Efficiency (params, size on disk, throughput, latency) and IG attribution similarity
-    to the teacher on the first `attribution_examples` dev examples. Bounded: the probe is
-    fixed and the teacher's attributions are computed once per teacher (see below)."""
-    from kdsweep.analysis import attribution_similarity, efficiency_metrics
-
-    t0 = time.perf_counter()
-    dev = data.tokens["dev"]
-    out = efficiency_metrics(student, _take(dev, 32))
-    if cfg.attribution_examples > 0:
-        probe = _take(dev, cfg.attribution_examples)
-        if "teacher_attr" not in cache:
-            cache["teacher_attr"] = _teacher_attributions(data.teacher, probe, student)
-        out.update(
-            attribution_similarity(
-                None,
-                student,
-                probe,
-                len(probe["labels"]),
-                ATTRIBUTION_STEPS,
-                teacher_attr=cache["teacher_attr"],
-            )
-        )
-    out["analysis_seconds"] = time.perf_counter() - t0
-    return out
-
-
-def _teacher_attributions(
-    teacher: StoredTeacher, probe: dict[str, torch.Tensor], student: nn.Module
-) -> torch.Tensor:
-    """The teacher's IG attributions on the probe, cached beside it in the teacher store: the
-    teacher is fixed, so only the first trial (under a lock) loads and runs it."""
-    from kdsweep.analysis import token_attributions
-
-    key = hashlib.sha256(
-        probe["input_ids"].numpy().tobytes() + probe["labels"].numpy().tobytes()
-    ).hexdigest()[:12]
-    path = teacher.path / f"attr_dev_n{len(probe['labels'])}_s{ATTRIBUTION_STEPS}_{key}.pt"
-    with locked(path.with_suffix(".lock")):
-        if not path.is_file():
-            model = teacher.load_model().to(next(student.parameters()).device)
-            attr = token_attributions(model, probe, len(probe["labels"]), ATTRIBUTION_STEPS)
-            del model
-            tmp = path.with_suffix(".tmp")
-            torch.save(attr, tmp)
-            os.replace(tmp, path)
-    return torch.load(path, weights_only=True)
-
-
-def _check_finite(loss: torch.Tensor, parts: dict, epoch: int, step: int) -> None:
-    if torch.isfinite(loss):
-        return
-    bad = [k for k, v in parts.items() if not torch.isfinite(v)] or ["loss"]
-    raise NonFiniteLossError(
-        f"non-finite loss ({loss.item()}) at epoch {epoch} step {step}: component(s) "
-        f"{', '.join(bad)}; lower lr or temperature, or keep grad_clip on"
-    )

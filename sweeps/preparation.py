@@ -1,0 +1,71 @@
+"""Driver-side preparation before any trial: data and teacher (trained once), checks, and the
+log line + MLflow tags that describe them (trainables return data only; this formats it)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sweeps.space import SweepSpace
+from trainables.asr_loop import prepare_asr
+from trainables.registry import config_class
+from trainables.text_loop import prepare_text
+
+
+def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
+    data = prepare_text(cfg, log)
+    t = data.teacher
+    how = "reused from" if data.teacher_hit else "stored in"
+    source = t.meta.get("source") or cfg.teacher
+    dev, test = t.metrics.get("dev_accuracy", math.nan), t.metrics.get("test_accuracy", math.nan)
+    split = data.splits
+    log(
+        f"[kdsweep] teacher {t.id} ({source}) {how} the teacher store: dev accuracy {dev:.3f}, "
+        f"test {test:.3f}; data {split.name}: {len(split.train)}/{len(split.dev)}/"
+        f"{len(split.test)}, {split.num_labels} labels"
+    )
+    tags = {"teacher_id": t.id, "teacher": cfg.teacher}
+    tags.update({f"teacher_{k}": f"{v:.4f}" for k, v in t.metrics.items()})
+    return {"tags": tags, "teacher_hit": data.teacher_hit}
+
+
+def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
+    data = prepare_asr(cfg, log)
+    n = data.sizes
+    msg = f"[kdsweep] corpus {data.name}: {n['train']}/{n['dev']}/{n['test']} utterances"
+    tags = {"corpus": data.name, "corpus_fingerprint": data.fingerprint, "lm": data.arpa.name}
+    t = data.teacher
+    if t is not None:
+        kind = cfg.teacher_kind  # "teacher" (the big one) or "twin" (self-distillation)
+        how = "reused from" if data.teacher_hit else "stored in"
+        m = t.metrics
+        msg += (
+            f"; {kind} {t.id} ({t.meta['arch']}) {how} the ASR teacher store: dev WER "
+            f"{m['dev_wer']:.3f}, test WER {m['test_wer']:.3f}"
+        )
+        tags.update({f"{kind}_id": t.id, f"{kind}_arch": t.meta["arch"]})
+        tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in m.items()})
+    if data.transfer is not None:  # labeled by the teacher here, once, before any trial
+        tr = data.transfer
+        msg += f"; transfer set {cfg.transfer_set}: {len(tr.feats)} utterances ({tr.key})"
+        tags.update({"transfer_key": tr.key, "transfer_utterances": str(len(tr.feats))})
+    log(msg)
+    return {"tags": tags, "teacher_hit": data.teacher_hit}
+
+
+# Driver-side preparation per task (data + teacher, before any trial starts).
+PREPARERS: dict[str, Any] = {"text": _prepare_text, "asr": _prepare_asr}
+
+
+def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
+    """Driver-side preparation before any trial: data, teacher (trained once), checks."""
+    first = {k: (args[0]) for k, (kind, args) in space.dists.items()}
+    out: dict[str, Any] = {}
+    # asr: conditions learn from different stored models (big teacher, the student's twin)
+    for cond in space.conditions if space.task == "asr" else space.conditions[:1]:
+        cfg_dict = {**space.fixed, **first, "task": space.task, "condition": cond}
+        cls = config_class(space.task, cond)
+        cfg = cls.from_dict({k: v for k, v in cfg_dict.items() if k in cls.field_names()})
+        prep = PREPARERS[space.task](cfg, log)
+        out = {**out, **prep, "tags": {**out.get("tags", {}), **prep.get("tags", {})}}
+    return out

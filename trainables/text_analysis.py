@@ -1,0 +1,78 @@
+"""End-of-epoch analysis of a text student: efficiency and attribution similarity to the teacher."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdsweep.filelock import locked
+from kdsweep.teacher_store import StoredTeacher
+from kdsweep.train_utils import first_rows
+from trainables.text_config import TextConfig
+
+ATTRIBUTION_STEPS = 16  # Integrated Gradients steps (per example: 16 forward+backward passes)
+
+
+def analysis_due(cfg: TextConfig, epoch: int) -> bool:
+    """Attribution + efficiency at the final epoch, and every `attribution_every` epochs."""
+    every = cfg.attribution_every
+    return epoch == cfg.epochs or (every > 0 and epoch % every == 0)
+
+
+def analysis_metrics(
+    cfg: TextConfig,
+    student: nn.Module,
+    dev: dict[str, torch.Tensor],
+    teacher: StoredTeacher,
+    cache: dict[str, Any],
+) -> dict[str, float]:
+    """Efficiency (params, size on disk, throughput, latency) and IG attribution similarity
+    to the teacher on the first `attribution_examples` dev examples. Bounded: the probe is
+    fixed and the teacher's attributions are computed once per teacher (see below)."""
+    from kdsweep.analysis import attribution_similarity, efficiency_metrics
+
+    t0 = time.perf_counter()
+    out = efficiency_metrics(student, first_rows(dev, 32))
+    if cfg.attribution_examples > 0:
+        probe = first_rows(dev, cfg.attribution_examples)
+        if "teacher_attr" not in cache:
+            cache["teacher_attr"] = _teacher_attributions(teacher, probe, student)
+        out.update(
+            attribution_similarity(
+                None,
+                student,
+                probe,
+                len(probe["labels"]),
+                ATTRIBUTION_STEPS,
+                teacher_attr=cache["teacher_attr"],
+            )
+        )
+    out["analysis_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _teacher_attributions(
+    teacher: StoredTeacher, probe: dict[str, torch.Tensor], student: nn.Module
+) -> torch.Tensor:
+    """The teacher's IG attributions on the probe, cached beside it in the teacher store: the
+    teacher is fixed, so only the first trial (under a lock) loads and runs it."""
+    from kdsweep.analysis import token_attributions
+
+    key = hashlib.sha256(
+        probe["input_ids"].numpy().tobytes() + probe["labels"].numpy().tobytes()
+    ).hexdigest()[:12]
+    path = teacher.path / f"attr_dev_n{len(probe['labels'])}_s{ATTRIBUTION_STEPS}_{key}.pt"
+    with locked(path.with_suffix(".lock")):
+        if not path.is_file():
+            model = teacher.load_model().to(next(student.parameters()).device)
+            attr = token_attributions(model, probe, len(probe["labels"]), ATTRIBUTION_STEPS)
+            del model
+            tmp = path.with_suffix(".tmp")
+            torch.save(attr, tmp)
+            os.replace(tmp, path)
+    return torch.load(path, weights_only=True)
