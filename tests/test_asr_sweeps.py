@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import SMALL_ASR, needs_tts
 from sweep_helpers import run_sweep_script as _sweep
 from sweep_helpers import sweep_env as _env
 
@@ -16,20 +15,6 @@ from sweeps.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-TINY = {  # the smoke preset's sizes (sweeps/common.py SMOKE["asr"])
-    "n_utterances": 40,
-    "layers": 1,
-    "hidden": 32,
-    "epochs": 2,
-    "batch_size": 8,
-    "beam_width": 8,
-    "threads": 1,
-}
-
-needs_tts = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
-    reason="espeak-ng/flite not installed",
-)
 
 
 def _runs(tmp: Path):
@@ -96,7 +81,7 @@ def test_decode_grid_on_a_trial_checkpoint(tmp_path, cache_dir):
 
     torch.set_num_threads(1)
     with local_session(tmp_path / "trial") as s:
-        independent({**TINY, "cache_dir": str(cache_dir), "eval_cmu": False})
+        independent({**SMALL_ASR, "cache_dir": str(cache_dir), "eval_cmu": False})
     cmd = [
         PY,
         str(ROOT / "sweeps" / "decode.py"),

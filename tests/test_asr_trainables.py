@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_ASR
+from conftest import SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
 import kdsweep.asr_teacher as asr_teacher
@@ -19,10 +18,7 @@ from trainables.asr_config import ASRConfig, ASRHiddenConfig, ASRSoftConfig, Sel
 from trainables.asr_loop import evaluate_asr_checkpoint, prepare_asr, run_asr_trial
 from trainables.tune_io import local_session
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
-    reason="espeak-ng/flite not installed",
-)
+pytestmark = [needs_tts, pytest.mark.trial]
 
 
 @pytest.fixture(scope="session")

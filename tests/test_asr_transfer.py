@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import SMALL_ASR, needs_tts
+from conftest import HAS_TTS, SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
 import kdsweep.asr_teacher as asr_teacher
@@ -208,7 +208,7 @@ def test_transfer_sentences_avoid_the_corpus():
 # ---------------------------------------------------------------- the teacher's cached outputs
 @pytest.fixture(scope="module")
 def small_asr(cache_dir) -> dict:
-    if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+    if not HAS_TTS:
         pytest.skip("espeak-ng/flite not installed")
     torch.set_num_threads(1)
     return {**SMALL_ASR, "cache_dir": str(cache_dir)}

@@ -35,7 +35,7 @@ TRIALS = [f"soft T={t} L2-H128" for t in (1, 2, 4, 8)]
 SCREENSHOT_COPY = Path("/tmp/kdsweep_mlflow_ui.png")
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.infra,
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian chromium (scripts/setup.sh)"),
 ]
 

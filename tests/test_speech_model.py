@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_tts
 
 from kdsweep.data.speech import build_synthetic_corpus, featurize, load_manifest, pad_collate
 from kdsweep.losses.ctc import ctc_loss
@@ -72,7 +72,7 @@ def test_count_parameters() -> None:
     assert count_parameters(model) == expected
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@needs_tts  # the synthetic corpus speaks with espeak-ng and flite
 def test_tiny_model_lowers_ctc_loss_on_real_audio(tmp_path: Path) -> None:
     torch.manual_seed(0)
     utts = load_manifest(build_synthetic_corpus(tmp_path, 12, seed=5, noise_snr_db=None))
