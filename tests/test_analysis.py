@@ -57,6 +57,7 @@ def _tokens(n: int = 12, s: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(n) % 3}
 
 
+@pytest.mark.unit
 def test_attribution_of_a_model_with_itself_is_one_and_of_two_random_models_lower():
     tokens = _tokens()
     a, b = _tiny_bert(0), _tiny_bert(1)
@@ -71,6 +72,7 @@ def test_attribution_of_a_model_with_itself_is_one_and_of_two_random_models_lowe
     assert again == pytest.approx(other)
 
 
+@pytest.mark.unit
 def test_token_attributions_shape_and_special_tokens_zero():
     tokens = _tokens(n=5)
     attr = token_attributions(_tiny_bert(0), tokens, n=4, steps=4, batch_size=3)
@@ -82,6 +84,7 @@ def test_token_attributions_shape_and_special_tokens_zero():
     assert real.sum(1).tolist() == (lengths - 2).tolist()
 
 
+@pytest.mark.unit
 def test_similarity_functions():
     assert spearman_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -95,6 +98,7 @@ def test_similarity_functions():
     assert sim["attr_cosine"] == pytest.approx(-1.0)
 
 
+@pytest.mark.unit
 def test_word_pieces_merge_into_words():
     attr = [0.5, 0.1, 0.2, 0.3, 0.4, 0.9]
     # [CLS] un ##bel ##ievably fox [SEP]
@@ -111,6 +115,7 @@ def test_word_pieces_merge_into_words():
     assert sim["attr_cosine"] == pytest.approx(1.0)
 
 
+@pytest.mark.unit
 def test_word_ids_from_a_real_tokenizers_offsets():
     from transformers import AutoTokenizer
 
@@ -135,6 +140,7 @@ def test_word_ids_from_a_real_tokenizers_offsets():
     ]
 
 
+@pytest.mark.unit
 def test_efficiency_metrics():
     model = _tiny_bert(0)
     m = efficiency_metrics(model, _tokens(), batch_size=8, repeats=3)
@@ -146,6 +152,7 @@ def test_efficiency_metrics():
 
 
 # ---------------------------------------------------------------- statistics
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "df, q",
     [(1, 12.706205), (2, 4.302653), (4, 2.776445), (9, 2.262157), (29, 2.045230), (1000, 1.962339)],
@@ -156,6 +163,7 @@ def test_t_quantile_known_values(df, q):
     assert report.t_cdf(q, df) == pytest.approx(0.975, abs=1e-6)
 
 
+@pytest.mark.unit
 def test_t_distribution_matches_scipy_when_present():
     stats = pytest.importorskip("scipy.stats")
     for df in (1, 3, 7, 15, 60):
@@ -165,6 +173,7 @@ def test_t_distribution_matches_scipy_when_present():
             assert report.t_cdf(t, df) == pytest.approx(stats.t.cdf(t, df), abs=1e-10)
 
 
+@pytest.mark.unit
 def test_mean_ci():
     m, lo, hi = report.mean_ci([1, 2, 3, 4, 5])
     half = 2.776445 * math.sqrt(2.5) / math.sqrt(5)
@@ -173,6 +182,7 @@ def test_mean_ci():
     assert m == 0.7 and math.isnan(lo) and math.isnan(hi)
 
 
+@pytest.mark.unit
 def test_paired_comparison():
     same = report.paired_comparison([0.8, 0.82, 0.79], [0.8, 0.82, 0.79])
     assert same["mean_diff"] == 0 and same["p"] == 1.0 and not same["significant"]
@@ -257,6 +267,7 @@ def _fake_store(tmp_path: Path, split_baseline: bool = False) -> tuple[str, str]
     return uri, parent
 
 
+@pytest.mark.trial
 def test_report_on_a_fake_store(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -294,6 +305,7 @@ def test_report_on_a_fake_store(tmp_path):
     assert {"report.md", "report.csv", "metric_by_method.png"} <= logged
 
 
+@pytest.mark.trial
 def test_report_joins_a_baseline_sweep(tmp_path):
     """The independent arm run as its own sweep (transfer_independent) joins via --baseline."""
     uri, _ = _fake_store(tmp_path, split_baseline=True)
@@ -306,6 +318,7 @@ def test_report_joins_a_baseline_sweep(tmp_path):
     assert "significant: better than independent" in line_t4 and "n = 5 seeds" in line_t4
 
 
+@pytest.mark.trial
 def test_report_unknown_sweep_names_the_known_ones(tmp_path):
     uri, _ = _fake_store(tmp_path)
     with pytest.raises(SystemExit) as e:
@@ -314,6 +327,7 @@ def test_report_unknown_sweep_names_the_known_ones(tmp_path):
 
 
 # ---------------------------------------------------------------- the epoch loop reports them
+@pytest.mark.trial
 def test_text_trial_reports_analysis_at_the_final_epoch(tmp_path, small_text):
     from trainables.text import independent
     from trainables.tune_io import local_session

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import SMALL_ASR, needs_tts
 from sweep_helpers import run_sweep_script as _sweep
 from sweep_helpers import sweep_env as _env
@@ -44,6 +45,7 @@ def _check_nested(tmp: Path, n_children: int) -> list:
 
 
 # ---------------------------------------------------------------- spaces (fast)
+@pytest.mark.unit
 def test_task_asr_picks_the_speech_spaces():
     from sweeps.common import build_parser, space_from_args
 
@@ -62,6 +64,7 @@ def test_task_asr_picks_the_speech_spaces():
     assert (sd.fixed["alpha"], sd.fixed["beta"], sd.fixed["gamma"]) == (0.7, 0.2, 0.1)
 
 
+@pytest.mark.unit
 def test_smoke_fixes_asr_sizes():
     from sweeps.common import build_parser, space_from_args
 
@@ -72,6 +75,7 @@ def test_smoke_fixes_asr_sizes():
 
 
 # ---------------------------------------------------------------- decode grid (no Ray)
+@pytest.mark.e2e
 @needs_tts
 def test_decode_grid_on_a_trial_checkpoint(tmp_path, cache_dir):
     import torch
@@ -125,6 +129,7 @@ def test_decode_grid_on_a_trial_checkpoint(tmp_path, cache_dir):
 
 
 # ---------------------------------------------------------------- end to end (Ray)
+@pytest.mark.e2e
 @needs_tts
 def test_self_distill_smoke(tmp_path, cache_dir):
     res = _sweep("self_distill", tmp_path, cache_dir)
@@ -139,6 +144,7 @@ def test_self_distill_smoke(tmp_path, cache_dir):
     assert self_run.data.tags["twin_id"]  # the twin was stored before the trials started
 
 
+@pytest.mark.e2e
 @needs_tts
 def test_temperature_sweep_task_asr_smoke(tmp_path, cache_dir):
     res = _sweep("temperature", tmp_path, cache_dir, "--task", "asr")

@@ -30,6 +30,8 @@ from kdsweep.data.speech import (
 )
 from kdsweep.errors import KDSweepError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
