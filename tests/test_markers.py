@@ -16,6 +16,7 @@ TESTS = Path(__file__).resolve().parent
 
 def _pytest(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess:
     (tmp_path / "test_tmp.py").write_text("import pytest\n\n" + body)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # its own rootdir, no config found above
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
