@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup sweep test test-fast lint format bench mlflow-ui
+.PHONY: setup sweep test test-fast test-unit test-trial test-e2e test-infra lint format bench mlflow-ui
 
 setup:
 	@bash scripts/setup.sh
@@ -10,13 +10,18 @@ setup:
 sweep: setup
 	$(PY) sweeps/temperature.py
 
-# The whole suite, slow end-to-end tests included (two-node Ray cluster, PostgreSQL, Chromium):
-# what CI runs. `make test-fast` (= plain `pytest`) skips the tests marked slow.
+# Every test has one cost marker (pyproject.toml): unit (pure functions, ms), trial (tiny models
+# trained in-process, seconds), e2e (a sweep through Ray or a CLI subprocess), infra (two-node Ray
+# cluster, PostgreSQL, Chromium, kill/resume, bench). `make test` runs all of them: what CI runs.
+# `make test-fast` (= plain `pytest`) runs unit + trial; `make test-<marker>` runs one marker.
 test: setup
 	$(PY) -m pytest -q -m ""
 
 test-fast: setup
 	$(PY) -m pytest -q
+
+test-unit test-trial test-e2e test-infra: test-%: setup
+	$(PY) -m pytest -q -m $*
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small real data config and a session-wide cache with its teacher."""
+"""Shared fixtures (a small real data config, a session-wide cache with its teacher), the TTS
+skip mark, the tiny ASR preset, and the rule that every test carries one cost marker."""
 
 from __future__ import annotations
 
@@ -30,10 +31,8 @@ SMALL_TEXT = {
     "epochs": 2,
 }
 
-needs_tts = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
-    reason="espeak-ng/flite not installed",
-)
+HAS_TTS = shutil.which("espeak-ng") is not None and shutil.which("flite") is not None
+needs_tts = pytest.mark.skipif(not HAS_TTS, reason="espeak-ng/flite not installed")
 
 # ~40 synthetic utterances (32/4/4), a 1-layer 32-unit student, tiny teachers: seconds per trial.
 SMALL_ASR = {
@@ -48,6 +47,25 @@ SMALL_ASR = {
     "beam_width": 8,
     "threads": 1,
 }
+
+
+# Registered in pyproject.toml; plain `pytest` (= `make test-fast`) runs unit + trial.
+COST_MARKERS = ("unit", "trial", "e2e", "infra")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every collected test is checked
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stop the run if a test has no cost marker or more than one (module + test both count)."""
+    bad = []
+    for item in items:
+        costs = sorted({m.name for m in item.iter_markers() if m.name in COST_MARKERS})
+        if len(costs) != 1:
+            bad.append(f"{item.nodeid} ({', '.join(costs) or 'none'})")
+    if bad:
+        raise pytest.UsageError(
+            f"each test needs exactly one cost marker of {', '.join(COST_MARKERS)}"
+            " (pytestmark = pytest.mark.<cost> or a decorator); got: " + "; ".join(bad)
+        )
 
 
 @pytest.fixture(scope="session")

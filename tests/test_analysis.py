@@ -58,6 +58,7 @@ def _tokens(n: int = 12, s: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(n) % 3}
 
 
+@pytest.mark.unit
 def test_attribution_of_a_model_with_itself_is_one_and_of_two_random_models_lower():
     tokens = _tokens()
     a, b = _tiny_bert(0), _tiny_bert(1)
@@ -72,6 +73,7 @@ def test_attribution_of_a_model_with_itself_is_one_and_of_two_random_models_lowe
     assert again == pytest.approx(other)
 
 
+@pytest.mark.unit
 def test_token_attributions_shape_and_special_tokens_zero():
     tokens = _tokens(n=5)
     attr = token_attributions(_tiny_bert(0), tokens, n=4, steps=4, batch_size=3)
@@ -83,6 +85,7 @@ def test_token_attributions_shape_and_special_tokens_zero():
     assert real.sum(1).tolist() == (lengths - 2).tolist()
 
 
+@pytest.mark.unit
 def test_similarity_functions():
     assert spearman_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -96,6 +99,7 @@ def test_similarity_functions():
     assert sim["attr_cosine"] == pytest.approx(-1.0)
 
 
+@pytest.mark.unit
 def test_word_pieces_merge_into_words():
     attr = [0.5, 0.1, 0.2, 0.3, 0.4, 0.9]
     # [CLS] un ##bel ##ievably fox [SEP]
@@ -112,6 +116,7 @@ def test_word_pieces_merge_into_words():
     assert sim["attr_cosine"] == pytest.approx(1.0)
 
 
+@pytest.mark.unit
 def test_word_ids_from_a_real_tokenizers_offsets():
     from transformers import AutoTokenizer
 
@@ -136,6 +141,7 @@ def test_word_ids_from_a_real_tokenizers_offsets():
     ]
 
 
+@pytest.mark.unit
 def test_efficiency_metrics():
     model = _tiny_bert(0)
     m = efficiency_metrics(model, _tokens(), batch_size=8, repeats=3)
@@ -154,6 +160,7 @@ SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
 SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
 
 
+@pytest.mark.unit
 def test_mean_ci():
     m, lo, hi = rstats.mean_ci([1, 2, 3, 4, 5])
     half = 2.776445 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, df=4) * s / sqrt(n)
@@ -163,6 +170,7 @@ def test_mean_ci():
     assert rstats.mean_ci([0.5, 0.5, float("nan")]) == (0.5, 0.5, 0.5)  # NaN dropped, no spread
 
 
+@pytest.mark.unit
 def test_paired_comparison_on_the_sleep_data():
     res = rstats.paired_comparison(SLEEP_2, SLEEP_1)
     assert res["n"] == 10 and res["mean_diff"] == pytest.approx(1.58)
@@ -181,6 +189,7 @@ def test_paired_comparison_on_the_sleep_data():
     assert res["significant"] and res["p_holm"] == res["p"]
 
 
+@pytest.mark.unit
 def test_paired_comparison_small_and_degenerate_samples():
     same = rstats.paired_comparison([0.8, 0.82, 0.79], [0.8, 0.82, 0.79])
     assert same["mean_diff"] == 0 and same["p"] == 1.0 and not same["significant"]
@@ -205,6 +214,7 @@ def test_paired_comparison_small_and_degenerate_samples():
         rstats.paired_comparison([0.9, 0.8], [0.8])
 
 
+@pytest.mark.unit
 def test_pairing_is_what_the_bootstrap_resamples():
     """Seeds differ a lot, the treatment adds ~0.01 to each: only a paired CI sees it."""
     base = [0.60, 0.70, 0.80, 0.65, 0.75, 0.72]
@@ -214,6 +224,7 @@ def test_pairing_is_what_the_bootstrap_resamples():
     assert res["low"] > 0 and res["significant"]
 
 
+@pytest.mark.unit
 def test_holm_against_a_hand_computed_example():
     # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> max so far 0.06
     got = rstats.holm([0.01, 0.04, 0.03, 0.005])
@@ -223,6 +234,7 @@ def test_holm_against_a_hand_computed_example():
     assert rstats.holm([0.5, 0.6]) == [1.0, 1.0] and rstats.holm([]) == []
 
 
+@pytest.mark.unit
 def test_holm_turns_two_unadjusted_findings_into_not_distinguishable():
     from sweeps.reporting.compare import adjust
 
@@ -305,6 +317,7 @@ def _fake_store(tmp_path: Path, split_baseline: bool = False) -> tuple[str, str]
     return uri, parent
 
 
+@pytest.mark.trial
 def test_report_on_a_fake_store(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -342,6 +355,7 @@ def test_report_on_a_fake_store(tmp_path):
     assert {"report.md", "report.csv", "metric_by_method.png"} <= logged
 
 
+@pytest.mark.trial
 def test_report_joins_a_baseline_sweep(tmp_path):
     """The independent arm run as its own sweep (transfer_independent) joins via --baseline."""
     uri, _ = _fake_store(tmp_path, split_baseline=True)
@@ -354,6 +368,7 @@ def test_report_joins_a_baseline_sweep(tmp_path):
     assert "significant: better than independent" in line_t4 and "n = 5 seeds" in line_t4
 
 
+@pytest.mark.trial
 def test_report_unknown_sweep_names_the_known_ones(tmp_path):
     uri, _ = _fake_store(tmp_path)
     with pytest.raises(SystemExit) as e:
@@ -362,6 +377,7 @@ def test_report_unknown_sweep_names_the_known_ones(tmp_path):
 
 
 # ---------------------------------------------------------------- the epoch loop reports them
+@pytest.mark.trial
 def test_text_trial_reports_analysis_at_the_final_epoch(tmp_path, small_text):
     from trainables.text import independent
     from trainables.tune_io import local_session

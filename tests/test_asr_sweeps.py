@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_ASR, needs_tts
 from sweep_helpers import run_sweep_script as _sweep
 from sweep_helpers import sweep_env as _env
 
@@ -16,20 +16,6 @@ from sweeps.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-TINY = {  # the smoke preset's sizes (sweeps/cli.py SMOKE["asr"])
-    "n_utterances": 40,
-    "layers": 1,
-    "hidden": 32,
-    "epochs": 2,
-    "batch_size": 8,
-    "beam_width": 8,
-    "threads": 1,
-}
-
-needs_tts = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
-    reason="espeak-ng/flite not installed",
-)
 
 
 def _runs(tmp: Path):
@@ -59,6 +45,7 @@ def _check_nested(tmp: Path, n_children: int) -> list:
 
 
 # ---------------------------------------------------------------- spaces (fast)
+@pytest.mark.unit
 def test_task_asr_picks_the_speech_spaces():
     from sweeps.cli import build_parser, space_from_args
 
@@ -77,6 +64,7 @@ def test_task_asr_picks_the_speech_spaces():
     assert (sd.fixed["alpha"], sd.fixed["beta"], sd.fixed["gamma"]) == (0.7, 0.2, 0.1)
 
 
+@pytest.mark.unit
 def test_smoke_fixes_asr_sizes():
     from sweeps.cli import build_parser, space_from_args
 
@@ -87,6 +75,7 @@ def test_smoke_fixes_asr_sizes():
 
 
 # ---------------------------------------------------------------- decode grid (no Ray)
+@pytest.mark.e2e
 @needs_tts
 def test_decode_grid_on_a_trial_checkpoint(tmp_path, cache_dir):
     import torch
@@ -96,7 +85,7 @@ def test_decode_grid_on_a_trial_checkpoint(tmp_path, cache_dir):
 
     torch.set_num_threads(1)
     with local_session(tmp_path / "trial") as s:
-        independent({**TINY, "cache_dir": str(cache_dir), "eval_cmu": False})
+        independent({**SMALL_ASR, "cache_dir": str(cache_dir), "eval_cmu": False})
     cmd = [
         PY,
         str(ROOT / "sweeps" / "decode.py"),
@@ -140,6 +129,7 @@ def test_decode_grid_on_a_trial_checkpoint(tmp_path, cache_dir):
 
 
 # ---------------------------------------------------------------- end to end (Ray)
+@pytest.mark.e2e
 @needs_tts
 def test_self_distill_smoke(tmp_path, cache_dir):
     res = _sweep("self_distill", tmp_path, cache_dir)
@@ -154,6 +144,7 @@ def test_self_distill_smoke(tmp_path, cache_dir):
     assert self_run.data.tags["twin_id"]  # the twin was stored before the trials started
 
 
+@pytest.mark.e2e
 @needs_tts
 def test_temperature_sweep_task_asr_smoke(tmp_path, cache_dir):
     res = _sweep("temperature", tmp_path, cache_dir, "--task", "asr")

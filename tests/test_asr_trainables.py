@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_ASR
+from conftest import SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
 import kdsweep.asr_teacher as asr_teacher
@@ -20,10 +19,7 @@ from trainables.asr_loop import prepare_asr, run_asr_trial
 from trainables.registry import evaluate_checkpoint
 from trainables.tune_io import local_session
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
-    reason="espeak-ng/flite not installed",
-)
+pytestmark = needs_tts
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +38,7 @@ def _run(condition: str, config: dict, root: Path, restore: Path | None = None):
     return s
 
 
+@pytest.mark.trial
 @pytest.mark.parametrize("condition", sorted(ASR_TRAINABLES))
 def test_every_condition_reports_wer_every_epoch(tmp_path, small_asr, condition):
     s = _run(condition, small_asr, tmp_path)
@@ -59,6 +56,7 @@ def test_every_condition_reports_wer_every_epoch(tmp_path, small_asr, condition)
         assert "teacher_dev_wer" in last
 
 
+@pytest.mark.trial
 def test_evaluate_checkpoint_on_test(tmp_path, small_asr):
     s = _run("independent", small_asr, tmp_path)
     config = {"task": "asr", "condition": "independent", **small_asr}
@@ -67,6 +65,7 @@ def test_evaluate_checkpoint_on_test(tmp_path, small_asr):
         assert key in m and m[key] >= 0, (key, m)
 
 
+@pytest.mark.trial
 def test_resume_continues_at_the_right_epoch_with_identical_weights(tmp_path, small_asr):
     # SpecAugment + dropout consume RNG: identical weights need the RNG state restored too.
     config = {**small_asr, "specaugment": True, "dropout": 0.2}
@@ -81,6 +80,7 @@ def test_resume_continues_at_the_right_epoch_with_identical_weights(tmp_path, sm
     assert resumed.results[0]["dev_wer"] == full.results[1]["dev_wer"]
 
 
+@pytest.mark.trial
 def test_teacher_store_hit_and_kd_trials_never_run_the_teacher(tmp_path, small_asr, monkeypatch):
     data = prepare_asr(ASRSoftConfig.from_dict(small_asr), log=lambda m: None)
     assert data.teacher_hit  # trained by the fixture, reused here
@@ -100,6 +100,7 @@ def test_teacher_store_hit_and_kd_trials_never_run_the_teacher(tmp_path, small_a
         assert len(s.results) == 2
 
 
+@pytest.mark.trial
 def test_concurrent_callers_train_a_missing_teacher_once(tmp_path, small_asr, monkeypatch):
     data = prepare_asr(ASRConfig.from_dict(small_asr), log=lambda m: None, with_teacher=False)
     calls = []
@@ -126,6 +127,7 @@ def test_concurrent_callers_train_a_missing_teacher_once(tmp_path, small_asr, mo
     assert not [p for p in (tmp_path / "store").iterdir() if ".tmp" in p.name]
 
 
+@pytest.mark.trial
 def test_hidden_states_cached_lazily_per_layer_set(small_asr):
     data = prepare_asr(ASRHiddenConfig.from_dict(small_asr), log=lambda m: None)
     train = data.feats["train"]
@@ -136,6 +138,7 @@ def test_hidden_states_cached_lazily_per_layer_set(small_asr):
     assert all(h.shape[0] == lg.shape[0] for h, lg in zip(rows, logits))
 
 
+@pytest.mark.trial
 def test_self_temperature_follows_scaled_milestones(tmp_path, small_asr):
     # milestones 30,70 of 80 -> 1,3 of 3 epochs: T = 4.0 at epoch 1, then 3.5 (3.0 never reached)
     config = {**small_asr, "epochs": 3}
@@ -147,6 +150,7 @@ def test_self_temperature_follows_scaled_milestones(tmp_path, small_asr):
     assert [ten.temperature_at(e) for e in range(10)] == [4.0] * 4 + [3.5] * 5 + [3.0]
 
 
+@pytest.mark.trial
 def test_non_finite_loss_stops_the_trial(tmp_path, small_asr):
     cfg = ASRConfig.from_dict(small_asr)
 
@@ -158,6 +162,7 @@ def test_non_finite_loss_stops_the_trial(tmp_path, small_asr):
         run_asr_trial(cfg, nan_loss)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "condition, override, needle",
     [
@@ -179,11 +184,13 @@ def test_config_errors_name_the_field(condition, override, needle):
     assert needle in str(e.value)
 
 
+@pytest.mark.unit
 def test_missing_manifest_names_field_and_file():
     with pytest.raises(KDSweepError, match=r"field 'corpus'.*/no/such/corpus\.csv"):
         ASRConfig.from_dict({"corpus": "/no/such/corpus.csv"})
 
 
+@pytest.mark.trial
 def test_gradient_accumulation_steps_every_second_batch(tmp_path, small_asr):
     """grad_accum=2: the effective batch is reported, the optimizer steps every second batch."""
     from kdsweep.asr_teacher import steps_per_epoch

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import SMALL_ASR, needs_tts
+from conftest import HAS_TTS, SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
 import kdsweep.asr_teacher as asr_teacher
@@ -48,6 +48,7 @@ def _ctc_batch(seed: int = 0):
     return logits, targets, in_lens, tgt_lens
 
 
+@pytest.mark.unit
 def test_masked_ctc_skips_unlabeled_rows():
     logits, targets, in_lens, tgt_lens = _ctc_batch()
     mask = torch.tensor([True, False, True, False])
@@ -70,6 +71,7 @@ def test_masked_ctc_skips_unlabeled_rows():
     assert ctc_loss(logits, targets, in_lens, tgt_lens, labeled=torch.ones(4, dtype=bool)) == full
 
 
+@pytest.mark.unit
 def test_masked_ctc_without_labeled_rows_is_zero_not_nan():
     logits, targets, in_lens, tgt_lens = _ctc_batch(1)
     loss = ctc_loss(logits, targets, in_lens, tgt_lens, labeled=torch.zeros(4, dtype=bool))
@@ -85,6 +87,7 @@ def _captured_loss_fn(monkeypatch, condition: str, config: dict):
     return captured[0]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("condition", ["soft", "hard", "self"])
 def test_condition_losses_read_the_mask(monkeypatch, condition):
     """The trainables' own losses: gold targets of unlabeled rows change nothing, the teacher's
@@ -119,6 +122,7 @@ def test_condition_losses_read_the_mask(monkeypatch, condition):
 
 
 # ---------------------------------------------------------------- configs and sources
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "cls, extra, needle",
     [
@@ -136,6 +140,7 @@ def test_bad_transfer_configs_name_the_field(cls, extra, needle):
     assert "transfer_" in str(e.value)
 
 
+@pytest.mark.unit
 def test_synthetic_needs_a_synthetic_corpus(tmp_path):
     (tmp_path / "corpus.tsv").write_text("path\ttranscript\n")
     with pytest.raises(KDSweepError, match="'synthetic' needs a synthetic corpus"):
@@ -153,6 +158,7 @@ def _wav(path: Path, seconds: float = 0.5, seed: int = 0) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_bad_audio_sources_name_the_file(tmp_path):
     def load(source: Path | str):
         return load_audio_source(str(source), "path", set(), 0, 0)
@@ -181,6 +187,7 @@ def test_bad_audio_sources_name_the_file(tmp_path):
     assert len(load_audio_source(str(table), "file", set(), 0, 0)) == 1
 
 
+@pytest.mark.unit
 def test_audio_sources_dedupe_exclude_and_cut(tmp_path):
     a = _wav(tmp_path / "d" / "a.wav", seed=1)
     _wav(tmp_path / "d" / "sub" / "b.flac", seed=2)
@@ -198,6 +205,7 @@ def test_audio_sources_dedupe_exclude_and_cut(tmp_path):
     assert len(load_audio_source(str(tmp_path / "d"), "path", set(), 1, 0)) == 1
 
 
+@pytest.mark.unit
 def test_transfer_sentences_avoid_the_corpus():
     corpus = set(transfer_sentences("commands", 50, set(), seed=9))
     out = transfer_sentences("commands", 30, corpus, seed=9)
@@ -208,7 +216,7 @@ def test_transfer_sentences_avoid_the_corpus():
 # ---------------------------------------------------------------- the teacher's cached outputs
 @pytest.fixture(scope="module")
 def small_asr(cache_dir) -> dict:
-    if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+    if not HAS_TTS:
         pytest.skip("espeak-ng/flite not installed")
     torch.set_num_threads(1)
     return {**SMALL_ASR, "cache_dir": str(cache_dir)}
@@ -226,6 +234,7 @@ def _counting_load_model(monkeypatch) -> list[int]:
     return calls
 
 
+@pytest.mark.trial
 @needs_tts
 def test_transfer_outputs_come_from_the_cache(small_asr, monkeypatch):
     config = {**small_asr, **TRANSFER, "transfer_size": 6}  # a set no other test labels
@@ -255,6 +264,7 @@ def test_transfer_outputs_come_from_the_cache(small_asr, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(again.transfer.logits, tr.logits))
 
 
+@pytest.mark.trial
 @needs_tts
 def test_self_caches_twin_hidden_states_for_the_transfer_set(small_asr):
     data = prepare_asr(SelfDistillConfig.from_dict({**small_asr, **TRANSFER}), log=lambda m: None)
@@ -264,6 +274,7 @@ def test_self_caches_twin_hidden_states_for_the_transfer_set(small_asr):
     assert all(h.shape[0] == lg.shape[0] for h, lg in zip(tr.hidden, tr.logits))
 
 
+@pytest.mark.trial
 @needs_tts
 def test_corrupt_file_in_a_transfer_folder_is_named(small_asr, tmp_path):
     _wav(tmp_path / "unlabeled" / "ok.wav")
@@ -274,6 +285,7 @@ def test_corrupt_file_in_a_transfer_folder_is_named(small_asr, tmp_path):
 
 
 # ---------------------------------------------------------------- trials through the entry point
+@pytest.mark.trial
 @needs_tts
 @pytest.mark.parametrize("condition", ["soft", "hard", "self"])
 def test_trial_with_a_transfer_set(tmp_path, small_asr, monkeypatch, condition):
@@ -301,6 +313,7 @@ def test_trial_with_a_transfer_set(tmp_path, small_asr, monkeypatch, condition):
         assert math.isfinite(r["loss"]) and math.isfinite(r["loss_kd"]) and r["dev_wer"] >= 0
 
 
+@pytest.mark.trial
 @needs_tts
 def test_resume_with_a_transfer_set_gives_identical_weights(tmp_path, small_asr):
     # The epoch's transfer draw is a pure function of (seed, epoch): a resumed trial sees it too.
@@ -315,6 +328,7 @@ def test_resume_with_a_transfer_set_gives_identical_weights(tmp_path, small_asr)
 
 
 # ---------------------------------------------------------------- the sweep's space (fast)
+@pytest.mark.unit
 def test_transfer_sweep_task_asr_picks_the_speech_space_and_smoke_stays_small():
     from sweeps.cli import build_parser, space_from_args
 

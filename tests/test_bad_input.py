@@ -211,10 +211,12 @@ def _argv(argv: list[str], files: dict[str, Path]) -> list[str]:
     return out
 
 
+@pytest.mark.unit
 def test_at_least_30_cases():
     assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case, script, argv, needles", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_and_keeps_earlier_results(
     case, script, argv, needles, earlier, files, cache_dir, monkeypatch, capsys
@@ -249,6 +251,7 @@ def test_bad_input_exits_2_and_keeps_earlier_results(
     assert _snapshot(earlier) == before, f"{case}: earlier results changed"
 
 
+@pytest.mark.e2e
 def test_cli_bad_input_subprocess_has_no_traceback(tmp_path, cache_dir, files):
     """The same through a real process: what the user sees is one line, exit 2."""
     res = subprocess.run(

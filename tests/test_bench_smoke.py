@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.infra
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 NAMES = ["common", "kd_overhead", "memory", "orchestration", "asha_vs_grid", "peer_hf_trainer"]
 

@@ -100,6 +100,7 @@ def _args(*argv: str):
     return build_parser("temperature", None).parse_args(list(argv))
 
 
+@pytest.mark.unit
 def test_gpu_request_is_kept_on_a_cluster(monkeypatch, capsys):
     """The driver's machine may have no GPU; the cluster's nodes decide, not the local check."""
     import torch
@@ -120,6 +121,7 @@ def test_gpu_request_is_kept_on_a_cluster(monkeypatch, capsys):
     assert "no GPU found" in capsys.readouterr().out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_cluster_resources_come_from_the_cluster(monkeypatch, tmp_path, how):
     """With an address, ray.init only connects: no num_cpus/num_gpus, no PID bookkeeping."""
@@ -224,7 +226,7 @@ def _placement(sweep_dir: Path) -> dict[str, tuple[str, set[str]]]:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.infra
 def test_sweep_on_a_two_node_cluster(ray_cluster, tmp_path, cache_dir):
     """--address: trials run on both nodes, storage is one path, MLflow from the environment."""
     nodes = _cluster_nodes(ray_cluster)
@@ -366,7 +368,7 @@ def _check_nested_in_postgres(pg: Postgres, db: str) -> list[tuple]:
     return rows
 
 
-@pytest.mark.slow
+@pytest.mark.infra
 def test_mlflow_on_postgresql(postgres, tmp_path, cache_dir):
     db = postgres.createdb("kdsweep_direct")
     t0 = time.time()
@@ -387,7 +389,7 @@ def _get(url: str, host: str | None = None) -> int:
         return e.code
 
 
-@pytest.mark.slow
+@pytest.mark.infra
 def test_mlflow_server_on_postgresql(postgres, tmp_path, cache_dir):
     """`mlflow server` with docker/compose.yaml's flags, on PostgreSQL; the sweep logs over HTTP."""
     db = postgres.createdb("kdsweep_server")
@@ -431,6 +433,7 @@ def test_mlflow_server_on_postgresql(postgres, tmp_path, cache_dir):
         log.close()
 
 
+@pytest.mark.unit
 def test_postgresql_uri_driver_is_installed():
     """Plain `postgresql://` means SQLAlchemy's default driver (psycopg 3 since SQLAlchemy 2.1);
     requirements.txt pins it, so the URI in docker/compose.yaml and the docs works as written."""

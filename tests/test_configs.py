@@ -24,6 +24,8 @@ from trainables.text_config import (
     TextConfig,
 )
 
+pytestmark = pytest.mark.unit
+
 
 # ---------------------------------------------------------------- from_dict
 def test_defaults_build():

@@ -15,6 +15,8 @@ from kdsweep.losses.ctc import (
     temperature_at,
 )
 
+pytestmark = pytest.mark.unit
+
 B, T, V = 3, 20, 29
 LENS = torch.tensor([20, 14, 9])
 

@@ -14,6 +14,8 @@ from kdsweep.data.speech import CharVocab
 from kdsweep.decoding import BeamDecoder, build_lm_corpus, cer, greedy_decode, wer, write_arpa
 from kdsweep.errors import KDSweepError
 
+pytestmark = pytest.mark.unit
+
 VOCAB = CharVocab()
 HAS_LM = all(importlib.util.find_spec(m) for m in ("kenlm", "pyctcdecode"))
 CARD_SENTENCES = [

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from sweep_helpers import sweep_env
 
+pytestmark = pytest.mark.infra
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_five_random_kills_then_resume_match_an_uninterrupted_sweep(tmp_path, cache_dir):
     res = subprocess.run(
         [

@@ -14,6 +14,8 @@ from kdsweep.losses.logits import (
     soft_kd_objective,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def logits():

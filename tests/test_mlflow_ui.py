@@ -4,8 +4,8 @@
     mlflow server --backend-store-uri sqlite:///... --host 127.0.0.1 --port <free> --workers 1
     chromium --headless --dump-dom / --screenshot  -> run names listed, metric charts drawn
 
-Slow (a sweep, a server start and four browser loads: 2-5 minutes on 2 busy cores), so it runs
-with `make test-all` / `pytest -m slow`. Needs Debian's `chromium` (scripts/setup.sh installs it).
+Marker `infra` (a sweep, a server start and four browser loads: 2-5 minutes on 2 busy cores): it
+runs with `make test` / `make test-infra`. Needs Debian's `chromium` (scripts/setup.sh installs it).
 The screenshots stay in the test's tmp dir (paths printed); a copy of the runs page goes to
 /tmp/kdsweep_mlflow_ui.png.
 """
@@ -35,7 +35,7 @@ TRIALS = [f"soft T={t} L2-H128" for t in (1, 2, 4, 8)]
 SCREENSHOT_COPY = Path("/tmp/kdsweep_mlflow_ui.png")
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.infra,
     pytest.mark.skipif(CHROMIUM is None, reason="needs Debian chromium (scripts/setup.sh)"),
 ]
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from sweeps.pruning import prune_checkpoints, saved_latest
 from trainables.checkpointing import checkpoint_info
+
+pytestmark = pytest.mark.unit
 
 SCORES = [0.2, 0.9, 0.5, 0.9, 0.4, 0.3]  # checkpoint_000000..05; best: 0.9, the later one (3)
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from sweep_helpers import sweep_cmd
 from sweep_helpers import sweep_env as _env
 
@@ -37,6 +38,7 @@ def _events(j: Journal) -> None:
     j.append(ev="parent_end", status="FINISHED", metrics={"best": 0.3}, tags={}, artifacts=[])
 
 
+@pytest.mark.trial
 def test_mlflow_outage_keeps_events_and_sends_them_once(tmp_path, capsys):
     dead = f"http://127.0.0.1:{_closed_port()}"
     j = Journal(tmp_path / "sweep", dead, "kdsweep/x", (tmp_path / "art").as_uri())
@@ -70,6 +72,7 @@ def test_mlflow_outage_keeps_events_and_sends_them_once(tmp_path, capsys):
     assert child.data.params["temperature"] == "4"
 
 
+@pytest.mark.unit
 def test_journal_survives_a_line_cut_by_a_kill(tmp_path):
     j = Journal(tmp_path / "sweep", "sqlite:///x.db", "e", (tmp_path / "a").as_uri())
     _events(j)
@@ -78,6 +81,7 @@ def test_journal_survives_a_line_cut_by_a_kill(tmp_path):
     assert len(Journal(tmp_path / "sweep", "sqlite:///x.db", "e", "").events()) == 7
 
 
+@pytest.mark.e2e
 def test_failing_trial_ends_error_with_reason_and_sweep_goes_on(tmp_path, cache_dir):
     empty = tmp_path / "not_a_checkpoint"
     empty.mkdir()
@@ -105,6 +109,7 @@ def test_failing_trial_ends_error_with_reason_and_sweep_goes_on(tmp_path, cache_
     assert any(r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags for r in runs)
 
 
+@pytest.mark.e2e
 def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, cache_dir):
     """SIGKILL a trial's worker process mid-trial: Tune restarts it from the last checkpoint."""
     proc = subprocess.Popen(
@@ -142,6 +147,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, cache_dir)
     assert steps == [1, 2, 3, 4]  # no epoch logged twice, none missing
 
 
+@pytest.mark.trial
 def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(small_text, tmp_path, monkeypatch):
     """ENOSPC in epoch 2's checkpoint: a clear error, no half-written checkpoint, epoch 1's
     checkpoint intact, and the trial resumed from it ends exactly like an uninterrupted one."""
@@ -188,6 +194,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(small_text, tmp
     assert resumed.results[0]["dev_accuracy"] == straight.results[1]["dev_accuracy"]
 
 
+@pytest.mark.trial
 def test_half_deleted_checkpoint_falls_back_to_the_newer_complete_one(small_text, tmp_path, capfd):
     """A driver killed while Ray deleted a superseded checkpoint (num_to_keep=1): the saved
     experiment state still names it, half-deleted, while the newer one is complete. The trial
@@ -241,6 +248,7 @@ def test_half_deleted_checkpoint_falls_back_to_the_newer_complete_one(small_text
     assert str(first) in str(e.value) and "cannot load" in str(e.value)
 
 
+@pytest.mark.trial
 def test_event_sent_but_cursor_not_saved_is_not_sent_twice(tmp_path):
     """A kill between logging an event to MLflow and saving the replay cursor: the next sync
     finds that event already in MLflow and skips it (seen with 10 random driver kills)."""
@@ -269,6 +277,7 @@ def test_event_sent_but_cursor_not_saved_is_not_sent_twice(tmp_path):
     assert len(client.get_metric_history(parent.info.run_id, "best")) == 1
 
 
+@pytest.mark.unit
 def test_journal_unpickled_by_tune_restore_knows_what_was_logged(tmp_path):
     """Tuner.restore() revives the callback pickled when the sweep started: its journal must
     re-read the file, or a trial resumed from an older checkpoint logs an epoch twice."""
@@ -281,6 +290,7 @@ def test_journal_unpickled_by_tune_restore_knows_what_was_logged(tmp_path):
     assert revived.last_epoch == {"t1": 3} and revived.started == {"t1"}
 
 
+@pytest.mark.unit
 def test_scratch_checkpoints_of_killed_workers_are_removed(tmp_path):
     """A worker SIGKILLed between writing and reporting a checkpoint leaves its scratch dir
     (51 MB for L2-H128); the next trial's first checkpoint removes it, never a live one's."""

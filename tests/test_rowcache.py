@@ -15,8 +15,6 @@ from kdsweep.data.speech import CharVocab, FeatureSet
 from kdsweep.errors import KDSweepError
 from kdsweep.rowcache import DATA, Chain, Rows, read_rows, rows_problem, write_rows
 
-pytestmark = pytest.mark.unit
-
 
 def _truncate(path, drop: int) -> None:
     """Replace `path` by a copy without its last `drop` bytes (a new file: a map of the old
@@ -31,6 +29,7 @@ def _rows(n: int = 5, tail=(3,), seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(2 + i, *tail, generator=g) for i in range(n)]
 
 
+@pytest.mark.unit
 def test_rows_are_read_lazily_as_float32_rows_of_the_float16_map(tmp_path):
     rows, ids = _rows(), [f"u{i}" for i in range(5)]
     write_rows(tmp_path / "c", rows, ids)
@@ -47,6 +46,7 @@ def test_rows_are_read_lazily_as_float32_rows_of_the_float16_map(tmp_path):
     assert torch.equal(again[2], got[2])
 
 
+@pytest.mark.unit
 def test_rows_concatenate_with_rows_and_lists(tmp_path):
     a, b = _rows(3, seed=1), _rows(2, seed=2)
     write_rows(tmp_path / "a", a, ["a0", "a1", "a2"])
@@ -59,6 +59,7 @@ def test_rows_concatenate_with_rows_and_lists(tmp_path):
     assert [r.shape[0] for r in both] == [r.shape[0] for r in a + b]
 
 
+@pytest.mark.unit
 def test_a_truncated_or_mismatched_cache_is_refused_with_the_reason(tmp_path):
     rows, ids = _rows(), [f"u{i}" for i in range(5)]
     path = tmp_path / "c"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
 import torchaudio
-from conftest import needs_tts
+from conftest import HAS_TTS, needs_tts
 
 from kdsweep.data.speech import (
     CMU_DATA_DIR,
@@ -32,10 +31,12 @@ from kdsweep.data.speech import (
 )
 from kdsweep.errors import KDSweepError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+    if not HAS_TTS:
         pytest.skip("espeak-ng/flite not installed")
     return build_synthetic_corpus(tmp_path_factory.mktemp("corpus"), 20, seed=3)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_tts
 
 from kdsweep.data.speech import build_synthetic_corpus, featurize, load_manifest, pad_collate
 from kdsweep.losses.ctc import ctc_loss
@@ -23,6 +23,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(prev)
 
 
+@pytest.mark.unit
 def test_shapes_and_hidden_states() -> None:
     torch.manual_seed(0)
     model = BiLSTMCTC(hidden=32, layers=3, stack=3, dropout=0.0).eval()
@@ -40,6 +41,7 @@ def test_shapes_and_hidden_states() -> None:
     assert model(feats, lens, return_hidden=False).hidden_states == []
 
 
+@pytest.mark.unit
 def test_padding_does_not_change_outputs() -> None:
     torch.manual_seed(0)
     model = BiLSTMCTC(hidden=16, layers=2, stack=2, dropout=0.0).eval()
@@ -54,6 +56,7 @@ def test_padding_does_not_change_outputs() -> None:
     assert torch.allclose(alone.logits[0, :n], both.logits[0, :n], atol=1e-5)
 
 
+@pytest.mark.unit
 def test_stack_frames() -> None:
     x = torch.arange(2 * 7 * 2, dtype=torch.float).reshape(2, 7, 2)
     y, lens = stack_frames(x, torch.tensor([7, 4]), 3)
@@ -62,6 +65,7 @@ def test_stack_frames() -> None:
     assert y[0, 2, 2:].abs().sum() == 0  # zero-padded tail
 
 
+@pytest.mark.unit
 def test_count_parameters() -> None:
     model = BiLSTMCTC(n_mels=80, hidden=8, layers=2, vocab_size=29, stack=3)
 
@@ -72,7 +76,8 @@ def test_count_parameters() -> None:
     assert count_parameters(model) == expected
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@pytest.mark.trial
+@needs_tts  # the synthetic corpus speaks with espeak-ng and flite
 def test_tiny_model_lowers_ctc_loss_on_real_audio(tmp_path: Path) -> None:
     torch.manual_seed(0)
     utts = load_manifest(build_synthetic_corpus(tmp_path, 12, seed=5, noise_snr_db=None))

@@ -29,12 +29,14 @@ def _write(tmp_path: Path, text: str) -> str:
     return str(p)
 
 
+@pytest.mark.unit
 def test_every_shipped_space_validates():
     for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
         space = load_space(str(path))
         assert space.conditions, path
 
 
+@pytest.mark.unit
 def test_grid_and_optuna_spaces():
     grid = load_space("temperature")
     assert not grid.uses_optuna and grid.grid_size() == 4
@@ -45,6 +47,7 @@ def test_grid_and_optuna_spaces():
     assert seeded.grid_size() == 12 and seeded.dists["seed"] == ("grid", [0, 1, 2])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "text, needle",
     [
@@ -72,6 +75,7 @@ def test_bad_spaces_fail_clearly(tmp_path, text, needle):
     assert "space.yaml" in str(e.value) or "search space" in str(e.value)
 
 
+@pytest.mark.unit
 def test_key_valid_for_one_condition_only_is_accepted():
     space = parse_space(
         {"condition": {"grid": ["independent", "soft"]}, "params": {"temperature": 2.0}}, "t"
@@ -79,6 +83,7 @@ def test_key_valid_for_one_condition_only_is_accepted():
     assert space.fixed["temperature"] == 2.0
 
 
+@pytest.mark.unit
 def test_overrides_parse_yaml_scalars():
     assert parse_overrides(["alpha=0.5", "student=L4-H256", "epochs=3", "x=[1, 2]"]) == {
         "alpha": 0.5,
@@ -122,6 +127,7 @@ def _check_nested(tmp: Path, n_children: int | None = None) -> list:
     return children
 
 
+@pytest.mark.e2e
 def test_temperature_smoke_with_gpu_request_on_cpu(tmp_path, cache_dir):
     res = _sweep("temperature", tmp_path, cache_dir, "--gpus-per-trial", "0.25")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -134,6 +140,7 @@ def test_temperature_smoke_with_gpu_request_on_cpu(tmp_path, cache_dir):
     assert "| soft T=" in (sweep_dir / "trials.md").read_text()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "script, n",
     [("alpha", 5), ("strategy", 5), ("compression", 2), ("tune_kd", 2)],
@@ -153,6 +160,7 @@ def test_sweep_scripts_smoke(tmp_path, cache_dir, script, n):
         }
 
 
+@pytest.mark.e2e
 def test_cascade_smoke(tmp_path, cache_dir):
     res = _sweep("cascade", tmp_path, cache_dir)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -160,6 +168,7 @@ def test_cascade_smoke(tmp_path, cache_dir):
     assert "taught by " + str(tmp_path / "runs") in res.stdout  # stage 2's teacher = stage 1's best
 
 
+@pytest.mark.e2e
 def test_bad_input_exits_2_before_ray(tmp_path, cache_dir):
     t0 = time.time()
     res = _sweep("temperature", tmp_path, cache_dir, "alpha=1.5", timeout=120)
@@ -172,6 +181,7 @@ def test_bad_input_exits_2_before_ray(tmp_path, cache_dir):
     assert time.time() - t0 < 300
 
 
+@pytest.mark.e2e
 def test_sigkill_then_same_command_resumes(tmp_path, cache_dir):
     """Kill the driver mid-sweep; the same command finishes it; one MLflow run per trial."""
     args = ["epochs=4"]
@@ -221,6 +231,7 @@ def test_sigkill_then_same_command_resumes(tmp_path, cache_dir):
     assert (journal.parent / "trials.csv").is_file()
 
 
+@pytest.mark.unit
 def test_yaml_files_are_flat():
     """No YAML mini-language: plain mappings, lists and scalars only."""
     for path in (ROOT / "search_spaces").glob("*.yaml"):

@@ -18,6 +18,8 @@ from kdsweep.train_utils import classification_metrics, predict_logits
 from trainables.text_config import SoftConfig, TextConfig
 from trainables.text_loop import prepare_text
 
+pytestmark = pytest.mark.trial
+
 
 def _no_finetune(*a, **k):
     raise AssertionError("the teacher was fine-tuned again although the store holds it")

@@ -25,6 +25,8 @@ from kdsweep.data.text import (
 from kdsweep.errors import KDSweepError
 from kdsweep.models.text import resolve_backbone
 
+pytestmark = pytest.mark.unit
+
 
 def _texts(splits: TextSplits) -> dict[str, set[str]]:
     return {name: {t for t, _ in getattr(splits, name)} for name in ("train", "dev", "test")}

@@ -20,6 +20,8 @@ from trainables.text_config import CascadeConfig, TextConfig
 from trainables.text_loop import NonFiniteLossError, prepare_text
 from trainables.tune_io import local_session
 
+pytestmark = pytest.mark.trial
+
 CHANCE = 1 / 6  # six fortune topics (4 of 24 dev examples; "beats" means at least 5)
 # The conftest's small config (L3-H384 student initialised from teacher layers) at a higher lr:
 # 2 epochs x 12 steps at 2e-4 barely move it off chance. The final-epoch IG attribution probe

@@ -37,6 +37,7 @@ def _batch(labels, labeled):
     }
 
 
+@pytest.mark.unit
 def test_masked_ce_ignores_unlabeled_rows():
     logits = torch.randn(4, 3)
     mask = torch.tensor([True, False, True, False])
@@ -50,6 +51,7 @@ def test_masked_ce_ignores_unlabeled_rows():
     assert masked_cross_entropy(logits, labels) == F.cross_entropy(logits, labels)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("cond", ["soft", "hard"])
 def test_condition_losses_read_the_mask_from_the_batch(monkeypatch, cond):
     """The trainables' own loss functions: unlabeled rows' labels change nothing, their
@@ -74,6 +76,7 @@ def test_condition_losses_read_the_mask_from_the_batch(monkeypatch, cond):
     assert p4["loss_ce"].item() == 0.0 and t4.item() > 0
 
 
+@pytest.mark.unit
 def test_soft_objective_gradient_of_unlabeled_rows_is_kd_only():
     logits = torch.randn(2, 3, requires_grad=True)
     teacher = torch.randn(2, 3)
@@ -85,6 +88,7 @@ def test_soft_objective_gradient_of_unlabeled_rows_is_kd_only():
 
 
 # ---------------------------------------------------------------- the epoch mix
+@pytest.mark.unit
 def test_mixed_epoch_index_is_deterministic_and_keeps_every_labeled_row():
     a = mixed_epoch_index(10, 30, 0.5, seed=3, epoch=1)
     assert torch.equal(a, mixed_epoch_index(10, 30, 0.5, seed=3, epoch=1))
@@ -97,6 +101,7 @@ def test_mixed_epoch_index_is_deterministic_and_keeps_every_labeled_row():
 
 
 # ---------------------------------------------------------------- config + source errors
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "cls, extra, needle",
     [
@@ -113,11 +118,13 @@ def test_bad_transfer_configs(cls, extra, needle):
         cls.from_dict(extra)
 
 
+@pytest.mark.unit
 def test_good_transfer_configs():
     assert SoftConfig.from_dict({"transfer_set": "x.txt", "transfer_ratio": 2}).transfer_ratio == 2
     assert TextConfig.from_dict({"transfer_ratio": 0.5}).transfer_set == ""
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "name, content, needle",
     [
@@ -139,6 +146,7 @@ def test_bad_transfer_files(tmp_path, name, content, needle):
     assert name in str(e.value)
 
 
+@pytest.mark.unit
 def test_transfer_files_and_keywords(tmp_path):
     (tmp_path / "a.txt").write_text("one\ntwo\n\ntwo\nheld out\nthree\n")
     texts = load_transfer_texts(str(tmp_path / "a.txt"), [], "text", {"held out"}, 0, 0)
@@ -153,6 +161,7 @@ def test_transfer_files_and_keywords(tmp_path):
         load_transfer_texts("unlabeled", [], "text", set(), 0, 0)
 
 
+@pytest.mark.trial
 def test_augment_masks_only_real_tokens(small_text):
     data = prepare_text(TextConfig.from_dict(small_text), log=lambda m: None)
     train = data.tokens["train"]
@@ -169,6 +178,7 @@ def test_augment_masks_only_real_tokens(small_text):
 
 
 # ---------------------------------------------------------------- cached teacher logits + trial
+@pytest.mark.trial
 def test_transfer_logits_cached_then_soft_trial_reports(small_text, tmp_path, monkeypatch):
     cfg = {**small_text, **FAST, **TRANSFER, "condition": "soft", "alpha": 0.9, "temperature": 4}
     data = prepare_text(SoftConfig.from_dict(cfg), log=lambda m: None)  # the driver's prepare
@@ -192,6 +202,7 @@ def test_transfer_logits_cached_then_soft_trial_reports(small_text, tmp_path, mo
         assert r["loss"] == pytest.approx(0.9 * r["loss_kd"] + 0.1 * r["loss_ce"], rel=1e-4)
 
 
+@pytest.mark.trial
 def test_hard_trial_with_augment(small_text, tmp_path):
     cfg = {**small_text, **FAST, "epochs": 1, "transfer_set": "augment", "transfer_size": 64}
     with local_session(tmp_path) as session:
@@ -199,6 +210,7 @@ def test_hard_trial_with_augment(small_text, tmp_path):
     assert session.results[-1]["transfer_rows_per_epoch"] == 64
 
 
+@pytest.mark.e2e
 def test_transfer_sweep_smoke(tmp_path, cache_dir):
     import os
 
@@ -222,6 +234,7 @@ def test_transfer_sweep_smoke(tmp_path, cache_dir):
     assert table.count("\n") == 4  # header + 3 transfer ratios
 
 
+@pytest.mark.trial
 def test_ratio_zero_is_plain_soft_kd(small_text, tmp_path):
     """transfer_ratio 0 (the sweep's baseline arm) trains exactly like soft KD without a set."""
     cfg = {**small_text, **FAST, "epochs": 1, "alpha": 0.9, "temperature": 4}

@@ -46,6 +46,7 @@ def _forbid_teacher(mp: pytest.MonkeyPatch) -> None:
 
 
 # ---------------------------------------------------------------- configs
+@pytest.mark.unit
 def test_hidden_and_attention_accept_transfer_sets_independent_does_not():
     assert HiddenConfig.from_dict({"transfer_set": "unlabeled"}).needs.features == ("hidden",)
     assert AttentionConfig.from_dict({"transfer_set": "augment"}).needs.features == ("attention",)
@@ -55,6 +56,7 @@ def test_hidden_and_attention_accept_transfer_sets_independent_does_not():
         AttentionConfig.from_dict({"transfer_set": "unlabelled"})
 
 
+@pytest.mark.trial
 def test_bad_transfer_file_is_a_clear_error(small_text, tmp_path):
     missing = tmp_path / "missing.txt"
     cfg = {**small_text, **FAST, "transfer_set": str(missing)}
@@ -66,6 +68,7 @@ def test_bad_transfer_file_is_a_clear_error(small_text, tmp_path):
 
 
 # ---------------------------------------------------------------- the cache
+@pytest.mark.trial
 @pytest.mark.parametrize("kind", ["hidden", "attention"])
 def test_transfer_features_are_cached_once_with_the_token_shapes(small_text, monkeypatch, kind):
     cfg = CONFIGS[kind].from_dict({**small_text, **FAST, **TRANSFER})
@@ -108,6 +111,7 @@ def test_transfer_features_are_cached_once_with_the_token_shapes(small_text, mon
 
 
 # ---------------------------------------------------------------- trials
+@pytest.mark.trial
 @pytest.mark.parametrize(
     "cond, extra",
     [
@@ -168,6 +172,7 @@ def _fake(cond: str, b: int = 4, s: int = 5, k: int = 3):
     return out, aux, batch
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("cond", ["hidden", "attention"])
 def test_ce_skips_unlabeled_rows_feature_terms_use_all(monkeypatch, cond):
     out, aux, base = _fake(cond)
@@ -192,6 +197,7 @@ def test_ce_skips_unlabeled_rows_feature_terms_use_all(monkeypatch, cond):
     assert p4["loss_ce"].item() == 0.0 and math.isfinite(t4.item()) and t4.item() > 0
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("cond", ["hidden", "attention"])
 def test_soft_term_of_feature_conditions_uses_unlabeled_rows(monkeypatch, cond):
     out, aux, base = _fake(cond)
@@ -218,6 +224,7 @@ def _tokens(lengths: list[int], width: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+@pytest.mark.unit
 def test_feature_rows_mix_train_and_transfer_of_different_lengths():
     """Train rows padded to 8, transfer rows to 5: a mixed batch is trimmed to its longest real
     row, shorter parts are zero-padded on masked positions only, and the losses per row are
@@ -283,6 +290,7 @@ def test_feature_rows_mix_train_and_transfer_of_different_lengths():
     torch.testing.assert_close(mixed_hid, sep_hid)
 
 
+@pytest.mark.trial
 def test_feature_rows_without_a_transfer_set_are_the_train_memmap(small_text):
     """No transfer set: one part, read exactly as before (rows trimmed to the batch)."""
     data = prepare_text(TextConfig.from_dict(small_text), log=lambda m: None)
