@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from kdsweep.losses.logits import (
     attention_kd_loss,
     hard_kd_loss,
+    hidden_cosine_loss,
     hidden_mse_loss,
     soft_kd_loss,
     soft_kd_objective,
@@ -135,6 +136,23 @@ def test_hidden_mse_ignores_padded_positions():
     assert hidden_mse_loss(s2, t2, mask).item() == pytest.approx(base.item(), rel=1e-6)
     # Identical states at real tokens -> zero, whatever the padding holds.
     assert hidden_mse_loss(teacher.clone(), t2, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hidden_cosine_is_one_minus_cos_over_real_tokens_and_ignores_scale():
+    g = torch.Generator().manual_seed(3)
+    b, s, h = 3, 5, 4
+    student, teacher = torch.randn(b, s, h, generator=g), torch.randn(b, s, h, generator=g)
+    mask = _mask([5, 2, 1], s)
+    real = mask.bool()
+    by_hand = (1 - F.cosine_similarity(student[real], teacher[real], dim=-1)).mean()
+    base = hidden_cosine_loss(student, teacher, mask)
+    assert base.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert hidden_cosine_loss(student * 7.5, teacher, mask).item() == pytest.approx(base.item())
+    s2 = student.clone()
+    s2[~real] = 0.0  # all-zero padding (eps guards the division) and garbage change nothing
+    assert hidden_cosine_loss(s2, teacher, mask).item() == pytest.approx(base.item(), rel=1e-6)
+    assert hidden_cosine_loss(teacher, teacher, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert hidden_cosine_loss(-teacher, teacher, mask).item() == pytest.approx(2.0, abs=1e-6)
 
 
 def _attention_maps(b: int, s: int, mask: torch.Tensor, seed: int) -> torch.Tensor:

@@ -40,6 +40,7 @@ COMPONENTS = {
     "hard": {"loss_ce", "loss_kd"},
     "hidden": {"loss_ce", "loss_hidden"},
     "attention": {"loss_ce", "loss_attention"},
+    "cosine": {"loss_ce", "loss_cosine"},
     "cascade": {"loss_ce", "loss_kd"},
 }
 PER_EPOCH = {
@@ -78,6 +79,8 @@ def _expected_loss(cond: str, cfg: dict, r: dict) -> float:
         return alpha * r["loss_kd"] + (1 - alpha) * r["loss_ce"]
     if cond == "hidden":
         return (1 - alpha) * r["loss_ce"] + cfg.get("hidden_weight", 1.0) * r["loss_hidden"]
+    if cond == "cosine":
+        return (1 - alpha) * r["loss_ce"] + cfg.get("cosine_weight", 1.0) * r["loss_cosine"]
     return (1 - alpha) * r["loss_ce"] + cfg.get("attention_weight", 1.0) * r["loss_attention"]
 
 
@@ -162,7 +165,7 @@ def _check_run(
         assert accs[-1] > CHANCE + 0.01, accs
 
 
-@pytest.mark.parametrize("cond", ["independent", "soft", "hard", "hidden", "attention"])
+@pytest.mark.parametrize("cond", ["independent", "soft", "hard", "hidden", "attention", "cosine"])
 def test_trainable_reports_every_epoch_and_beats_chance(trial_run, cond):
     assert set(TEXT_TRAINABLES) == set(COMPONENTS)
     cfg, session = trial_run(cond)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from kdsweep.losses.logits import (
     attention_kd_loss,
     hard_kd_loss,
+    hidden_cosine_loss,
     hidden_mse_loss,
     masked_cross_entropy,
     soft_kd_loss,
@@ -22,6 +23,7 @@ from trainables.conditions import Condition
 from trainables.text_config import (
     AttentionConfig,
     CascadeConfig,
+    CosineConfig,
     HardConfig,
     HiddenConfig,
     SoftConfig,
@@ -77,6 +79,14 @@ def hard(config: dict[str, Any]) -> None:
     run_text_trial(cfg, loss_fn)
 
 
+def _with_soft_kd(cfg: SoftConfig, total, parts: dict, out, batch) -> tuple:
+    """Feature-KD conditions add alpha * soft KD on the logits when alpha > 0."""
+    if cfg.alpha > 0:
+        kd = soft_kd_loss(out.logits, batch["teacher_logits"], cfg.temperature)
+        total, parts["loss_kd"] = total + cfg.alpha * kd, kd
+    return total, parts
+
+
 def hidden(config: dict[str, Any]) -> None:
     """Hidden-state KD: MSE between projected student layers and mapped teacher layers."""
     cfg = HiddenConfig.from_dict(config)
@@ -92,10 +102,25 @@ def hidden(config: dict[str, Any]) -> None:
         ) / len(aux["proj"])
         total = (1 - cfg.alpha) * ce + cfg.hidden_weight * mse
         parts = {"loss_ce": ce, "loss_hidden": mse}
-        if cfg.alpha > 0:
-            kd = soft_kd_loss(out.logits, batch["teacher_logits"], cfg.temperature)
-            total, parts["loss_kd"] = total + cfg.alpha * kd, kd
-        return total, parts
+        return _with_soft_kd(cfg, total, parts, out, batch)
+
+    run_text_trial(cfg, loss_fn)
+
+
+def cosine(config: dict[str, Any]) -> None:
+    """Hidden-state KD by direction: 1 - cos(proj(student layer), mapped teacher layer)."""
+    cfg = CosineConfig.from_dict(config)
+
+    def loss_fn(out, batch, aux):
+        ce = masked_cross_entropy(out.logits, batch["labels"], batch.get("labeled"))
+        mask = batch["attention_mask"]
+        cos = sum(  # hidden_states[0] is the embedding output; student layer i is [i + 1]
+            hidden_cosine_loss(proj(out.hidden_states[i + 1]), batch["teacher_hidden"][:, i], mask)
+            for i, proj in enumerate(aux["proj"])
+        ) / len(aux["proj"])
+        total = (1 - cfg.alpha) * ce + cfg.cosine_weight * cos
+        parts = {"loss_ce": ce, "loss_cosine": cos}
+        return _with_soft_kd(cfg, total, parts, out, batch)
 
     run_text_trial(cfg, loss_fn)
 
@@ -114,10 +139,7 @@ def attention(config: dict[str, Any]) -> None:
         ) / len(out.attentions)
         total = (1 - cfg.alpha) * ce + cfg.attention_weight * att
         parts = {"loss_ce": ce, "loss_attention": att}
-        if cfg.alpha > 0:
-            kd = soft_kd_loss(out.logits, batch["teacher_logits"], cfg.temperature)
-            total, parts["loss_kd"] = total + cfg.alpha * kd, kd
-        return total, parts
+        return _with_soft_kd(cfg, total, parts, out, batch)
 
     run_text_trial(cfg, loss_fn)
 
@@ -134,6 +156,7 @@ CONDITIONS: dict[str, Condition] = {
     "soft": Condition(soft, SoftConfig),
     "hard": Condition(hard, HardConfig),
     "hidden": Condition(hidden, HiddenConfig),
+    "cosine": Condition(cosine, CosineConfig),
     "attention": Condition(attention, AttentionConfig),
     "cascade": Condition(cascade, CascadeConfig),
 }

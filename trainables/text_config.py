@@ -151,6 +151,25 @@ class HiddenConfig(SoftConfig):
 
 
 @dataclass
+class CosineConfig(SoftConfig):
+    """Hidden-state KD by cosine distance between projected student and mapped teacher states."""
+
+    alpha: float = 0.0  # weight of the soft-logit term (0 = cosine + CE only)
+    cosine_weight: float = 1.0
+    layer_map: str = ""  # as for hidden: "" = uniform, or "3,6"
+
+    TRANSFER_OK: ClassVar[bool] = True
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(logits=self.alpha > 0, hidden=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        in_range(self, "cosine_weight", 0.0, 1e6)
+
+
+@dataclass
 class AttentionConfig(SoftConfig):
     """Attention KD: KL between head-averaged attention maps of mapped layers."""
 

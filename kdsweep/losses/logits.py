@@ -78,6 +78,16 @@ def hidden_mse_loss(
     return sq.sum() / (m.sum() * student_hidden.shape[-1]).clamp_min(1.0)
 
 
+def hidden_cosine_loss(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean 1 - cos(student, teacher) over real tokens ([B, S, H]; mask [B, S]): the direction
+    of the states, not their scale. eps keeps all-zero padded states from dividing by zero."""
+    cos = F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1, eps=1e-8)
+    m = mask.to(cos.dtype)
+    return ((1.0 - cos) * m).sum() / m.sum().clamp_min(1.0)
+
+
 def attention_kd_loss(
     student_attn: torch.Tensor, teacher_attn: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
