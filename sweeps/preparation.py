@@ -26,7 +26,34 @@ def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
     )
     tags = {"teacher_id": t.id, "teacher": cfg.teacher}
     tags.update({f"teacher_{k}": f"{v:.4f}" for k, v in t.metrics.items()})
+    for key, warning in text_warnings(cfg, data).items():  # printed and tagged, never silent
+        log(f"[kdsweep] warning: {warning}")
+        tags[f"warning.{key}"] = warning
     return {"tags": tags, "teacher_hit": data.teacher_hit}
+
+
+def text_warnings(cfg: Any, data: Any) -> dict[str, str]:
+    """Sanity checks on the prepared data and teacher: a teacher no better than always
+    predicting the majority class, and the share of train/dev texts cut at `max_len` tokens."""
+    from transformers import AutoTokenizer
+
+    from kdsweep.analysis.sanity import length_warning, teacher_warning
+    from trainables.text_loop import majority_rate
+
+    out: dict[str, str] = {}
+    labels = data.tokens["dev"]["labels"]
+    acc = data.teacher.metrics.get("dev_accuracy", math.nan)
+    rate = majority_rate(data.tokens["train"]["labels"], labels)
+    if math.isfinite(acc) and (w := teacher_warning(acc, len(labels), rate)):
+        out["teacher"] = w
+    tokenizer = AutoTokenizer.from_pretrained(data.teacher.model_dir)
+    for split in ("train", "dev"):
+        texts = [text for text, _ in getattr(data.splits, split)]
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+        w = length_warning(lengths, cfg.max_len, split, "max_len", unit="tokens")
+        if w:
+            out[f"truncated_{split}"] = w
+    return out
 
 
 def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:

@@ -236,7 +236,10 @@ def close_journal(journal, outcome: SweepOutcome, wall: float, artifacts: list[P
             "trials": len(outcome.rows),
             "pruned": sum(r["status"] == "pruned" for r in outcome.rows),
         },
-        tags={"best_trial": outcome.best["trial_id"] if outcome.best else ""},
+        tags={
+            "best_trial": outcome.best["trial_id"] if outcome.best else "",
+            **{f"warning.summary_{i}": w for i, w in enumerate(outcome.warnings)},
+        },
         artifacts=[str(a) for a in artifacts],
     )
     return journal.sync(force=True)
@@ -248,6 +251,8 @@ def print_outcome(
     """The table, the best trial and what to do next, on the console."""
     print(format_table(outcome.rows, metric))
     print(outcome.best_summary())
+    for w in outcome.warnings:
+        print(f"[kdsweep] warning: {w}")
     print(f"[kdsweep] wall time {wall:.0f} s; table: {artifacts[1]}")
     if not synced:
         pending = journal.pending()

@@ -29,6 +29,7 @@ class SweepOutcome:
     best: dict[str, Any] | None = None
     interrupted: bool = False
     parent_run_id: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def best_summary(self) -> str:
         if not self.best:
@@ -78,6 +79,7 @@ def summarize(
         outcome.rows.append(row)
         if _finite(best_v) and (best_row is None or sign * best_v > sign * best_row[0][metric]):
             best_row = (row, r)
+    outcome.warnings = _tie_warnings(outcome.rows, space, metric)
     if best_row:
         row, r = best_row
         outcome.best = {
@@ -90,6 +92,22 @@ def summarize(
         }
         outcome.best.update(best_checkpoint(r, metric, mode, test))
     return outcome
+
+
+def _tie_warnings(rows: list[dict], space: SweepSpace, metric: str) -> list[str]:
+    """'all configs tie' when no config's seeds can be told apart from another's."""
+    from kdsweep.analysis.sanity import tie_warning
+
+    by_config: dict[str, list[float]] = {}
+    for row in rows:
+        if row["status"] != "error":
+            varied = [k for k in space.varied if k != "seed"]
+            key = describe(
+                {**{k: row.get(k) for k in varied}, "condition": row["condition"]}, varied
+            )
+            by_config.setdefault(key, []).append(row[metric])
+    w = tie_warning(by_config) if len(by_config) > 1 else None
+    return [w] if w else []
 
 
 def best_checkpoint(result, metric: str, mode: str, test: bool) -> dict[str, Any]:

@@ -247,8 +247,12 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
     with tune_io.restored_checkpoints() as ckpts:
         start_epoch, train_seconds = resume_state(ckpts, model, opt, sched, amp.scaler)
 
+    dev = first_rows(data.tokens["dev"], cfg.eval_subset)
     static = {
         **count_parameters(student),
+        # what always predicting the most frequent training label scores on dev: the floor a
+        # noise-aware scheduler never stops a config at (sweeps/group_asha.py)
+        "dev_majority_rate": majority_rate(data.tokens["train"]["labels"], dev["labels"]),
         "size_mb": model_size_mb(student),
         "teacher_dev_accuracy": data.teacher.metrics.get("dev_accuracy", math.nan),
         "threads": threads,
@@ -256,7 +260,6 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
     }
     if rows.n_transfer:
         static["transfer_rows_per_epoch"] = rows.per_epoch - rows.n_labeled
-    dev = first_rows(data.tokens["dev"], cfg.eval_subset)
     analysis_cache: dict[str, Any] = {}  # the teacher's attributions, once per trial
     last_dev: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -283,6 +286,12 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
         ckpt_dir = tune_io.new_checkpoint_dir()
         save_state(ckpt_dir, model, opt, sched, amp.scaler, epoch + 1, train_seconds, cfg, metrics)
         tune_io.report(metrics, ckpt_dir)
+
+
+def majority_rate(train_labels: torch.Tensor, eval_labels: torch.Tensor) -> float:
+    """Accuracy on `eval_labels` of always predicting the most frequent training label."""
+    majority = torch.bincount(train_labels.long()).argmax()
+    return float((eval_labels == majority).float().mean()) if len(eval_labels) else math.nan
 
 
 @dataclass
