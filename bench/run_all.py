@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-BENCHES = ["kd_overhead", "memory", "orchestration", "asha_vs_grid", "peer_hf_trainer", "gpu"]
+BENCHES = ["kd_overhead", "memory", "scale", "orchestration", "asha_vs_grid", "peer_hf_trainer"]
+BENCHES += ["gpu"]
 
 
 def main(argv: list[str] | None = None) -> int:

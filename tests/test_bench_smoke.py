@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -80,3 +82,36 @@ def test_bench_modules_import_and_run_tiny(tiny, tmp_path, capsys, monkeypatch):
         [common.Result("kd_overhead", "soft / independent", 1.02, "<= 1.10x", True)]
     )
     assert "PASS" in table and "1.02x" in table
+
+
+@pytest.mark.infra
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+    reason="espeak-ng/flite not installed",
+)
+def test_scale_quick_measures_private_memory_per_condition(
+    cache_dir, tmp_path, capsys, monkeypatch
+):
+    """bench/scale.py --quick (speech, 1x/4x): every condition trained in a child, its memory
+    sampled, and the last line in the agreed shape; the text trial configs validate."""
+    scale = _import("scale")
+    common = _import("common")
+    monkeypatch.setattr(common, "setup_env", lambda: None)
+    monkeypatch.setattr(common, "BENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("KDSWEEP_HOME", str(cache_dir))
+
+    scale.main(["--quick", "--tasks", "asr", "--json", str(tmp_path / "scale.json")])
+    out = capsys.readouterr().out.strip().splitlines()
+    m = re.fullmatch(r"scale: rss_ratio=([0-9.]+) time_ratio=([0-9.]+)", out[-1])
+    assert m and float(m[1]) > 0 and float(m[2]) > 0
+    for cond in scale.CONDITIONS["asr"]:
+        assert any(line.startswith(f"  asr/{cond} 4x/1x: rss_anon") for line in out)
+    rows = json.loads((tmp_path / "scale.json").read_text())
+    assert [r["passed"] is not None for r in rows] == [True, True]
+
+    from trainables.registry import config_for
+
+    configs = scale.trial_configs("text", True)
+    assert {c["cfg"]["condition"] for c in configs} == set(scale.CONDITIONS["text"])
+    subsets = sorted({config_for(c["cfg"]).data_subset for c in configs})
+    assert subsets == [scale.TEXT_BASE["quick"] * k for k in scale.QUICK_SCALES]
