@@ -1,0 +1,103 @@
+"""CUDA out-of-memory recovery in a text trial (issue 17, item 3), with an injected OOM.
+
+Tune's retry is simulated as the other trainable tests do: a second `local_session` restored
+from the first attempt's last checkpoint, sharing the trial's folder (`trial_dir`), where the
+OOM record lives.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import trainables.text as text_mod
+from kdsweep.oom import STATE_FILE, OutOfMemoryAtBatchOne
+from trainables.tune_io import local_session
+
+pytestmark = pytest.mark.trial
+
+FAST = {"student": "L2-H128", "student_init": "random", "lr": 3e-3, "attribution_examples": 0}
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _objective_oom(monkeypatch, when) -> list[int]:
+    """soft KD's objective raises CUDA OOM when `when(call, batch_rows)`; returns the batch
+    sizes it saw (one per micro-batch)."""
+    objective, seen = text_mod.soft_kd_objective, []
+
+    def maybe_oom(logits, *a, **k):
+        seen.append(len(logits))
+        if when(len(seen), len(logits)):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return objective(logits, *a, **k)
+
+    monkeypatch.setattr(text_mod, "soft_kd_objective", maybe_oom)
+    return seen
+
+
+def test_oom_retries_from_the_checkpoint_with_half_the_batch(small_text, tmp_path, monkeypatch):
+    cfg = {**small_text, **FAST, "data_subset": 32, "batch_size": 16, "epochs": 3}
+    # 32 rows / 16 = 2 batches an epoch: call 3 is the first batch of epoch 2, at batch 16 only.
+    seen = _objective_oom(monkeypatch, lambda call, rows: call == 3 and rows == 16)
+    trial = tmp_path / "trial"
+    with (
+        local_session(tmp_path / "a1", trial_dir=trial) as first,
+        pytest.raises(torch.cuda.OutOfMemoryError),
+    ):
+        text_mod.soft(cfg)
+    assert [r["epoch"] for r in first.results] == [1]
+    assert "oom_batch_size" not in first.results[0]
+    state = json.loads((trial / STATE_FILE).read_text())
+    assert (state["batch_size"], state["grad_accum"]) == (8, 2)
+    assert state["history"][0]["epoch"] == 2 and state["history"][0]["batch_size"] == 16
+
+    seen.clear()
+    with local_session(tmp_path / "a2", restore_from=first.last_checkpoint, trial_dir=trial) as s:
+        text_mod.soft(cfg)
+    assert [r["epoch"] for r in s.results] == [2, 3]  # resumed after the last checkpoint
+    assert set(seen) == {8} and len(seen) == 8  # 2 epochs x 32 rows / 8
+    for r in s.results:
+        assert (r["oom_batch_size"], r["oom_grad_accum"]) == (8, 2)
+        assert r["oom_recoveries"] == 1 and r["oom_from_batch_size"] == 16
+        assert r["effective_batch_size"] == 16  # the same effective batch as configured
+    saved = json.loads((s.last_checkpoint / "config.json").read_text())
+    assert (saved["batch_size"], saved["grad_accum"]) == (8, 2)
+    # The LR schedule kept its course: linear decay to 0 at the last configured step.
+    assert s.results[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_oom_at_batch_size_one_ends_with_that_reason(small_text, tmp_path, monkeypatch):
+    cfg = {**small_text, **FAST, "data_subset": 4, "batch_size": 2, "epochs": 1}
+    seen = _objective_oom(monkeypatch, lambda call, rows: True)  # nothing ever fits
+    trial = tmp_path / "trial"
+    with local_session(tmp_path / "a1", trial_dir=trial), pytest.raises(torch.cuda.OutOfMemoryError):
+        text_mod.soft(cfg)
+    with (
+        local_session(tmp_path / "a2", trial_dir=trial),
+        pytest.raises(OutOfMemoryAtBatchOne, match="out of memory at batch size 1") as e,
+    ):
+        text_mod.soft(cfg)
+    assert "CUDA out of memory" in str(e.value)  # the original error is in the reason
+    assert seen == [2, 1]
+    # A further retry fails at once, training nothing.
+    with local_session(tmp_path / "a3", trial_dir=trial), pytest.raises(OutOfMemoryAtBatchOne):
+        text_mod.soft(cfg)
+    assert seen == [2, 1]
+    assert json.loads((trial / STATE_FILE).read_text())["gave_up"]
+
+
+def test_no_trial_dir_means_no_recovery_state(small_text, tmp_path, monkeypatch):
+    """Outside Tune (no trial folder) an OOM is raised as it is and nothing is written."""
+    cfg = {**small_text, **FAST, "data_subset": 4, "batch_size": 2, "epochs": 1}
+    _objective_oom(monkeypatch, lambda call, rows: True)
+    with local_session(tmp_path / "a1"), pytest.raises(torch.cuda.OutOfMemoryError):
+        text_mod.soft(cfg)
+    assert not list(tmp_path.rglob(STATE_FILE))
