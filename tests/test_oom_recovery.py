@@ -78,7 +78,8 @@ def test_oom_at_batch_size_one_ends_with_that_reason(small_text, tmp_path, monke
     cfg = {**small_text, **FAST, "data_subset": 4, "batch_size": 2, "epochs": 1}
     seen = _objective_oom(monkeypatch, lambda call, rows: True)  # nothing ever fits
     trial = tmp_path / "trial"
-    with local_session(tmp_path / "a1", trial_dir=trial), pytest.raises(torch.cuda.OutOfMemoryError):
+    oom = torch.cuda.OutOfMemoryError
+    with local_session(tmp_path / "a1", trial_dir=trial), pytest.raises(oom):
         text_mod.soft(cfg)
     with (
         local_session(tmp_path / "a2", trial_dir=trial),
@@ -101,3 +102,17 @@ def test_no_trial_dir_means_no_recovery_state(small_text, tmp_path, monkeypatch)
     with local_session(tmp_path / "a1"), pytest.raises(torch.cuda.OutOfMemoryError):
         text_mod.soft(cfg)
     assert not list(tmp_path.rglob(STATE_FILE))
+
+
+def test_probe_step_trains_the_trials_student(small_text):
+    """The memory probe's step runs the trial's own student (here on the CPU) and updates it."""
+    from trainables.probe import probe_step
+
+    config = {**small_text, **FAST, "task": "text", "condition": "hidden", "device": "cpu"}
+    step = probe_step(config)
+    before = {k: v.clone() for k, v in step.model.state_dict().items()}
+    step()
+    step()  # a second step: Adam's state exists, as in the measured peak
+    after = step.model.state_dict()
+    assert "aux.proj.0.weight" in after  # hidden KD's projections are part of it
+    assert any(not torch.equal(before[k], after[k]) for k in before)

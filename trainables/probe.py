@@ -47,6 +47,7 @@ def probe_step(config: dict[str, Any]) -> Callable[[], None]:
             loss = loss_of()
         stepper.backward(loss)
 
+    step.model = model  # type: ignore[attr-defined]  # what it trains (for checks)
     return step
 
 
