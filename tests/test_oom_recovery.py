@@ -116,3 +116,29 @@ def test_probe_step_trains_the_trials_student(small_text):
     after = step.model.state_dict()
     assert "aux.proj.0.weight" in after  # hidden KD's projections are part of it
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_oom_metrics_become_tags_of_the_trials_mlflow_run(tmp_path):
+    """The callback turns a trial's `oom_*` metrics into tags of its run (not metrics)."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.tracking import Journal, MlflowTrialCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    j = Journal(tmp_path / "sweep", uri, "kdsweep/x", (tmp_path / "art").as_uri())
+    j.append(ev="parent", uid="sweep:x", name="x", tags={}, params={})
+    cb = MlflowTrialCallback(j, describe=lambda c: "soft", tags_for=lambda c: {}, max_epochs=2)
+    trial = SimpleNamespace(trial_id="t1", config={"batch_size": 16})
+    cb.on_trial_start(0, [], trial)
+    oom = {"oom_batch_size": 8, "oom_grad_accum": 2, "oom_recoveries": 1}
+    cb.on_trial_result(0, [], trial, {"epoch": 1, "dev_accuracy": 0.5})
+    cb.on_trial_result(0, [], trial, {"epoch": 2, "dev_accuracy": 0.6, **oom})
+    cb.on_trial_complete(0, [], trial)
+    assert j.sync(force=True)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("kdsweep/x")
+    run = next(r for r in client.search_runs([exp.experiment_id]) if r.data.params)
+    assert {k: run.data.tags[k] for k in oom} == {k: str(v) for k, v in oom.items()}
+    assert not set(oom) & set(run.data.metrics) and "dev_accuracy" in run.data.metrics
