@@ -51,8 +51,7 @@ def recover_oom(run: F) -> F:
             except Exception as exc:
                 if not is_cuda_oom(exc):
                     raise
-                n, last = tune_io.reported()
-                epoch = (last or 0) + 1 if n > before else None  # the epoch it was training
+                epoch = _epoch_in_progress(where, before)
                 state = record_oom(where, bs, accum, exc, epoch=epoch)  # raises at batch 1
                 print(
                     f"[kdsweep] trial {tune_io.trial_id()}: CUDA out of memory at batch_size "
@@ -65,6 +64,16 @@ def recover_oom(run: F) -> F:
             release_gpu_memory()  # attempt's actor is not reused: its process frees all)
 
     return guarded  # type: ignore[return-value]
+
+
+def _epoch_in_progress(where: Any, reports_before: int) -> int | None:
+    """The (1-based) epoch an OOM hit: the one after this attempt's last report; without one,
+    the epoch of the previous OOM (a retry resumes from the checkpoint before it); else None."""
+    n, last = tune_io.reported()
+    if n > reports_before:
+        return (last or 0) + 1
+    state = load_oom_state(where)
+    return state.history[-1].get("epoch") if state and state.history else None
 
 
 def oom_metrics() -> dict[str, Any]:
