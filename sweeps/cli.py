@@ -47,6 +47,19 @@ SMOKE = {
 ASR_SIZES = ("n_utterances", "layers", "hidden", "teacher_layers", "teacher_hidden")
 
 
+def gpu_share(text: str) -> str | float:
+    """--gpus-per-trial: "auto" or a number (its range, a share in (0, 1] or whole GPUs, is
+    checked with the resources, as one `error:` line)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give auto, a share such as 0.25, or whole GPUs"
+        ) from None
+
+
 def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     """The CLI every sweep script shares."""
     p = argparse.ArgumentParser(
@@ -69,7 +82,11 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--reduction-factor", type=float, help="ASHA: keep 1/rf at each rung")
     p.add_argument("--no-asha", action="store_true", help="run every trial to max epochs")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: YAML or 1)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=gpu_share,
+        help="GPU share per trial, e.g. 0.25, or auto (as many trials as fit the card's memory)",
+    )
     p.add_argument("--name", help="sweep name (default: <sweep>-<task>-<dataset>)")
     p.add_argument("--storage", default=str(PROJECT_DIR / "runs"), help="sweep results dir")
     p.add_argument("--mlflow-uri", help="tracking URI (default $MLFLOW_TRACKING_URI or sqlite)")

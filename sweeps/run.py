@@ -19,6 +19,7 @@ from typing import Any
 from kdsweep.errors import KDSweepError
 from sweeps import ray_auth
 from sweeps.labels import describe
+from sweeps.packing import fit_gpu_share
 from sweeps.preparation import prepare
 from sweeps.space import SweepSpace
 from sweeps.summary import SweepOutcome, format_table, summarize, write_tables
@@ -50,6 +51,7 @@ def run_sweep(name: str, args: argparse.Namespace, space: SweepSpace) -> SweepOu
     restore = check_resume(path, space, args.resume)
     print(f"[kdsweep] sweep {sweep}: {'resuming' if restore else 'starting'} ({path})")
     prep = prepare(space)  # bad data/teacher fails here, before anything is written
+    res = fit_gpu_share(space, args, res)  # GPU: auto share measured, a given one checked
     path.mkdir(parents=True, exist_ok=True)
     (path / SPACE_FILE).write_text(json.dumps(space.to_dict(), default=str, indent=1))
     max_t = max_epochs(space)

@@ -234,6 +234,9 @@ class Journal:
             metrics = [Metric(k, float(v), ev["ts"], ev["step"]) for k, v in ev["metrics"].items()]
             for i in range(0, len(metrics), 500):
                 client.log_batch(state["runs"][trial], metrics=metrics[i : i + 500])
+            if ev.get("tags"):
+                tags = [RunTag(k, str(v)) for k, v in ev["tags"].items()]
+                client.log_batch(state["runs"][trial], tags=tags)
         elif kind == "resumed":
             client.set_tag(state["runs"][trial], "kdsweep.resumed_from_epoch", ev["from_epoch"])
         elif kind == "end":
@@ -298,7 +301,11 @@ class MlflowTrialCallback(tune.Callback):
             for k, v in result.items()
             if isinstance(v, int | float) and not isinstance(v, bool) and k in _REPORTED(result)
         }
-        self.journal.append(ev="result", trial=trial.trial_id, step=epoch, metrics=metrics)
+        # A trial retried after CUDA out-of-memory reports oom_batch_size, oom_grad_accum, ...
+        # (trainables/oom_guard.py): tags of its run, set again on every result (idempotent).
+        tags = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("oom_")]}
+        event = {"tags": tags} if tags else {}
+        self.journal.append(ev="result", trial=trial.trial_id, step=epoch, metrics=metrics, **event)
         self.journal.sync()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -10,6 +10,7 @@ module and sweeps/run.py; trainables only see `trainables.tune_io`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from kdsweep.errors import KDSweepError
 from sweeps.space import SweepSpace
 from trainables.metrics import METRIC, MODE
-from trainables.registry import run_trial
+from trainables.registry import config_class, run_trial
 
 # Not *.json: Tune's restore re-uploads a stale copy of every *.json in the experiment folder.
 RAY_PIDS = "ray_pids.txt"
@@ -69,10 +70,20 @@ def build_tuner(
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_score_attribute=metric, checkpoint_score_order=mode
             ),
-            failure_config=tune.FailureConfig(max_failures=1),
+            failure_config=tune.FailureConfig(max_failures=max_failures(space)),
             verbose=1 if args.verbose else 0,
         ),
     )
+
+
+def max_failures(space: SweepSpace) -> int:
+    """Tune's retries per trial: one for any failure, plus one per possible out-of-memory
+    halving of the largest batch size (trainables/oom_guard.py: 32 -> 16 -> ... -> 1)."""
+    sizes = [space.fixed.get("batch_size", 0), *space.dists.get("batch_size", ("", []))[1]]
+    biggest = max([int(b) for b in sizes if isinstance(b, int | float)] or [0])
+    if biggest < 1:
+        biggest = config_class(space.task, space.conditions[0])().batch_size
+    return 1 + math.ceil(math.log2(max(1, biggest)))
 
 
 def make_scheduler(space: SweepSpace, args: argparse.Namespace, max_t: int, path: Path):
@@ -130,21 +141,31 @@ def make_searcher(space: SweepSpace, args: argparse.Namespace, metric: str, mode
     return tpe
 
 
-def resolve_resources(space: SweepSpace, args: argparse.Namespace) -> dict[str, float]:
-    """CPU/GPU share per trial; a GPU request without a GPU falls back to CPU (never hangs)."""
+def resolve_resources(space: SweepSpace, args: argparse.Namespace) -> dict[str, Any]:
+    """CPU/GPU share per trial; a GPU request without a GPU falls back to CPU (never hangs).
+
+    gpu "auto" stays "auto" when a local GPU is visible (sweeps/packing.py measures and picks
+    the share after preparation); on a cluster (`--address`) it is one GPU per trial."""
     cpu = args.cpus_per_trial or space.resources.get("cpu", 1.0)
     gpu = args.gpus_per_trial if args.gpus_per_trial is not None else space.resources.get("gpu", 0)
-    if cpu <= 0 or gpu < 0 or gpu > 1 and not float(gpu).is_integer():
-        raise KDSweepError(
-            f"resources: cpu must be > 0 and gpu a share <= 1 or whole GPUs ({cpu}, {gpu})"
-        )
-    if gpu > 0 and not args.address and not os.environ.get("RAY_ADDRESS"):
+    auto = gpu == "auto"
+    if not auto and (
+        not isinstance(gpu, int | float) or gpu < 0 or gpu > 1 and not float(gpu).is_integer()
+    ):
+        raise KDSweepError(f"resources: gpu must be auto, a share <= 1 or whole GPUs (got {gpu})")
+    if cpu <= 0:
+        raise KDSweepError(f"resources: cpu must be > 0 (got {cpu})")
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        if auto:  # the driver cannot measure the cluster's cards
+            print("[kdsweep] --gpus-per-trial auto on a cluster: 1 GPU per trial (give a share)")
+        return {"cpu": float(cpu), "gpu": 1.0 if auto else float(gpu)}
+    if auto or gpu > 0:
         import torch
 
         if torch.cuda.device_count() == 0:
             print(f"[kdsweep] no GPU found: running trials on CPU (asked for gpu={gpu} per trial)")
-            gpu = 0.0
-    return {"cpu": float(cpu), "gpu": float(gpu)}
+            return {"cpu": float(cpu), "gpu": 0.0}
+    return {"cpu": float(cpu), "gpu": "auto" if auto else float(gpu)}
 
 
 def concurrent_slots(cluster: dict[str, Any], res: dict[str, float]) -> int:

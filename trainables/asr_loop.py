@@ -66,6 +66,7 @@ from trainables.asr_eval import OOD_SUMMARY, Decoders, evaluate, evaluate_ood, l
 from trainables.asr_eval import beam_scores as beam_scores  # re-exported (sweeps/decode.py)
 from trainables.checkpointing import resume_state, save_state
 from trainables.conditions import Needs
+from trainables.oom_guard import oom_metrics, recover_oom
 
 __all__ = ["LossFn", "NonFiniteLossError", "prepare_asr", "run_asr_trial"]
 SPLITS = ("train", "dev", "test")
@@ -252,6 +253,7 @@ def prepare_transfer(
 
 
 # ------------------------------------------------------------------------------------ trial
+@recover_oom
 def run_asr_trial(
     cfg: ASRConfig, loss_fn: LossFn, temperature: Callable[[int], float] | None = None
 ) -> None:
@@ -279,6 +281,7 @@ def run_asr_trial(
         "params": count_parameters(student),
         "threads": threads,
         "effective_batch_size": cfg.effective_batch_size,
+        **oom_metrics(),  # batch size / accumulation after out-of-memory retries
     }
     if data.teacher is not None:
         static.update({f"teacher_{k}": v for k, v in data.teacher.metrics.items()})

@@ -48,6 +48,7 @@ from kdsweep.train_utils import (
 from kdsweep.training import Precision, Stepper, check_finite, optimizer_steps, set_threads
 from trainables import tune_io
 from trainables.checkpointing import resume_state, save_state
+from trainables.oom_guard import oom_metrics, recover_oom
 from trainables.text_analysis import analysis_due, analysis_metrics
 from trainables.text_config import CascadeConfig, TextConfig
 
@@ -222,6 +223,7 @@ def load_student_from_checkpoint(ckpt: Path, teacher: StoredTeacher) -> tuple[nn
     return model.eval(), trial_cfg
 
 
+@recover_oom
 def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
     """Train `cfg.student` for `cfg.epochs`, reporting dev metrics + a checkpoint every epoch.
 
@@ -257,6 +259,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
         "teacher_dev_accuracy": data.teacher.metrics.get("dev_accuracy", math.nan),
         "threads": threads,
         "effective_batch_size": cfg.effective_batch_size,
+        **oom_metrics(),  # batch size / accumulation after out-of-memory retries
     }
     if rows.n_transfer:
         static["transfer_rows_per_epoch"] = rows.per_epoch - rows.n_labeled

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 _LOCAL: LocalSession | None = None
+_REPORTED: list[Any] = [0, None]  # reports made by this process, the last one's epoch
 
 
 @dataclass
@@ -27,6 +28,8 @@ class LocalSession:
     root: Path
     restore_from: Path | None = None
     cpus: float = 1.0
+    # Where OOM-recovery state is kept (stable across the attempts of one trial); None: not kept.
+    trial_dir: Path | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
 
@@ -37,11 +40,17 @@ class LocalSession:
 
 @contextmanager
 def local_session(
-    root: Path, restore_from: Path | None = None, cpus: float = 1.0
+    root: Path,
+    restore_from: Path | None = None,
+    cpus: float = 1.0,
+    trial_dir: Path | None = None,
 ) -> Iterator[LocalSession]:
-    """Run trainables outside Ray: `with local_session(tmp) as s: soft(config)`."""
+    """Run trainables outside Ray: `with local_session(tmp) as s: soft(config)`.
+
+    `trial_dir` stands for the trial's own folder (OOM-recovery state); share it between two
+    sessions to simulate Tune's retry of one trial."""
     global _LOCAL
-    prev, _LOCAL = _LOCAL, LocalSession(Path(root), restore_from, cpus)
+    prev, _LOCAL = _LOCAL, LocalSession(Path(root), restore_from, cpus, trial_dir)
     try:
         yield _LOCAL
     finally:
@@ -72,6 +81,34 @@ def trial_id() -> str:
     from ray import tune
 
     return tune.get_context().get_trial_id()
+
+
+def trial_dir() -> Path | None:
+    """The trial's own folder, the same for every attempt (Tune's retries, a driver resume);
+    None outside Tune (no recovery state is kept) unless the local session names one.
+
+    Inside Tune it is the trial's folder in the sweep's storage (`<storage>/<sweep>/<trial_id>`)
+    when that storage is a local path: `get_context().get_trial_dir()` is a staging folder under
+    the Ray session's /tmp that differs between a fresh and a reused actor and between Ray
+    sessions. For remote storage it is that staging folder (kept for retries on the same node).
+    """
+    if _LOCAL is not None:
+        return _LOCAL.trial_dir
+    if not _in_tune():
+        return None
+    import pyarrow.fs
+    from ray import tune
+    from ray.train._internal.session import get_session
+
+    storage = get_session().storage
+    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(storage.trial_fs_path)
+    return Path(tune.get_context().get_trial_dir())
+
+
+def reported() -> tuple[int, int | None]:
+    """(reports made by this process so far, the epoch of the last one): where a trial was."""
+    return _REPORTED[0], _REPORTED[1]
 
 
 @contextmanager
@@ -110,6 +147,7 @@ def report(metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
     `tune.report` (which copies it to the trial's storage before returning) it is removed, so
     every epoch's checkpoint no longer stays behind in /tmp.
     """
+    _REPORTED[:] = [_REPORTED[0] + 1, metrics.get("epoch")]
     try:
         _report(metrics, checkpoint_dir)
     finally:
