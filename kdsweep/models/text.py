@@ -75,11 +75,13 @@ def check_student(name: str) -> None:
         raise KDSweepError("field 'student' is empty")
     if name in OLD_SHAPE_NAMES:
         raise _old_name_error(name)
-    if is_shape(name) or name.startswith("L") and re.match(r"^L\d+-H", name):
+    if is_shape(name) or re.match(r"^[Ll]\d+-?[Hh]\d+", name):  # a shape, or a mistyped one
         parse_size(name)
         return
     if Path(name).expanduser().exists():
         check_model_dir(Path(name).expanduser(), "student")
+    else:
+        _check_hub(name, "student")
 
 
 def check_model_dir(path: Path, field: str, tokenizer: bool = True) -> None:
@@ -99,22 +101,21 @@ def resolve_student(name: str) -> str:
     """A pretrained student's local directory, or its hub name once it is known to load."""
     check_student(name)
     path = Path(name).expanduser()
-    if path.exists():
-        return str(path.resolve())
-    _check_hub(name, "student")
-    return name
+    return str(path.resolve()) if path.exists() else name
 
 
+@functools.lru_cache(maxsize=64)
 def _check_hub(name: str, field: str) -> None:
     """A hub name must resolve (internet, or the HF cache): else one clear line."""
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(name)
+        AutoConfig.from_pretrained(name)  # the real hub path: from_pretrained(name)
     except (OSError, ValueError) as e:
         raise KDSweepError(
-            f"field {field!r}: {name!r} is neither a shape nor a local model directory, and as "
-            f"a hub name it needs internet or a local copy ({type(e).__name__})"
+            f"field {field!r}: {name!r} is neither a shape (L<layers>-H<hidden>[-A<heads>], "
+            "e.g. L2-H128) nor a local model directory; as a hub name it needs internet or a "
+            f"local copy ({type(e).__name__})"
         ) from None
 
 
