@@ -21,6 +21,7 @@ from trainables.text_loop import evaluate_text_checkpoint, prepare_text
 from trainables.tune_io import local_session
 
 FAST = {"lr": 3e-3, "attribution_examples": 0, "epochs": 2}
+PRE = {"student_init": "random"}  # the session config initialises its shape from the teacher
 
 
 def _wordpiece(texts: list[str], out: Path):
@@ -171,7 +172,7 @@ def test_recipe_id_unchanged_at_the_new_fields_defaults():
 # ---------------------------------------------------------------- pretrained students
 @pytest.mark.trial
 def test_pretrained_student_has_its_own_tokens(pretrained, small_text):
-    cfg = SoftConfig.from_dict({**small_text, "student": str(pretrained["distilbert"])})
+    cfg = SoftConfig.from_dict({**small_text, **PRE, "student": str(pretrained["distilbert"])})
     data = prepare_text(cfg, log=lambda m: None)
     assert data.cross_tokenizer
     s, t = data.student_tokens["train"], data.tokens["train"]
