@@ -16,7 +16,7 @@ import pytest
 from kdsweep.errors import KDSweepError
 from kdsweep.models.text import resolve_student, tokenizer_fingerprint
 from trainables.text import TEXT_TRAINABLES
-from trainables.text_config import HiddenConfig, SoftConfig, TextConfig
+from trainables.text_config import CascadeConfig, HiddenConfig, SoftConfig, TextConfig
 from trainables.text_loop import evaluate_text_checkpoint, prepare_text
 from trainables.tune_io import local_session
 
@@ -267,3 +267,25 @@ def test_cli_old_shape_name_exits_2(tmp_path, capsys):
         )
     err = capsys.readouterr().err
     assert e.value.code == 2 and "is a shape name" in err and "Traceback" not in err, err
+
+
+@pytest.mark.trial
+def test_cascade_from_a_pretrained_stage(pretrained, small_text, tmp_path):
+    """Stage 1 a pretrained DistilBERT (own tokenizer), stage 2 a shape taught by it: the shape
+    is built on the stage-1 vocabulary and reads the stage-1 tokenizer's tokens."""
+    base = {**small_text, **FAST, **PRE, "alpha": 0.5}
+    with local_session(tmp_path / "s1") as s1:
+        TEXT_TRAINABLES["cascade"]({**base, "student": str(pretrained["distilbert"])})
+    stage2 = {**base, "student": "L1-H32-A2", "teacher_checkpoint": str(s1.last_checkpoint)}
+    data = prepare_text(CascadeConfig.from_dict(stage2), log=lambda m: None)
+    assert tokenizer_fingerprint(data.teacher.model_dir) == tokenizer_fingerprint(
+        str(pretrained["distilbert"])
+    )
+    with local_session(tmp_path / "s2") as s2:
+        TEXT_TRAINABLES["cascade"](stage2)
+    assert [r["epoch"] for r in s2.results] == [1, 2]
+    assert s2.results[0]["teacher_dev_accuracy"] == pytest.approx(
+        s1.results[-1]["dev_accuracy"], abs=1e-6
+    )
+    test = evaluate_text_checkpoint(CascadeConfig.from_dict(stage2), s2.last_checkpoint)
+    assert 0.0 <= test["test_accuracy"] <= 1.0

