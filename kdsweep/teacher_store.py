@@ -26,7 +26,12 @@ import numpy as np
 import torch
 
 from kdsweep.errors import KDSweepError, NonFiniteLossError
-from kdsweep.models.text import load_classifier, pick_device, resolve_backbone
+from kdsweep.models.text import (
+    check_classifier_labels,
+    load_classifier,
+    pick_device,
+    resolve_backbone,
+)
 from kdsweep.store import META, Store, cached_file, content_id, npy_matches, read_json
 from kdsweep.train_utils import (
     batches,
@@ -51,6 +56,13 @@ class TeacherRecipe:
     batch_size: int = 32
     max_len: int = 64
     seed: int = 0
+    grad_accum: int = 1  # optimizer step every k batches (effective batch: batch_size x k)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: mixed precision on CUDA, fp32 on the CPU
+
+
+# Recipe fields added after ids were first published: left out of the id at their default, so
+# a teacher trained before they existed keeps its id (and its cache entry).
+_LATER_FIELDS = {"grad_accum": 1, "precision": "fp32"}
 
 
 class StoredTeacher:
@@ -172,7 +184,8 @@ class TeacherStore:
 
     @staticmethod
     def entry_id(recipe: TeacherRecipe, data_fingerprint: str) -> str:
-        return content_id(asdict(recipe), data_fingerprint)  # no version: the ids predate it
+        fields = {k: v for k, v in asdict(recipe).items() if _LATER_FIELDS.get(k, object()) != v}
+        return content_id(fields, data_fingerprint)  # no version: the ids predate it
 
     def get(self, entry_id: str) -> StoredTeacher | None:
         path = self._store.get(entry_id)
@@ -191,6 +204,8 @@ class TeacherStore:
         Returns (teacher, hit). Concurrent callers serialize on a lock; the loser of the race
         finds the winner's entry and does not train again.
         """
+        if recipe.epochs == 0:
+            return self._as_is(recipe, data_fingerprint, label_names, tokens, log)
         entry_id = self.entry_id(recipe, data_fingerprint)
 
         def build(tmp: Path) -> dict:
@@ -207,6 +222,33 @@ class TeacherStore:
 
         path, hit = self._store.get_or_build(entry_id, build)
         return StoredTeacher(path), hit
+
+    def _as_is(
+        self,
+        recipe: TeacherRecipe,
+        data_fingerprint: str,
+        label_names: list[str],
+        tokens: dict[str, dict[str, torch.Tensor]],
+        log: Callable[[str], None],
+    ) -> tuple[StoredTeacher, bool]:
+        """teacher_epochs=0: an already fine-tuned classifier, used as it is (its labels must be
+        the data's), evaluated on dev/test and its logits cached like a registered model's.
+        The id hashes the model files' names/sizes/mtimes, the data and max_len."""
+        path = resolve_backbone(recipe.backbone)
+        check_classifier_labels(path, label_names)
+        files = sorted([*Path(path).glob("*.safetensors"), *Path(path).glob("*.bin")])
+        stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+        source = f"as-is|{path}|{stamp}|max_len={recipe.max_len}"
+        entry_id = content_id({"registered": source}, data_fingerprint)
+
+        def build(tmp: Path) -> dict:
+            log(f"teacher store: using {recipe.backbone} as it is ({entry_id}); evaluating once")
+            model = load_classifier(path, len(label_names)).eval()
+            meta = self._save(entry_id, tmp, model, path, label_names, tokens, log, source)
+            return {**meta, "recipe": asdict(recipe), "data": data_fingerprint}
+
+        entry, hit = self._store.get_or_build(entry_id, build)
+        return StoredTeacher(entry), hit
 
     def register(
         self,

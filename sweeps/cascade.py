@@ -3,6 +3,10 @@
     python sweeps/cascade.py                     # MiniLM -> L4-H256 -> L2-H128 (YAML `stages`)
     python sweeps/cascade.py --smoke
 
+A stage may be a pretrained model (`stages: [<model dir | hub name>, L4-H312, L2-H128]`): it is
+fine-tuned with soft KD on its own tokenizer's tokens, and the shape stages after it are built on
+its vocabulary and read its tokens (soft KD across tokenizers needs only per-example logits).
+
 Each stage is a sweep of its own (same YAML params, its own trials, ASHA, MLflow parent run);
 the best checkpoint of stage k becomes `teacher_checkpoint` of stage k+1, and its cached logits
 are stored in the teacher store like any teacher's.
@@ -23,6 +27,12 @@ from sweeps.cli import build_parser, space_from_args  # noqa: E402
 from sweeps.run import run_sweep  # noqa: E402
 
 
+def _stage_label(student: str) -> str:
+    """A stage's name part: the shape, or a pretrained model's directory / hub name's last part
+    (a path or `org/name` must not become directories of the sweep's name)."""
+    return Path(student.rstrip("/")).name or "student"
+
+
 def main(argv: list[str] | None = None) -> list:
     args = build_parser("cascade", __doc__).parse_args(argv)
     if args.quiet:
@@ -36,7 +46,7 @@ def main(argv: list[str] | None = None) -> list:
             stage = copy.deepcopy(space)
             stage.fixed.update(student=student, teacher_checkpoint=teacher_ckpt)
             stage.dists.pop("student", None)
-            name = f"{args.name or 'cascade-' + stage.task}-stage{i}-{student}"
+            name = f"{args.name or 'cascade-' + stage.task}-stage{i}-{_stage_label(student)}"
             print(
                 f"[kdsweep] cascade stage {i}: {student} taught by {teacher_ckpt or 'the teacher'}"
             )

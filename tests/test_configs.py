@@ -7,7 +7,7 @@ import pytest
 from kdsweep.config import RESERVED_KEYS
 from kdsweep.errors import KDSweepError
 from kdsweep.models.text import (
-    NAMED_SIZES,
+    OLD_SHAPE_NAMES,
     build_student,
     count_parameters,
     layer_map,
@@ -124,7 +124,7 @@ def test_out_of_range_values(key, value, pattern):
 
 
 def test_unknown_student_size():
-    with pytest.raises(KDSweepError, match=r"field 'student': unknown size 'huge'.*L2-H128"):
+    with pytest.raises(KDSweepError, match=r"field 'student': 'huge' is neither a shape.*L2-H128"):
         TextConfig.from_dict({"student": "huge"})
     with pytest.raises(KDSweepError, match=r"'L2-H100' is not a valid shape"):
         TextConfig.from_dict({"student": "L2-H100"})
@@ -171,11 +171,12 @@ def test_config_derived_specs():
 
 
 # ---------------------------------------------------------------- sizes and layer maps
-def test_parse_size_named():
-    for name, shape in NAMED_SIZES.items():
-        assert parse_size(name) == shape
-    assert parse_size("tiny") == (2, 128, 2)
-    assert parse_size("minilm") == (6, 384, 12)
+def test_old_shape_names_are_errors_that_name_the_shape():
+    """`student=tinybert` once built a random-init shape silently: now it says what to write."""
+    for name, (shape, _hub) in OLD_SHAPE_NAMES.items():
+        with pytest.raises(KDSweepError, match=f"use {shape} for that shape"):
+            parse_size(name)
+        assert parse_size(shape) is not None
 
 
 @pytest.mark.parametrize(

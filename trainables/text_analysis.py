@@ -30,15 +30,22 @@ def analysis_metrics(
     dev: dict[str, torch.Tensor],
     teacher: StoredTeacher,
     cache: dict[str, Any],
+    cross: tuple[list[str], str] | None = None,
 ) -> dict[str, float]:
     """Efficiency (params, size on disk, throughput, latency) and IG attribution similarity
     to the teacher on the first `attribution_examples` dev examples. Bounded: the probe is
-    fixed and the teacher's attributions are computed once per teacher (see below)."""
+    fixed and the teacher's attributions are computed once per teacher (see below).
+
+    `cross` = (dev texts, the student's tokenizer dir) when the student's tokenizer differs
+    from the teacher's: attributions are then summed per whitespace word and compared per word
+    (`kdsweep.analysis.attribution.word_level_similarity`); `dev` holds the student's tokens."""
     from kdsweep.analysis import attribution_similarity, efficiency_metrics
 
     t0 = time.perf_counter()
     out = efficiency_metrics(student, first_rows(dev, 32))
-    if cfg.attribution_examples > 0:
+    if cfg.attribution_examples > 0 and cross is not None:
+        out.update(_cross_similarity(cfg, student, dev, teacher, cache, cross))
+    elif cfg.attribution_examples > 0:
         probe = first_rows(dev, cfg.attribution_examples)
         if "teacher_attr" not in cache:
             cache["teacher_attr"] = _teacher_attributions(teacher, probe, student)
@@ -54,6 +61,36 @@ def analysis_metrics(
         )
     out["analysis_seconds"] = time.perf_counter() - t0
     return out
+
+
+def _cross_similarity(
+    cfg: TextConfig,
+    student: nn.Module,
+    dev: dict[str, torch.Tensor],
+    teacher: StoredTeacher,
+    cache: dict[str, Any],
+    cross: tuple[list[str], str],
+) -> dict[str, float]:
+    """Word-level attribution similarity for a student with its own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from kdsweep.analysis import attribution_similarity
+    from kdsweep.analysis.attribution import tokenize_with_words
+
+    texts, student_dir = cross
+    n = min(cfg.attribution_examples, len(texts))
+    if "cross_probe" not in cache:
+        labels = dev["labels"][:n]
+        t_tok = tokenize_with_words(AutoTokenizer.from_pretrained(teacher.model_dir), texts[:n],
+                                    cfg.max_len)  # fmt: skip
+        s_tok = tokenize_with_words(AutoTokenizer.from_pretrained(student_dir), texts[:n],
+                                    cfg.max_len)  # fmt: skip
+        t_tok["labels"], s_tok["labels"] = labels, labels
+        cache["cross_probe"] = (t_tok, s_tok, _teacher_attributions(teacher, t_tok, student))
+    t_tok, s_tok, t_attr = cache["cross_probe"]
+    return attribution_similarity(
+        None, student, t_tok, n, ATTRIBUTION_STEPS, teacher_attr=t_attr, student_tokens=s_tok
+    )
 
 
 def _teacher_attributions(

@@ -10,7 +10,7 @@ from kdsweep.config import BaseConfig, choice, in_range, positive
 from kdsweep.data.text import BUILTIN, DataSpec
 from kdsweep.data.transfer import check_source
 from kdsweep.errors import KDSweepError
-from kdsweep.models.text import parse_size
+from kdsweep.models.text import check_student, is_shape
 from kdsweep.teacher_store import TeacherRecipe
 from trainables.conditions import Needs, transfer_capable
 
@@ -29,9 +29,14 @@ class TextConfig(BaseConfig):
     split_seed: int = 0
     max_len: int = 64
     teacher: str = "minilm"  # minilm (shipped) | local model dir | hub name (needs internet)
-    teacher_epochs: int = 2
+    teacher_epochs: int = 2  # 0 = use `teacher` (an already fine-tuned classifier) as it is
     teacher_lr: float = 5e-5
-    student: str = "L2-H128"  # L<layers>-H<hidden>[-A<heads>] or a named size
+    teacher_batch_size: int = 32
+    teacher_grad_accum: int = 1  # teacher optimizer step every k batches
+    teacher_precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision on CUDA only)
+    # L<layers>-H<hidden>[-A<heads>] (random init, the teacher's vocabulary), or a pretrained
+    # sequence classifier: a local model directory or a hub name (its own tokenizer)
+    student: str = "L2-H128"
     student_init: str = "random"  # random | teacher (every other teacher layer, DistilBERT-style)
     dropout: float = 0.1
     attribution_every: int = 0  # analysis epochs: 0 = the final one only; k = also every k-th
@@ -67,14 +72,22 @@ class TextConfig(BaseConfig):
             raise KDSweepError("field 'dataset' is empty")
         in_range(self, "data_subset", 0, 10**9)
         in_range(self, "eval_subset", 0, 10**9)
-        positive(self, "per_class", "max_chars", "max_len", "teacher_epochs")
+        positive(self, "per_class", "max_chars", "max_len", "teacher_batch_size")
+        positive(self, "teacher_grad_accum")
+        in_range(self, "teacher_epochs", 0, 10**4)
+        choice(self, "teacher_precision", ("fp32", "bf16", "fp16"))
         in_range(self, "max_len", 8, 512)
         in_range(self, "teacher_lr", 0.0, 1.0, low_open=True)
         in_range(self, "dropout", 0.0, 1.0, high_open=True)
         in_range(self, "attribution_every", 0, 10**6)
         in_range(self, "attribution_examples", 0, 10**6)
         choice(self, "student_init", ("random", "teacher"))
-        parse_size(self.student)  # raises on an unknown size
+        check_student(self.student)  # an unknown shape, an old shape name, a bad directory
+        if self.student_init == "teacher" and not is_shape(self.student):
+            raise KDSweepError(
+                f"field 'student_init': 'teacher' builds a shape from teacher layers; "
+                f"{self.student!r} is a pretrained model (use student_init=random)"
+            )
 
     def data_spec(self) -> DataSpec:
         return DataSpec(
@@ -92,6 +105,9 @@ class TextConfig(BaseConfig):
             epochs=self.teacher_epochs,
             lr=self.teacher_lr,
             max_len=self.max_len,
+            batch_size=self.teacher_batch_size,
+            grad_accum=self.teacher_grad_accum,
+            precision=self.teacher_precision,
         )
 
 

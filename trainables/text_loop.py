@@ -28,10 +28,14 @@ from kdsweep.errors import KDSweepError, NonFiniteLossError
 from kdsweep.models.text import (
     build_student,
     count_parameters,
+    is_shape,
     layer_map,
     model_size_mb,
+    parse_size,
     pick_device,
     resolve_backbone,
+    resolve_student,
+    tokenizer_fingerprint,
 )
 from kdsweep.paths import cache_root
 from kdsweep.teacher_store import StoredTeacher, TeacherStore
@@ -69,6 +73,18 @@ class TextData:
     # Transfer set: input_ids / attention_mask / teacher_logits, and for hidden/attention KD
     # teacher_hidden / teacher_attention (float16 memmaps [N, L, S, .]); None without one.
     transfer: dict[str, Any] | None = None
+    # The student's tokens (== `tokens` unless a pretrained student has its own tokenizer) and
+    # that student's directory / hub name ("" for a shape).
+    student_tokens: dict[str, dict[str, torch.Tensor]] | None = None
+    student_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.student_tokens is None:
+            self.student_tokens = self.tokens
+
+    @property
+    def cross_tokenizer(self) -> bool:
+        return self.student_tokens is not self.tokens
 
 
 @dataclass(frozen=True)
@@ -116,10 +132,12 @@ def prepare_text(cfg: TextConfig, log: Callable[[str], None] = print) -> TextDat
     """Load + tokenize the data and get (or fine-tune once) the teacher. Idempotent, cached.
 
     Sweep drivers call this before any trial starts, so bad input fails early and the teacher is
-    trained once, not by the first trials racing each other.
+    trained once, not by the first trials racing each other. A pretrained student with its own
+    tokenizer gets its own tokens (`student_tokens`; the same rows in the same order).
     """
     cache = cache_root(cfg.cache_dir)
     splits = load_text_dataset(cfg.data_spec())
+    student_dir = resolve_student(cfg.student) if not is_shape(cfg.student) else ""
     tokenizer_dir = resolve_backbone(cfg.teacher)
     tokens = tokenize_splits(splits, tokenizer_dir, cfg.max_len, cache)
     store = TeacherStore(cache / "teachers")
@@ -132,9 +150,25 @@ def prepare_text(cfg: TextConfig, log: Callable[[str], None] = print) -> TextDat
             f"labels {splits.label_names}"
         )
     if isinstance(cfg, CascadeConfig) and cfg.teacher_checkpoint:
-        teacher = cascade_teacher(cfg, teacher, tokens, log)
+        teacher = cascade_teacher(cfg, teacher, splits, cache, log)
+        tokenizer_dir = teacher.model_dir  # the stage's teacher reads its own tokenizer's tokens
+        tokens = tokenize_splits(splits, tokenizer_dir, cfg.max_len, cache)
+    student_tokens = tokens
+    if student_dir and tokenizer_fingerprint(student_dir) != tokenizer_fingerprint(tokenizer_dir):
+        if cfg.needs.features:
+            raise KDSweepError(
+                f"field 'student': {cfg.student} has another tokenizer than the teacher, and "
+                f"{type(cfg).__name__} matches hidden states/attention position by position "
+                "(token positions do not align across tokenizers); use soft or hard KD"
+            )
+        if cfg.transfer_set:
+            raise KDSweepError(
+                f"field 'transfer_set': not supported with a student whose tokenizer differs "
+                f"from the teacher's ({cfg.student})"
+            )
+        student_tokens = tokenize_splits(splits, student_dir, cfg.max_len, cache)
     transfer = prepare_transfer(cfg, splits, tokens, tokenizer_dir, teacher, cache)
-    return TextData(splits, tokens, teacher, hit, transfer)
+    return TextData(splits, tokens, teacher, hit, transfer, student_tokens, student_dir)
 
 
 def prepare_transfer(
@@ -177,19 +211,44 @@ def prepare_transfer(
 
 
 def cascade_teacher(
-    cfg: CascadeConfig, base: StoredTeacher, tokens: dict, log: Callable[[str], None]
+    cfg: CascadeConfig,
+    base: StoredTeacher,
+    splits: TextSplits,
+    cache: Path,
+    log: Callable[[str], None],
 ) -> StoredTeacher:
-    """Register a trained student checkpoint as a teacher (its logits cached like any other)."""
+    """Register a trained student checkpoint as a teacher (its logits cached like any other),
+    with the tokenizer it was trained with: the base teacher's for a shape, its own for a
+    pretrained student."""
     ckpt = Path(cfg.teacher_checkpoint)
     if not (ckpt / "model.safetensors").is_file():
         raise KDSweepError(f"field 'teacher_checkpoint': {ckpt} has no model.safetensors")
     try:
-        model, _ = load_student_from_checkpoint(ckpt, base)
+        model, trial_cfg = load_student_from_checkpoint(ckpt, base)
     except KDSweepError as e:
         raise KDSweepError(f"field 'teacher_checkpoint': {e}") from None
+    tok_dir = vocab_source(trial_cfg, base.model_dir)
+    tokens = tokenize_splits(splits, tok_dir, cfg.max_len, cache)
     store = TeacherStore(base.path.parent)
     source = f"{ckpt.resolve()}|{(ckpt / 'model.safetensors').stat().st_mtime_ns}"
-    return store.register(model, source, base.model_dir, base.meta["label_names"], tokens, log)
+    return store.register(model, source, tok_dir, base.meta["label_names"], tokens, log)
+
+
+def vocab_source(trial_cfg: dict, base_dir: str, depth: int = 0) -> str:
+    """The model whose tokenizer (and, for a shape, vocabulary size) a trial used: a pretrained
+    student's own; a shape's teacher's -- the base teacher `base_dir`, or, in a cascade, the
+    source of the checkpoint that taught it (followed back through `teacher_checkpoint`)."""
+    student = trial_cfg["student"]
+    if not is_shape(student):
+        return resolve_student(student)
+    parent = trial_cfg.get("teacher_checkpoint") or ""
+    if not parent or depth > 32:
+        return base_dir
+    try:
+        parent_cfg = json.loads((Path(parent) / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise KDSweepError(f"teacher checkpoint {parent}: cannot read config.json ({e})") from e
+    return vocab_source(parent_cfg, base_dir, depth + 1)
 
 
 def load_student_from_checkpoint(ckpt: Path, teacher: StoredTeacher) -> tuple[nn.Module, dict]:
@@ -213,7 +272,8 @@ def load_student_from_checkpoint(ckpt: Path, teacher: StoredTeacher) -> tuple[nn
             f"checkpoint {ckpt}: trained on {head.shape[0]} labels, but dataset "
             f"{trial_cfg.get('dataset', '?')!r} here has {len(labels)} ({labels})"
         )
-    model = build_student(student, AutoConfig.from_pretrained(teacher.model_dir), len(labels))
+    source = vocab_source(trial_cfg, teacher.model_dir)
+    model = build_student(student, AutoConfig.from_pretrained(source), len(labels))
     try:
         model.load_state_dict(
             {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
@@ -249,7 +309,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
     with tune_io.restored_checkpoints() as ckpts:
         start_epoch, train_seconds = resume_state(ckpts, model, opt, sched, amp.scaler)
 
-    dev = first_rows(data.tokens["dev"], cfg.eval_subset)
+    dev = first_rows(data.student_tokens["dev"], cfg.eval_subset)
     static = {
         **count_parameters(student),
         # what always predicting the most frequent training label scores on dev: the floor a
@@ -284,11 +344,23 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
         )
         if analysis_due(cfg, epoch + 1):
             metrics.update(
-                analysis_metrics(cfg, student, data.tokens["dev"], data.teacher, analysis_cache)
+                analysis_metrics(
+                    cfg,
+                    student,
+                    data.student_tokens["dev"],
+                    data.teacher,
+                    analysis_cache,
+                    _cross(data),
+                )  # fmt: skip
             )
         ckpt_dir = tune_io.new_checkpoint_dir()
         save_state(ckpt_dir, model, opt, sched, amp.scaler, epoch + 1, train_seconds, cfg, metrics)
         tune_io.report(metrics, ckpt_dir)
+
+
+def _cross(data: TextData) -> tuple[list[str], str] | None:
+    """(dev texts, student tokenizer) for word-level attribution, if the tokenizers differ."""
+    return ([t for t, _ in data.splits.dev], data.student_dir) if data.cross_tokenizer else None
 
 
 def majority_rate(train_labels: torch.Tensor, eval_labels: torch.Tensor) -> float:
@@ -310,7 +382,7 @@ class TrainRows:
 def _train_rows(cfg: TextConfig, data: TextData, teacher_config: Any) -> TrainRows:
     """The labeled train prefix with what `cfg.needs` reads, then (if used) the transfer set."""
     needs = cfg.needs
-    train = first_rows(data.tokens["train"], cfg.data_subset)
+    train = first_rows(data.student_tokens["train"], cfg.data_subset)
     if needs.logits:  # cached logits, aligned row by row with the tokenized split
         train["teacher_logits"] = data.teacher.logits("train")[: len(train["labels"])]
     n_labeled = len(train["labels"])
@@ -395,7 +467,7 @@ def evaluate_text_checkpoint(cfg: TextConfig, ckpt: Path, split: str = "test") -
     """Accuracy/F1 of a trial checkpoint on a split (the sweep's final answer uses 'test')."""
     data = prepare_text(cfg, log=lambda m: None)
     model, _ = load_student_from_checkpoint(Path(ckpt), data.teacher)
-    tokens = first_rows(data.tokens[split], cfg.eval_subset)
+    tokens = first_rows(data.student_tokens[split], cfg.eval_subset)
     m = classification_metrics(
         predict_logits(model, tokens, 128, torch.device("cpu")), tokens["labels"]
     )
@@ -404,9 +476,12 @@ def evaluate_text_checkpoint(cfg: TextConfig, ckpt: Path, split: str = "test") -
 
 # ---------------------------------------------------------------- helpers
 def parse_layers(cfg: TextConfig) -> int:
-    from kdsweep.models.text import parse_size
+    """The student's layer count: from its shape, or a pretrained student's config."""
+    if is_shape(cfg.student):
+        return parse_size(cfg.student)[0]
+    from transformers import AutoConfig
 
-    return parse_size(cfg.student)[0]
+    return AutoConfig.from_pretrained(resolve_student(cfg.student)).num_hidden_layers
 
 
 def mapped_teacher_layers(cfg: TextConfig, teacher_config: Any) -> list[int]:

