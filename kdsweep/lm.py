@@ -14,11 +14,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from kdsweep.decoding import write_arpa
+from kdsweep.decoding import KENLM_MAGIC, write_arpa
 from kdsweep.errors import KDSweepError
 from kdsweep.filelock import locked
 
-KENLM_MAGIC = b"mmap lm http://kheafield.com/code"
 LM_TEXT_VERSION = 1
 
 

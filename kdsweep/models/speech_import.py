@@ -23,6 +23,7 @@ against the corpus, so a mismatch is one clear error before any trial starts.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,19 @@ def _strip_prefix(state: dict[str, Tensor], where: str) -> dict[str, Tensor]:
     if not state:
         raise KDSweepError(f"{where}: no tensors found")
     return state
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """Content hash of a checkpoint file (of model.safetensors for a directory)."""
+    p = Path(path).expanduser()
+    p = p / "model.safetensors" if p.is_dir() else p
+    if not p.is_file():
+        raise KDSweepError(f"field 'teacher_checkpoint': no such file: {p}")
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
 
 
 def infer_shape(state: dict[str, Tensor], n_mels: int, where: str = "") -> ImportedShape:
