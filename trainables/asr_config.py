@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -94,8 +95,8 @@ class ASRConfig(BaseConfig):
         in_range(self, "lm_order", 1, 6)
         in_range(self, "label_smoothing", 0.0, 1.0)
         in_range(self, "keep_every", 0, 10**6)
-        if self.lm and not Path(self.lm).expanduser().is_file():
-            raise KDSweepError(f"field 'lm': file not found: {self.lm}")
+        if self.lm:
+            _checked_lm(*_file_key(self.lm, "lm"))
         self._check_transfer()
         self._check_teacher_checkpoint()
 
@@ -108,10 +109,8 @@ class ASRConfig(BaseConfig):
             raise KDSweepError(
                 f"field 'teacher_checkpoint': {type(self).__name__} has no teacher to import"
             )
-        from kdsweep.models.speech_import import infer_shape, read_state_dict
-
         where = f"field 'teacher_checkpoint': {self.teacher_checkpoint}"
-        shape = infer_shape(read_state_dict(self.teacher_checkpoint), N_MELS, where)
+        shape = _imported_shape(*_file_key(self.teacher_checkpoint, "teacher_checkpoint"))
         for name, got in (("teacher_layers", shape.layers), ("teacher_hidden", shape.hidden)):
             value, default = getattr(self, name), type(self).__dataclass_fields__[name].default
             if value not in (default, got):
@@ -361,6 +360,37 @@ class SelfDistillConfig(ASRConfig):
     def temperature_at(self, epoch: int) -> float:
         """Temperature of 0-based `epoch` (switches at each scaled milestone)."""
         return temperature_at(epoch, self.scaled_milestones(), self.schedule_values())
+
+
+def _file_key(spec: str, field_name: str) -> tuple[str, float, int]:
+    """(resolved path, mtime, size): the cache key of a file check (edits invalidate it)."""
+    p = Path(spec).expanduser()
+    target = p / "model.safetensors" if p.is_dir() else p
+    if not target.is_file():
+        raise KDSweepError(f"field {field_name!r}: file not found: {target}")
+    st = target.stat()
+    return str(p.resolve()), st.st_mtime, st.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_lm(path: str, mtime: float, size: int) -> str:
+    """The kind of an `lm` file; an ARPA is checked in full (once per file version)."""
+    from kdsweep.lm import check_arpa, lm_kind
+
+    kind = lm_kind(Path(path))
+    if kind == "arpa":
+        check_arpa(Path(path))
+    return kind
+
+
+@functools.lru_cache(maxsize=32)
+def _imported_shape(path: str, mtime: float, size: int):
+    """The shape of an imported checkpoint, fully loaded and checked against kdsweep's
+    features and vocabulary (once per file version): a misfit fails as config input."""
+    from kdsweep.data.speech import CharVocab
+    from kdsweep.models.speech_import import load_bilstm_ctc
+
+    return load_bilstm_ctc(path, N_MELS, len(CharVocab()))[1]
 
 
 def layer_pairs(
