@@ -157,3 +157,22 @@ def test_self_distill_from_imported_pt_with_layers_2_3(tmp_path, cache_dir):
     imported = [m for m in entries if m.get("source") == str(ckpt.resolve())]
     assert len(imported) == 1 and imported[0]["arch"] == "L4-H24"
     assert any(p.name.startswith("user-lm-2gram-") for p in (cache_dir / "speech" / "lm").iterdir())
+
+
+@pytest.mark.unit
+def test_keep_every_marks_every_kth_epoch(tmp_path):
+    from safetensors.torch import save_file
+
+    from sweeps.pruning import kept_every
+
+    def ckpt(epoch: int, keep_every: int):
+        d = tmp_path / f"checkpoint_{epoch:06d}_{keep_every}"
+        d.mkdir()
+        save_file(
+            {"x": torch.zeros(1)}, str(d / "model.safetensors"), metadata={"epoch": str(epoch)}
+        )
+        (d / "config.json").write_text(json.dumps({"keep_every": keep_every}))
+        return d
+
+    assert kept_every(ckpt(10, 5)) and kept_every(ckpt(75, 5))
+    assert not kept_every(ckpt(11, 5)) and not kept_every(ckpt(10, 0))
