@@ -19,7 +19,9 @@ counts or shape) is rebuilt where the caller passes the features, else refused w
 KDSweepError. Caches of the earlier single-file layout (`<name>.pt`) are converted on first
 read, so existing entries keep their ids.
 
-The id hashes (version, recipe, corpus fingerprint). Locking, the temp dir + os.replace publish
+The id hashes (version, recipe, corpus fingerprint); an imported model (`get_or_import`: a
+checkpoint the user trained elsewhere) is keyed by its file's content hash + corpus fingerprint
+instead, and its meta.json names the source file. Locking, the temp dir + os.replace publish
 and the atomic meta.json are `kdsweep.store`'s (so concurrent trials train a missing teacher
 exactly once); this module only says what an entry holds. The training itself is
 `kdsweep.asr_teacher.train_model` (the student trials' own loop). No ray, no mlflow.
@@ -189,8 +191,48 @@ class ASRTeacherStore:
             )
         return teacher, hit
 
+    def get_or_import(
+        self,
+        checkpoint: str | Path,
+        fingerprint: str,
+        feats: dict[str, FeatureSet],
+        log: Callable[[str], None] = print,
+        device: torch.device | str = "cpu",
+        name: str = "teacher",
+        beam: Callable[[Sequence[Tensor], Sequence[str]], dict[str, float]] | None = None,
+    ) -> tuple[StoredASRTeacher, bool]:
+        """The store entry of a BiLSTM-CTC trained elsewhere (`kdsweep.models.speech_import`):
+        imported, evaluated once (dev/test greedy WER/CER, and with `beam` its beam + LM
+        scores) and its posteriors cached like a trained teacher's. Keyed by the checkpoint's
+        content hash + corpus fingerprint. Returns (teacher, hit)."""
+        from kdsweep.data.speech import CharVocab
+        from kdsweep.models.speech_import import checkpoint_digest, load_bilstm_ctc
 
-def _save(tmp: Path, model, recipe, fingerprint, feats, seconds, name) -> dict:
+        n_mels = int(feats["train"].feats[0].shape[-1])
+        digest = checkpoint_digest(checkpoint)
+        entry_id = content_id({"import": digest}, fingerprint, STORE_VERSION)
+
+        def build(tmp: Path) -> dict:
+            model, shape = load_bilstm_ctc(checkpoint, n_mels, len(CharVocab()))
+            log(f"ASR teacher store: importing {name} {shape.arch} from {checkpoint} ({entry_id})")
+            recipe = ASRTeacherRecipe(
+                layers=shape.layers, hidden=shape.hidden, stack=shape.stack, dropout=0.0,
+                epochs=0, n_mels=n_mels,
+            )  # fmt: skip
+            meta = _save(tmp, model.to(device), recipe, fingerprint, feats, 0.0, name, beam)
+            meta.update(source=str(Path(checkpoint).expanduser().resolve()), sha256=digest)
+            return meta
+
+        path, hit = self._store.get_or_build(entry_id, build)
+        teacher = StoredASRTeacher(path)
+        if not hit:
+            m = teacher.metrics
+            log(f"ASR teacher store: imported {name} {entry_id}: dev WER {m['dev_wer']:.3f}, "
+                f"test WER {m['test_wer']:.3f}")  # fmt: skip
+        return teacher, hit
+
+
+def _save(tmp: Path, model, recipe, fingerprint, feats, seconds, name, beam=None) -> dict:
     """Weights and every split's posteriors into the entry's temp dir; returns its meta."""
     save_file(
         {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
@@ -205,6 +247,9 @@ def _save(tmp: Path, model, recipe, fingerprint, feats, seconds, name) -> dict:
         if split != "train" and len(fs):
             for k, v in greedy_scores(logits, fs.transcripts).items():
                 metrics[f"{split}_{k}"] = v
+            if beam is not None:
+                for k, v in beam(logits, fs.transcripts).items():
+                    metrics[f"{split}_{k}_beam"] = v
     return {
         "name": name,
         "arch": f"L{recipe.layers}-H{recipe.hidden}",

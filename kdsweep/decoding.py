@@ -216,9 +216,13 @@ def build_lm_corpus(
 # --------------------------------------------------------------------------------------------
 
 
+KENLM_MAGIC = b"mmap lm http://kheafield.com/code"  # first bytes of a KenLM binary
+
+
 class BeamDecoder:
     """CTC prefix beam search with a KenLM n-gram (pyctcdecode shallow fusion).
 
+    ``arpa_path`` is an ARPA file or a KenLM binary (``build_binary`` output: no unigram list).
     ``alpha`` weighs the LM log-prob, ``beta`` is a per-word bonus. Without an ARPA file it is a
     plain beam search; if kenlm/pyctcdecode cannot be loaded it warns once and decodes greedily.
     """
@@ -285,8 +289,12 @@ class BeamDecoder:
         return self.decode_batch([lp[b, : int(n)] for b, n in enumerate(lens)], beam_width)
 
 
-def _arpa_words(path: Path) -> list[str]:
-    """Unigram words of an ARPA file, without the <s>, </s>, <unk> markers."""
+def _arpa_words(path: Path) -> list[str] | None:
+    """Unigram words of an ARPA file, without the <s>, </s>, <unk> markers; None for a KenLM
+    binary (no readable unigram list: pyctcdecode then decodes without its unigram filter)."""
+    with open(path, "rb") as f:
+        if f.read(len(KENLM_MAGIC)) == KENLM_MAGIC:
+            return None
     words = []
     in_unigrams = False
     with open(path, encoding="utf-8") as f:

@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> dict:
     model, trial_cfg = load_student(ckpt)
     names = ASRConfig.field_names()
     cfg = ASRConfig.from_dict(
-        {k: v for k, v in trial_cfg.items() if k in names}, where=f"{ckpt}/config.json"
+        {k: v for k, v in trial_cfg.items() if k in names and k != "teacher_checkpoint"},
+        where=f"{ckpt}/config.json",
     )
     data = prepare_asr(cfg, log=print, with_teacher=False, threads=1)
     fs = data.feats[args.split]

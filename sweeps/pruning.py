@@ -73,9 +73,22 @@ def prune_checkpoints(experiment_dir: Path, metric: str, mode: str, margin: int 
         for path in ckpts:
             if path == ranked[0] or int(path.name.split("_")[-1]) > latest - margin:
                 continue
+            if kept_every(path):
+                continue
             shutil.rmtree(path, ignore_errors=True)
             deleted.append(path)
     return deleted
+
+
+def kept_every(ckpt: Path) -> bool:
+    """True when the checkpoint's config asks to keep it: its epoch is a multiple of
+    `keep_every` (> 0) in the checkpoint's config.json (checkpoint ensembling)."""
+    try:
+        k = int(json.loads((ckpt / "config.json").read_text()).get("keep_every", 0) or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+    info = checkpoint_info(ckpt)
+    return k > 0 and info is not None and int(info[0]) % k == 0
 
 
 class CheckpointPruner(tune.Callback):

@@ -22,12 +22,25 @@ from trainables.asr_loop import run_asr_trial
 from trainables.conditions import Condition
 
 
-def _ctc(out, batch):
-    """CTC on the gold transcripts, over labeled rows only (transfer rows have none)."""
+def _ctc(out, batch, eps: float = 0.0):
+    """CTC on the gold transcripts, over labeled rows only (transfer rows have none);
+    `eps` = the config's label_smoothing."""
     return ctc_loss(
         out.logits, batch["targets"], out.out_lens, batch["target_lens"],
-        labeled=batch.get("labeled"),
+        labeled=batch.get("labeled"), label_smoothing=eps,
     )  # fmt: skip
+
+
+def _feature_mse(out, batch, pairs, projections=None):
+    """Mean MSE over the (student, teacher) layer pairs; the teacher's cached hidden states
+    hold the pairs' teacher layers in order; `projections` map student width -> teacher's."""
+    total = 0
+    for k, (s, _) in enumerate(pairs):
+        h = out.hidden_states[s - 1]
+        if projections is not None:
+            h = projections[k](h)
+        total = total + masked_hidden_mse(h, batch["teacher_hidden"][:, :, k], out.out_lens)
+    return total / max(1, len(pairs))
 
 
 def independent(config: dict[str, Any]) -> None:
@@ -35,7 +48,7 @@ def independent(config: dict[str, Any]) -> None:
     cfg = ASRConfig.from_dict(config)
 
     def loss_fn(out, batch, aux):
-        ctc = _ctc(out, batch)
+        ctc = _ctc(out, batch, cfg.label_smoothing)
         return ctc, {"loss_ctc": ctc}
 
     run_asr_trial(cfg, loss_fn)
@@ -46,7 +59,7 @@ def soft(config: dict[str, Any]) -> None:
     cfg = ASRSoftConfig.from_dict(config)
 
     def loss_fn(out, batch, aux):
-        ctc = _ctc(out, batch)
+        ctc = _ctc(out, batch, cfg.label_smoothing)
         kd = ctc_frame_kd_loss(
             out.logits, batch["teacher_logits"], out.out_lens, cfg.temperature,
             cfg.blank_frame_weight,
@@ -61,28 +74,26 @@ def hard(config: dict[str, Any]) -> None:
     cfg = ASRHardConfig.from_dict(config)
 
     def loss_fn(out, batch, aux):
-        ctc = _ctc(out, batch)
+        ctc = _ctc(out, batch, cfg.label_smoothing)
         kd = ctc_loss(
-            out.logits, batch["teacher_targets"], out.out_lens, batch["teacher_target_lens"]
-        )
+            out.logits, batch["teacher_targets"], out.out_lens, batch["teacher_target_lens"],
+            label_smoothing=cfg.label_smoothing,
+        )  # fmt: skip
         return cfg.alpha * kd + (1 - cfg.alpha) * ctc, {"loss_ctc": ctc, "loss_kd": kd}
 
     run_asr_trial(cfg, loss_fn)
 
 
 def hidden(config: dict[str, Any]) -> None:
-    """Hidden-state KD: MSE(proj(student layer i), teacher layer map(i)) + CTC [+ soft KD]."""
+    """Hidden-state KD: alpha * KL_soft + beta * CTC + gamma * MSE(proj(student layer s),
+    teacher layer t) over the chosen layer pairs (a learned Linear per pair)."""
     cfg = ASRHiddenConfig.from_dict(config)
-    mapped = tuple(cfg.mapped_layers())
+    pairs = cfg.layer_pairs()
 
     def loss_fn(out, batch, aux):
-        ctc = _ctc(out, batch)
-        mse = sum(
-            masked_hidden_mse(proj(out.hidden_states[i]), batch["teacher_hidden"][:, :, i],
-                              out.out_lens)
-            for i, proj in enumerate(aux["proj"])
-        ) / len(mapped)  # fmt: skip
-        total = (1 - cfg.alpha) * ctc + cfg.hidden_weight * mse
+        ctc = _ctc(out, batch, cfg.label_smoothing)
+        mse = _feature_mse(out, batch, pairs, aux["proj"])
+        total = cfg.ctc_weight * ctc + cfg.mse_weight * mse
         parts = {"loss_ctc": ctc, "loss_hidden": mse}
         if cfg.alpha > 0:
             kd = ctc_frame_kd_loss(
@@ -97,27 +108,18 @@ def hidden(config: dict[str, Any]) -> None:
 
 def self_distill(config: dict[str, Any]) -> None:
     """Self-distillation: the teacher is the student's stored twin (same architecture, trained
-    alone); alpha * KL_soft(T(epoch)) + beta * CTC(gold) + gamma * MSE(every hidden layer)."""
+    alone) or an imported checkpoint; alpha * KL_soft(T(epoch)) + beta * CTC(gold) + gamma *
+    MSE over the chosen layer pairs (projected when the widths differ)."""
     cfg = SelfDistillConfig.from_dict(config)
-    # Same width layer by layer: no projection. gamma = 0 skips the hidden states entirely.
-    layers = cfg.needs.hidden_layers
+    pairs = cfg.layer_pairs() if cfg.gamma > 0 else []  # gamma = 0: no hidden states at all
 
     def loss_fn(out, batch, aux):
         kd = ctc_frame_kd_loss(
             out.logits, batch["teacher_logits"], out.out_lens, cfg.temperature_at(batch["epoch"]),
             cfg.blank_frame_weight,
         )  # fmt: skip
-        ctc = _ctc(out, batch)
-        mse = (
-            sum(
-                masked_hidden_mse(
-                    out.hidden_states[i], batch["teacher_hidden"][:, :, i], out.out_lens
-                )
-                for i in range(len(layers))
-            )
-            / max(1, len(layers))
-            + 0 * ctc
-        )
+        ctc = _ctc(out, batch, cfg.label_smoothing)
+        mse = _feature_mse(out, batch, pairs, getattr(aux, "proj", None)) + 0 * ctc
         total = cfg.alpha * kd + cfg.beta * ctc + cfg.gamma * mse
         return total, {"loss_kd": kd, "loss_ctc": ctc, "loss_hidden": mse}
 

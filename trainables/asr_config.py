@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -16,6 +17,7 @@ from kdsweep.models.text import layer_map
 from trainables.conditions import Needs, transfer_capable
 
 SYNTHETIC = ("commands", "open")
+N_MELS = 80  # log-mel bins of kdsweep's features (kdsweep.data.speech.features.LogMel)
 
 
 @dataclass
@@ -49,12 +51,19 @@ class ASRConfig(BaseConfig):
     teacher_epochs: int = 15
     teacher_lr: float = 2e-3
     teacher_seed: int = 1  # != the default student seed: a twin never starts from its pupil's init
+    # a BiLSTM-CTC trained elsewhere as the teacher (soft, hard, hidden) or twin (self): a .pt/.pth
+    # (weights_only), .safetensors or kdsweep checkpoint dir; its shape is read from the tensors
+    teacher_checkpoint: str = ""
     # ---- decoding: greedy every epoch; beam + KenLM trigram at the end (and every beam_every)
     lm_weight: float = 0.5  # alpha: weight of the LM log-probability
     word_bonus: float = 1.0  # beta: bonus per word
     beam_width: int = 32
     beam_every: int = 0  # 0 = beam search only at the final epoch
     eval_cmu: bool = True  # out-of-domain WER on the real CMU clips at the final epoch
+    lm: str = ""  # "" = kdsweep's trigram; an ARPA / KenLM binary, or a text file to build one
+    lm_order: int = 3  # order of the n-gram built from a text `lm`
+    label_smoothing: float = 0.0  # eps: (1-eps)*CTC + eps*KL(uniform || frame posteriors)
+    keep_every: int = 0  # also keep every k-th epoch's checkpoint (0 = best + latest only)
     # ---- transfer set: untranscribed audio the teacher labels (soft, hard, self only):
     # "" none | synthetic (extra TTS utterances) | folder of .wav/.flac | .txt/.lst/.csv/.tsv list
     transfer_set: str = ""
@@ -83,7 +92,38 @@ class ASRConfig(BaseConfig):
         in_range(self, "lm_weight", 0.0, 10.0)
         in_range(self, "word_bonus", -10.0, 10.0)
         in_range(self, "beam_every", 0, 10**6)
+        in_range(self, "lm_order", 1, 6)
+        in_range(self, "label_smoothing", 0.0, 1.0)
+        in_range(self, "keep_every", 0, 10**6)
+        if self.lm:
+            _checked_lm(*_file_key(self.lm, "lm"))
         self._check_transfer()
+        self._check_teacher_checkpoint()
+
+    def _check_teacher_checkpoint(self) -> None:
+        """With `teacher_checkpoint`, teacher_layers/teacher_hidden come from its tensors (a
+        contradicting value is an error) and its frame stacking must be the student's."""
+        if not self.teacher_checkpoint:
+            return
+        if not self.teacher_kind:
+            raise KDSweepError(
+                f"field 'teacher_checkpoint': {type(self).__name__} has no teacher to import"
+            )
+        where = f"field 'teacher_checkpoint': {self.teacher_checkpoint}"
+        shape = _imported_shape(*_file_key(self.teacher_checkpoint, "teacher_checkpoint"))
+        for name, got in (("teacher_layers", shape.layers), ("teacher_hidden", shape.hidden)):
+            value, default = getattr(self, name), type(self).__dataclass_fields__[name].default
+            if value not in (default, got):
+                raise KDSweepError(
+                    f"field {name!r}: {value} contradicts the checkpoint's {got} "
+                    f"({shape.arch}); leave it unset with teacher_checkpoint"
+                )
+            setattr(self, name, got)
+        if shape.stack != self.stack:
+            raise KDSweepError(
+                f"{where}: frame stacking {shape.stack} differs from the student's stack="
+                f"{self.stack} (frame-level KD needs the same frame rate); set stack={shape.stack}"
+            )
 
     def _check_transfer(self) -> None:
         check_source(self.transfer_set)
@@ -206,26 +246,47 @@ class ASRHardConfig(ASRConfig):
 
 @dataclass
 class ASRHiddenConfig(ASRSoftConfig):
-    """Hidden-state KD: MSE(proj(student layer i), teacher layer map(i)) + CTC [+ soft KD]."""
+    """Hidden-state KD: alpha * KL_soft + beta * CTC + gamma * MSE(proj(student layer s),
+    teacher layer t) over the chosen (s, t) pairs (`student_layers` <- `layer_map`)."""
 
     alpha: float = 0.0  # weight of the soft-logit term (0 = hidden states + CTC only)
     hidden_weight: float = 1.0
-    layer_map: str = ""  # "" = uniform (student layer i -> teacher layer ceil(i*Lt/Ls)); "2,3"
+    layer_map: str = ""  # teacher layers, one per chosen student layer ("" = uniform); "2,4"
+    student_layers: str = ""  # 1-based student layers to match ("" = all); "2,3"
+    beta: float = -1.0  # CTC weight (-1 = 1 - alpha)
+    gamma: float = -1.0  # MSE weight (-1 = hidden_weight)
 
     TRANSFER_OK: ClassVar[bool] = False  # projected teacher layers: not cached for transfer
 
     @property
     def needs(self) -> Needs:
-        return Needs(logits=self.alpha > 0, hidden_layers=tuple(self.mapped_layers()), project=True)
+        teacher = tuple(t for _, t in self.layer_pairs())
+        return Needs(logits=self.alpha > 0, hidden_layers=teacher, project=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         in_range(self, "hidden_weight", 0.0, 1e6)
-        self.mapped_layers()  # raises on a bad map, naming the field
+        if self.beta != -1.0:
+            in_range(self, "beta", 0.0, 1e6)
+        if self.gamma != -1.0:
+            in_range(self, "gamma", 0.0, 1e6)
+        self.layer_pairs()  # raises on a bad map, naming the field
+
+    @property
+    def ctc_weight(self) -> float:
+        return 1 - self.alpha if self.beta == -1.0 else self.beta
+
+    @property
+    def mse_weight(self) -> float:
+        return self.hidden_weight if self.gamma == -1.0 else self.gamma
 
     def mapped_layers(self) -> list[int]:
-        """1-based teacher layer for each student layer."""
-        return layer_map(self.layers, self.teacher_layers, self.layer_map)
+        """1-based teacher layer for each chosen student layer."""
+        return [t for _, t in self.layer_pairs()]
+
+    def layer_pairs(self) -> list[tuple[int, int]]:
+        """(student layer, teacher layer) pairs, 1-based, that the MSE term matches."""
+        return layer_pairs(self.layers, self.teacher_layers, self.student_layers, self.layer_map)
 
 
 @dataclass
@@ -241,7 +302,9 @@ class SelfDistillConfig(ASRConfig):
 
     alpha: float = 0.7  # KL_soft
     beta: float = 0.2  # CTC_hard (the gold transcripts)
-    gamma: float = 0.1  # MSE_feat (every layer, same width: no projection)
+    gamma: float = 0.1  # MSE_feat (chosen layers; a learned projection when widths differ)
+    student_layers: str = ""  # 1-based student layers matched by the MSE ("" = all); "2,3"
+    layer_map: str = ""  # twin/teacher layer per chosen student layer ("" = uniform); "2,4"
     temperatures: str = "4.0,3.5,3.0"
     milestones: str = "30,70"
     reference_epochs: int = 80
@@ -265,12 +328,25 @@ class SelfDistillConfig(ASRConfig):
             )
         if stones != sorted(stones) or any(m < 1 for m in stones):
             raise KDSweepError(f"field 'milestones': must be increasing epochs >= 1, got {stones}")
+        self.layer_pairs()  # raises on a bad selection, naming the field
 
     @property
     def needs(self) -> Needs:
-        """Every twin layer when the MSE term is on (same width: no projection), else none."""
-        layers = tuple(range(1, self.layers + 1)) if self.gamma > 0 else ()
-        return Needs(logits=True, hidden_layers=layers)
+        """The mapped twin layers when the MSE term is on, else none; a projection only when
+        the twin (an imported `teacher_checkpoint`) is wider or narrower than the student."""
+        if self.gamma <= 0:
+            return Needs(logits=True)
+        layers = tuple(t for _, t in self.layer_pairs())
+        return Needs(logits=True, hidden_layers=layers, project=self.twin_hidden != self.hidden)
+
+    @property
+    def twin_hidden(self) -> int:
+        return self.teacher_hidden if self.teacher_checkpoint else self.hidden
+
+    def layer_pairs(self) -> list[tuple[int, int]]:
+        """(student layer, twin layer) pairs, 1-based, that the MSE term matches."""
+        twin_layers = self.teacher_layers if self.teacher_checkpoint else self.layers
+        return layer_pairs(self.layers, twin_layers, self.student_layers, self.layer_map)
 
     def schedule_values(self) -> list[float]:
         return _floats(self.temperatures, "temperatures")
@@ -284,6 +360,60 @@ class SelfDistillConfig(ASRConfig):
     def temperature_at(self, epoch: int) -> float:
         """Temperature of 0-based `epoch` (switches at each scaled milestone)."""
         return temperature_at(epoch, self.scaled_milestones(), self.schedule_values())
+
+
+def _file_key(spec: str, field_name: str) -> tuple[str, float, int]:
+    """(resolved path, mtime, size): the cache key of a file check (edits invalidate it)."""
+    p = Path(spec).expanduser()
+    target = p / "model.safetensors" if p.is_dir() else p
+    if not target.is_file():
+        raise KDSweepError(f"field {field_name!r}: file not found: {target}")
+    st = target.stat()
+    return str(p.resolve()), st.st_mtime, st.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_lm(path: str, mtime: float, size: int) -> str:
+    """The kind of an `lm` file; an ARPA is checked in full (once per file version)."""
+    from kdsweep.lm import check_arpa, lm_kind
+
+    kind = lm_kind(Path(path))
+    if kind == "arpa":
+        check_arpa(Path(path))
+    return kind
+
+
+@functools.lru_cache(maxsize=32)
+def _imported_shape(path: str, mtime: float, size: int):
+    """The shape of an imported checkpoint, fully loaded and checked against kdsweep's
+    features and vocabulary (once per file version): a misfit fails as config input."""
+    from kdsweep.data.speech import CharVocab
+    from kdsweep.models.speech_import import load_bilstm_ctc
+
+    return load_bilstm_ctc(path, N_MELS, len(CharVocab()))[1]
+
+
+def layer_pairs(
+    student_total: int, teacher_total: int, student_spec: str, teacher_spec: str
+) -> list[tuple[int, int]]:
+    """(student, teacher) 1-based layer pairs: `student_spec` picks student layers ("" = all),
+    `teacher_spec` one teacher layer each ("" = uniform: s -> ceil(s * Lt / Ls))."""
+    chosen = [int(x) for x in _floats(student_spec, "student_layers", ints=True)]
+    if not chosen:
+        chosen = list(range(1, student_total + 1))
+    if any(not 1 <= s <= student_total for s in chosen) or len(set(chosen)) != len(chosen):
+        raise KDSweepError(
+            f"field 'student_layers': {student_spec!r} needs distinct layers in 1..{student_total}"
+        )
+    if not teacher_spec:
+        return [(s, layer_map(student_total, teacher_total)[s - 1]) for s in chosen]
+    picks = [int(x) for x in _floats(teacher_spec, "layer_map", ints=True)]
+    if len(picks) != len(chosen) or not all(1 <= t <= teacher_total for t in picks):
+        raise KDSweepError(
+            f"field 'layer_map': {teacher_spec!r} needs {len(chosen)} teacher layer(s) (one per "
+            f"student layer {chosen}) in 1..{teacher_total}"
+        )
+    return list(zip(chosen, picks, strict=True))
 
 
 def _floats(spec: str, name: str, ints: bool = False) -> list[float]:

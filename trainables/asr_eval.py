@@ -99,5 +99,27 @@ def load_student(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), trial_cfg
 
 
+def import_teacher(
+    cfg: ASRConfig,
+    store: Any,
+    fingerprint: str,
+    feats: dict[str, FeatureSet],
+    arpa: Path,
+    log: Any = print,
+    device: torch.device | str = "cpu",
+) -> tuple[Any, bool]:
+    """`cfg.teacher_checkpoint` as a stored teacher (an `ASRTeacherStore` entry): imported,
+    evaluated once on dev/test (greedy, and beam with the trial's LM and decoding settings)."""
+    decoder = Decoders(arpa)
+
+    def beam(logits: Sequence[Tensor], refs: Sequence[str]) -> dict[str, float]:
+        return beam_scores(decoder.get(cfg.lm_weight, cfg.word_bonus), logits, refs, cfg.beam_width)
+
+    return store.get_or_import(
+        cfg.teacher_checkpoint, fingerprint, feats, log=log, device=device,
+        name=cfg.teacher_kind, beam=beam,
+    )  # fmt: skip
+
+
 # The out-of-domain numbers a sweep's test evaluation reports (trials report every subset).
 OOD_SUMMARY = ("ood_wer", "ood_cer", "ood_wer_beam", "ood_cer_beam", "ood_cards_wer_beam")

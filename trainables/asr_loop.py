@@ -55,6 +55,7 @@ from kdsweep.data.speech_transfer import (
 from kdsweep.decoding import build_lm_corpus, write_arpa
 from kdsweep.errors import KDSweepError, NonFiniteLossError
 from kdsweep.filelock import locked
+from kdsweep.lm import resolve_lm
 from kdsweep.models.speech import count_parameters
 from kdsweep.models.text import pick_device
 from kdsweep.paths import cache_root
@@ -62,7 +63,14 @@ from kdsweep.train_utils import mixed_epoch_index, transfer_count
 from kdsweep.training import Precision, set_threads, torch_threads
 from trainables import tune_io
 from trainables.asr_config import ASRConfig
-from trainables.asr_eval import OOD_SUMMARY, Decoders, evaluate, evaluate_ood, load_student
+from trainables.asr_eval import (
+    OOD_SUMMARY,
+    Decoders,
+    evaluate,
+    evaluate_ood,
+    import_teacher,
+    load_student,
+)
 from trainables.asr_eval import beam_scores as beam_scores  # re-exported (sweeps/decode.py)
 from trainables.checkpointing import resume_state, save_state
 from trainables.conditions import Needs
@@ -199,12 +207,23 @@ def prepare_asr(
         name, utts = load_corpus(cfg, cache)
         all_feats = featurize(utts, cache / "speech" / "feats")
         feats = {s: all_feats.select(s) for s in SPLITS}
-        data = ASRData(name, feats, fingerprint(feats), build_lm(name, feats, cfg.domain, cache))
+        arpa = (
+            resolve_lm(cfg.lm, cfg.lm_order, cache)
+            if cfg.lm
+            else build_lm(name, feats, cfg.domain, cache)
+        )
+        data = ASRData(name, feats, fingerprint(feats), arpa)
         data.sizes = {s: len(feats[s]) for s in SPLITS}
         if cfg.eval_cmu:
             data.ood = featurize(load_cmu_clips(), cache / "speech" / "feats")
         recipe = cfg.stored_teacher_recipe() if with_teacher else None
-        if recipe is not None:
+        if recipe is not None and cfg.teacher_checkpoint:  # a model trained elsewhere
+            store = ASRTeacherStore(cache / "asr_teachers")
+            data.teacher, data.teacher_hit = import_teacher(
+                cfg, store, data.fingerprint, feats, arpa, log, pick_device(cfg.device)
+            )
+            data.transfer = prepare_transfer(cfg, data, utts, cache, pick_device(cfg.device))
+        elif recipe is not None:
             store = ASRTeacherStore(cache / "asr_teachers")
             data.teacher, data.teacher_hit = store.get_or_train(
                 recipe,

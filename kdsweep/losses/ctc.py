@@ -29,8 +29,15 @@ def ctc_loss(
     tgt_lens: Tensor,
     blank: int = 0,
     labeled: Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """CTC loss, batch-first ``log_probs`` [B, T, V] (raw logits are accepted too).
+
+    ``label_smoothing`` eps: CTC has no built-in label smoothing (no per-frame target exists),
+    so this is the standard mix ``(1 - eps) * CTC + eps * KL(uniform || p_t)`` with the KL
+    averaged over each utterance's unpadded frames (``in_lens``) and then over the batch:
+    ``KL(u || p_t) = -log V - mean_v log p_t(v)``, which pulls every frame's posteriors toward
+    uniform (a confidence penalty; 0 exactly when p_t is uniform). eps = 0 is plain CTC.
 
     ``labeled`` (bool [B], optional) restricts the loss to labeled utterances: unlabeled
     (transfer-set) rows are dropped before CTC runs, so their targets are never read and they get
@@ -57,7 +64,20 @@ def ctc_loss(
     per_utt = F.ctc_loss(
         lp, targets, in_lens, tgt_lens, blank=blank, reduction="none", zero_infinity=True
     )
-    return (per_utt / tgt_lens.clamp_min(1).to(per_utt.dtype)).mean()
+    ctc = (per_utt / tgt_lens.clamp_min(1).to(per_utt.dtype)).mean()
+    if label_smoothing <= 0:
+        return ctc
+    return (1 - label_smoothing) * ctc + label_smoothing * uniform_kl(lp.transpose(0, 1), in_lens)
+
+
+def uniform_kl(log_probs: Tensor, lengths: Tensor) -> Tensor:
+    """KL(uniform || p_t) of batch-first log-probs [B, T, V], mean over each utterance's valid
+    frames, then over the batch (CTC label smoothing's regulariser)."""
+    v = log_probs.shape[-1]
+    per_frame = -math.log(v) - log_probs.mean(-1)  # [B, T]
+    mask = frame_mask(lengths.to(log_probs.device), log_probs.shape[1]).to(per_frame.dtype)
+    per_utt = (per_frame * mask).sum(1) / mask.sum(1).clamp_min(1)
+    return per_utt.mean()
 
 
 def select_targets(targets: Tensor, tgt_lens: Tensor, keep: Tensor) -> Tensor:
