@@ -13,7 +13,7 @@ sweep: setup
 # Every test has one cost marker (pyproject.toml): unit (pure functions, ms), trial (tiny models
 # trained in-process, seconds), e2e (a sweep through Ray or a CLI subprocess), infra (two-node Ray
 # cluster, PostgreSQL, Chromium, kill/resume, bench). `make test` runs all of them: what CI runs.
-# `make test-fast` (= plain `pytest`) runs unit + trial; `make test-<marker>` runs one marker.
+# `make test-fast` (= plain `pytest`) runs the unit tests; `make test-<marker>` runs one marker.
 test: setup
 	$(PY) -m pytest -q -m ""
 
