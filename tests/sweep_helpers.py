@@ -43,3 +43,16 @@ def run_sweep_script(script: str, tmp: Path, cache_dir: Path, *extra: str, timeo
         timeout=timeout,
         cwd=tmp,
     )
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of one process group (to stop and check what a test started)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            pids.append(int(stat.parent.name))
+    return pids

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sweep_helpers import group_members
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -68,19 +69,6 @@ def _sweep(tmp: Path, env: dict[str, str], *extra: str, timeout: int = 500):
     return res
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of one process group."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(stat.parent.name))
-    return pids
-
-
 def _stop_groups(pgids: list[int], grace: float = 10.0) -> None:
     """SIGTERM the process groups we started, then SIGKILL whatever is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -88,9 +76,9 @@ def _stop_groups(pgids: list[int], grace: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(g, sig)
         deadline = time.time() + grace
-        while time.time() < deadline and any(_group_members(g) for g in pgids):
+        while time.time() < deadline and any(group_members(g) for g in pgids):
             time.sleep(0.5)
-        if not any(_group_members(g) for g in pgids):
+        if not any(group_members(g) for g in pgids):
             return
 
 
@@ -197,7 +185,7 @@ def ray_cluster():
         yield RayCluster(f"127.0.0.1:{port}", root, env)
     finally:
         _stop_groups(groups)
-        left = [p for g in groups for p in _group_members(g)]
+        left = [p for g in groups for p in group_members(g)]
         shutil.rmtree(root, ignore_errors=True)
         assert not left, f"Ray processes left running: {left}"
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sweep_helpers import group_members
 
 pytestmark = pytest.mark.infra
 
@@ -87,29 +88,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _alive_in_group(pgid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(stat.parent.name))
-    return pids
-
-
 def _stop_group(pgid: int, grace: float = 15.0) -> list[int]:
     """SIGTERM then SIGKILL the one process group this test started; returns what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
         deadline = time.time() + grace
-        while time.time() < deadline and _alive_in_group(pgid):
+        while time.time() < deadline and group_members(pgid):
             time.sleep(0.5)
-        if not _alive_in_group(pgid):
+        if not group_members(pgid):
             break
-    return _alive_in_group(pgid)
+    return group_members(pgid)
 
 
 def test_four_trials_share_one_advertised_gpu_that_does_not_exist(tmp_path):
