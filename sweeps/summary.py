@@ -89,7 +89,10 @@ def summarize(
             "value": row[metric],
             "params": {k: r.config.get(k) for k in space.varied},
             "config": r.config,
-        }
+            # its last report's analysis (attribution similarity; *_origin in a cascade stage)
+            "analysis": {k: v for k, v in (r.metrics or {}).items()
+                         if k.startswith("attr_") or k == "teacher_dev_accuracy"},
+        }  # fmt: skip
         outcome.best.update(best_checkpoint(r, metric, mode, test))
     return outcome
 
