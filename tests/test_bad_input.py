@@ -253,7 +253,7 @@ CASES = [
     ),
     (
         "teacher-labels",
-        "temperature",
+        "alpha",  # a sweep name the earlier sweep does not have: the data check is reached
         ["teacher={teacher_2_labels}", "teacher_epochs=0"],
         ["teacher", "spam", "computers"],
     ),
