@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def run_average(args: argparse.Namespace) -> dict:
     """--average SPEC: each chosen checkpoint and their weight average, greedy and beam WER."""
-    from sweeps.decode_average import score_rows, select_members
+    from sweeps.decode_average import log_average, score_rows, select_members
 
     given = {k: getattr(args, k) for k in GRID if getattr(args, k)}
     alphas, betas, widths = _grid(argparse.Namespace(**{**GRID, **given}))
@@ -194,24 +194,40 @@ def run_average(args: argparse.Namespace) -> dict:
     rows = score_rows(
         members, data.feats, splits, lambda lg, refs: beam_scores(decoder, lg, refs, width)
     )
-    return {"checkpoints": [str(m.path) for m in members], "splits": splits, "rows": rows}
+    params = {
+        "trial": str(members[0].path.parent),
+        "average": args.average,
+        "epochs": ",".join(str(m.epoch) for m in members),
+        "splits": ",".join(splits),
+        "lm_weight": alpha,
+        "word_bonus": beta,
+        "beam_width": width,
+        "student": f"L{cfg.layers}-H{cfg.hidden}",
+        "corpus": cfg.corpus,
+    }
+    parent = log_average(*_mlflow(args), params, rows)
+    result = {"checkpoints": [str(m.path) for m in members], "splits": splits, "rows": rows}
+    return {**result, "parent_run_id": parent}
 
 
-def _log_mlflow(args, ckpt: Path, cfg, greedy: dict, rows: list[dict], best: dict) -> str:
-    """One parent run (the grid, greedy and best scores) + one child run per combination."""
-    from mlflow.entities import Metric, Param, RunTag
+def _mlflow(args: argparse.Namespace):
+    """(MlflowClient, experiment id) of --mlflow-uri / $MLFLOW_TRACKING_URI / the sqlite default."""
     from mlflow.tracking import MlflowClient
 
     uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
     client = MlflowClient(uri or f"sqlite:///{PROJECT_DIR / 'mlruns.db'}")
     exp = client.get_experiment_by_name(args.experiment)
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else client.create_experiment(
-            args.experiment, artifact_location=(PROJECT_DIR / "mlartifacts").as_uri()
-        )
-    )
+    if exp:
+        return client, exp.experiment_id
+    location = (PROJECT_DIR / "mlartifacts").as_uri()
+    return client, client.create_experiment(args.experiment, artifact_location=location)
+
+
+def _log_mlflow(args, ckpt: Path, cfg, greedy: dict, rows: list[dict], best: dict) -> str:
+    """One parent run (the grid, greedy and best scores) + one child run per combination."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client, exp_id = _mlflow(args)
     now = int(time.time() * 1000)
     split = args.split
     parent = client.create_run(

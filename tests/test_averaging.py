@@ -113,6 +113,59 @@ def test_bad_spec_syntax_is_refused(spec):
         select_epochs(spec, range(1, 100))
 
 
+# ---------------------------------------------------------------- a trial's checkpoints
+def _fake_trial(root: Path, epochs_by_dir: dict[str, int], layers: int = 1, hidden: int = 8):
+    """checkpoint_* dirs as a trial writes them: student weights with the epoch in the header."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from kdsweep.asr_teacher import build_model
+
+    states = {}
+    for name, epoch in epochs_by_dir.items():
+        torch.manual_seed(epoch)
+        model = build_model(layers, hidden, 3, 0.0)
+        state = {f"student.{k}": v.contiguous() for k, v in model.state_dict().items()}
+        d = root / name
+        d.mkdir(parents=True)
+        save_file(state, str(d / "model.safetensors"), metadata={"epoch": str(epoch)})
+        (d / "config.json").write_text(json.dumps({"layers": layers, "hidden": hidden}))
+        states[name] = state
+    return states
+
+
+@pytest.mark.unit
+def test_members_come_from_the_weights_header_not_the_dir_name(tmp_path):
+    from sweeps.decode_average import select_members
+
+    # Ray numbers checkpoint dirs from 0; a resumed trial can write one epoch twice
+    _fake_trial(tmp_path, {"checkpoint_000000": 1, "checkpoint_000001": 2,
+                           "checkpoint_000002": 3, "checkpoint_000003": 3})  # fmt: skip
+    (tmp_path / "checkpoint_000009").mkdir()  # a half-deleted one: no weights
+    members = select_members(tmp_path, "last:2")
+    assert [(m.epoch, m.path.name) for m in members] == [
+        (2, "checkpoint_000001"),
+        (3, "checkpoint_000003"),
+    ]
+    assert [m.epoch for m in select_members(tmp_path / "checkpoint_000000", "1,3")] == [1, 3]
+    with pytest.raises(KDSweepError, match="checkpoints kept: epochs 1, 2, 3"):
+        select_members(tmp_path, "4")
+    with pytest.raises(KDSweepError, match="no kdsweep checkpoint"):
+        select_members(tmp_path / "checkpoint_000009", "last:1")
+
+
+@pytest.mark.unit
+def test_averaged_student_holds_the_mean_weights(tmp_path):
+    from sweeps.decode_average import averaged_student, select_members
+
+    states = _fake_trial(tmp_path, {"checkpoint_000001": 1, "checkpoint_000002": 2})
+    model = averaged_student(select_members(tmp_path, "1,2"))
+    a, b = states["checkpoint_000001"], states["checkpoint_000002"]
+    for key, value in model.state_dict().items():
+        assert torch.allclose(value, (a[f"student.{key}"] + b[f"student.{key}"]) / 2), key
+
+
 # ---------------------------------------------------------------- through sweeps/decode.py
 def _decode(*args: str, cache_dir: Path, cwd: Path, timeout: int = 600):
     return subprocess.run(
@@ -149,7 +202,10 @@ def test_decode_average_prints_members_and_the_average(tmp_path, cache_dir):
     )
     assert missing.returncode == 2 and "epochs 1, 2, 3" in missing.stderr, missing.stderr
 
-    res = _decode(str(trial), "--average", "last:2", cache_dir=cache_dir, cwd=tmp_path)
+    db = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    res = _decode(
+        str(trial), "--average", "last:2", "--mlflow-uri", db, cache_dir=cache_dir, cwd=tmp_path
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout.splitlines()
     head = next(i for i, line in enumerate(out) if line.startswith("checkpoint "))
@@ -160,3 +216,15 @@ def test_decode_average_prints_members_and_the_average(tmp_path, cache_dir):
     for r in rows:
         wers = [float(x) for x in r.split()[-4:]]
         assert all(0.0 <= w <= 5.0 for w in wers), r
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(db)
+    exp = client.get_experiment_by_name("kdsweep/decode")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["kind"] == "average"
+    assert parents[0].data.params["epochs"] == "2,3"
+    assert sorted(c.info.run_name for c in children) == ["average(2,3)", "epoch 2", "epoch 3"]
+    assert all("test_wer_beam" in c.data.metrics for c in children)
