@@ -239,3 +239,17 @@ def test_count_parameters_embeddings_dominate_small_students():
     assert counts["params_non_embedding"] == 2 * per_layer + head
     assert counts["params"] == emb + 2 * per_layer + head
     assert counts["params_embeddings"] > 0.9 * counts["params"]
+
+
+@pytest.mark.unit
+def test_teacher_checkpoint_goes_only_to_conditions_with_a_teacher():
+    """`sweeps/self_distill.py teacher_checkpoint=<pt>` must not hand the checkpoint to the
+    independent baseline; a space of teacher-less conditions alone refuses it by name."""
+    from sweeps.space import parse_space
+    from trainables.asr_config import ASRConfig, SelfDistillConfig
+
+    assert "teacher_checkpoint" not in ASRConfig.field_names()
+    assert "teacher_checkpoint" in SelfDistillConfig.field_names()
+    raw = {"task": "asr", "condition": "independent"}
+    with pytest.raises(KDSweepError, match="unknown parameter 'teacher_checkpoint'"):
+        parse_space(raw, "t.yaml", overrides={"teacher_checkpoint": "/x/ckpt.pt"})
