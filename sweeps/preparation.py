@@ -70,6 +70,8 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
             f"; {kind} {t.id} ({t.meta['arch']}) {how} the ASR teacher store: dev WER "
             f"{m['dev_wer']:.3f}, test WER {m['test_wer']:.3f}"
         )
+        if "dev_wer_beam" in m:  # an imported model is also scored with beam search + the LM
+            msg += f" (beam + LM: dev {m['dev_wer_beam']:.3f}, test {m['test_wer_beam']:.3f})"
         tags.update({f"{kind}_id": t.id, f"{kind}_arch": t.meta["arch"]})
         tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in m.items()})
     if data.transfer is not None:  # labeled by the teacher here, once, before any trial
