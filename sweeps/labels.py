@@ -5,6 +5,7 @@ is "soft T=4 L2-H128"."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import PurePath
 from typing import Any
 
 # Short names of the params that label most sweeps: "soft T=4 a=0.9 L2-H128 s0".
@@ -38,6 +39,8 @@ def describe(config: dict[str, Any], varied: list[str]) -> str:
     size = config.get("student") or (  # asr: L<layers>-H<hidden>
         f"L{config['layers']}-H{config['hidden']}" if "hidden" in config else ""
     )
+    if isinstance(size, str) and size.startswith("/"):  # a model directory: its name
+        size = PurePath(size).name or size
     return label(
         config.get("condition", "?"),
         [(k, config.get(k)) for k in varied if k not in OWN_PLACE],
