@@ -77,6 +77,8 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--student", help="student size, e.g. L2-H128, L4-H312")
     p.add_argument("--num-samples", type=int, help="grid repeats, or Optuna trials")
     p.add_argument("--seeds", type=int, default=0, help="repeat every config with N seeds")
+    p.add_argument("--confirm", type=int, default=0, help="rerun the top K configs + baseline")
+    p.add_argument("--confirm-seeds", type=int, default=3, help="fresh seeds per confirm config")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (ASHA's max_t)")
     p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial can be cut")
     p.add_argument("--reduction-factor", type=float, help="ASHA: keep 1/rf at each rung")
@@ -105,6 +107,8 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
 
 def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
     """YAML (read once) + smoke preset + CLI flags/overrides -> a validated space."""
+    if args.confirm < 0 or (args.confirm and args.confirm_seeds < 2):
+        raise KDSweepError("--confirm K needs K >= 0 and --confirm-seeds >= 2 (a CI needs 2)")
     ref = args.space
     if args.task == "asr" and ref == name and (SPACES_DIR / f"asr_{name}.yaml").is_file():
         ref = f"asr_{name}"  # `--task asr` picks the speech version of the sweep

@@ -29,7 +29,8 @@ def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
     for key, warning in text_warnings(cfg, data).items():  # printed and tagged, never silent
         log(f"[kdsweep] warning: {warning}")
         tags[f"warning.{key}"] = warning
-    return {"tags": tags, "teacher_hit": data.teacher_hit}
+    seconds = t.meta.get("train_seconds")  # the confirm stage amortises it (sweeps/confirm.py)
+    return {"tags": tags, "teacher_hit": data.teacher_hit, "teacher_seconds": seconds}
 
 
 def text_warnings(cfg: Any, data: Any) -> dict[str, str]:
@@ -77,7 +78,8 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
         msg += f"; transfer set {cfg.transfer_set}: {len(tr.feats)} utterances ({tr.key})"
         tags.update({"transfer_key": tr.key, "transfer_utterances": str(len(tr.feats))})
     log(msg)
-    return {"tags": tags, "teacher_hit": data.teacher_hit}
+    seconds = t.meta.get("train_seconds") if t is not None else None
+    return {"tags": tags, "teacher_hit": data.teacher_hit, "teacher_seconds": seconds}
 
 
 # Driver-side preparation per task (data + teacher, before any trial starts).
