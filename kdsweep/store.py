@@ -141,6 +141,11 @@ class Store:
         # Entries written before the store had versions count as version 1.
         return meta if meta.get("store_version", 1) == self.version else None
 
+    def partial(self, entry_id: str) -> Path:
+        """A builder's resume folder `<root>/.<id>.partial/` (per-epoch checkpoints): unlike
+        the temp dir it survives a killed build, and it is deleted once the entry is published."""
+        return self.root / f".{entry_id}.partial"
+
     def get(self, entry_id: str) -> Path | None:
         """The entry's directory if it is completely published, else None."""
         return self.path(entry_id) if self.meta(entry_id) is not None else None
@@ -168,6 +173,7 @@ class Store:
             meta = build(tmp)
             write_json(tmp / META, {**meta, "id": entry_id, "store_version": self.version})
             publish(tmp, self.path(entry_id))
+            _remove(self.partial(entry_id))
         finally:
             _remove(tmp)
         return self.path(entry_id)

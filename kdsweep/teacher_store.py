@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdsweep.epoch_resume import EpochResume
 from kdsweep.errors import KDSweepError, NonFiniteLossError
 from kdsweep.models.text import (
     check_classifier_labels,
@@ -32,6 +33,7 @@ from kdsweep.models.text import (
     pick_device,
     resolve_backbone,
 )
+from kdsweep.progress import Progress
 from kdsweep.store import META, Store, cached_file, content_id, npy_matches, read_json
 from kdsweep.train_utils import (
     batches,
@@ -214,7 +216,7 @@ class TeacherStore:
             torch.manual_seed(recipe.seed)
             model = load_classifier(resolve_backbone(recipe.backbone), len(label_names))
             t0 = time.perf_counter()
-            finetune(model, tokens, recipe, log)
+            finetune(model, tokens, recipe, log, EpochResume(self._store.partial(entry_id)))
             seconds = time.perf_counter() - t0
             meta = self._save(entry_id, tmp, model, recipe.backbone, label_names, tokens, log)
             return {**meta, "recipe": asdict(recipe), "data": data_fingerprint,
@@ -309,8 +311,12 @@ def finetune(
     tokens: dict[str, dict[str, torch.Tensor]],
     recipe: TeacherRecipe,
     log: Callable[[str], None] = print,
-) -> None:
-    """Plain AdamW fine-tune with linear warm-up/decay; logs dev accuracy each epoch."""
+    resume: EpochResume | None = None,
+) -> int:
+    """Plain AdamW fine-tune with linear warm-up/decay; a progress bar over the batches (loss,
+    dev accuracy per epoch), one summary line at the end. With `resume`, every epoch is
+    checkpointed there and a rerun continues after the last complete one (same result as an
+    uninterrupted run). Returns the number of epochs trained by this call."""
     torch.manual_seed(recipe.seed)
     device = pick_device("auto")
     model.to(device)
@@ -318,27 +324,53 @@ def finetune(
     n = len(train["labels"])
     if n == 0:
         raise KDSweepError("teacher: the training split is empty")
-    steps = recipe.epochs * ((n + recipe.batch_size - 1) // recipe.batch_size)
+    per_epoch = (n + recipe.batch_size - 1) // recipe.batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
-    sched = warmup_linear(opt, steps, 0.1)
-    stepper = Stepper(model.parameters(), opt, sched, Precision.of("fp32", device).scaler, 1.0)
-    for epoch in range(recipe.epochs):
-        model.train()
-        order = batches(n, recipe.batch_size, shuffle=True, seed=recipe.seed, epoch=epoch)
-        for step, idx in enumerate(order):
-            ids, mask = trim_padding(train["input_ids"][idx], train["attention_mask"][idx])
-            out = model(
-                input_ids=ids.long().to(device),
-                attention_mask=mask.long().to(device),
-                labels=train["labels"][idx].to(device),
-            )
-            try:
-                check_finite(out.loss, {}, epoch + 1, step, "teacher fine-tune")
-            except NonFiniteLossError as e:  # before any trial: a clear error line, exit 2
-                raise KDSweepError(str(e)) from None
-            stepper.backward(out.loss)
-        stepper.flush()
-        dev = classification_metrics(
-            predict_logits(model, tokens["dev"], 64, device), tokens["dev"]["labels"]
+    sched = warmup_linear(opt, recipe.epochs * per_epoch, 0.1)
+    scaler = Precision.of("fp32", device).scaler
+    stepper = Stepper(model.parameters(), opt, sched, scaler, 1.0)
+    state = resume.load(model) if resume is not None else None
+    done = 0
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        scaler.load_state_dict(state["scaler"])
+        done = int(state["epoch"])
+        log(f"teacher fine-tune: resuming after epoch {done}/{recipe.epochs}")
+    dev_acc = float("nan")
+    with Progress((recipe.epochs - done) * per_epoch, "teacher fine-tune") as bar:
+        for epoch in range(done, recipe.epochs):
+            _train_epoch(model, train, stepper, recipe, epoch, device, bar)
+            dev_logits = predict_logits(model, tokens["dev"], 64, device)
+            dev_acc = classification_metrics(dev_logits, tokens["dev"]["labels"])["accuracy"]
+            bar.update(0, info=f"epoch {epoch + 1}/{recipe.epochs}, dev acc {dev_acc:.3f}")
+            if resume is not None:
+                train_state = {"opt": opt.state_dict(), "sched": sched.state_dict(),
+                               "scaler": scaler.state_dict()}  # fmt: skip
+                resume.save(epoch + 1, model, train_state)
+    log(
+        f"teacher fine-tuned: {recipe.epochs} epoch(s) ({recipe.epochs - done} in this run), "
+        f"dev accuracy {dev_acc:.3f}"
+    )
+    return recipe.epochs - done
+
+
+def _train_epoch(model, train, stepper, recipe, epoch, device, bar: Progress) -> None:
+    """One epoch of `finetune` (0-based `epoch`), one bar step per batch."""
+    model.train()
+    n = len(train["labels"])
+    order = batches(n, recipe.batch_size, shuffle=True, seed=recipe.seed, epoch=epoch)
+    for step, idx in enumerate(order):
+        ids, mask = trim_padding(train["input_ids"][idx], train["attention_mask"][idx])
+        out = model(
+            input_ids=ids.long().to(device),
+            attention_mask=mask.long().to(device),
+            labels=train["labels"][idx].to(device),
         )
-        log(f"teacher epoch {epoch + 1}/{recipe.epochs}: dev accuracy {dev['accuracy']:.3f}")
+        try:
+            check_finite(out.loss, {}, epoch + 1, step, "teacher fine-tune")
+        except NonFiniteLossError as e:  # before any trial: a clear error line, exit 2
+            raise KDSweepError(str(e)) from None
+        stepper.backward(out.loss)
+        bar.update(1, info=f"epoch {epoch + 1}/{recipe.epochs}, loss {out.loss.item():.3f}")
+    stepper.flush()
