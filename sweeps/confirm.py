@@ -1,15 +1,18 @@
-"""The confirm stage (`--confirm K`): the sweep's answer, on fresh seeds and on test.
+"""The confirm stage (`--confirm K --confirm-seeds M`): the sweep's answer on fresh seeds, on test.
 
-After the search, the top K configs by dev (the mean over a config's seeds; a config is a
-trial's config without `seed`) and the independent baseline are rerun with fresh seeds
-(`--confirm-seeds M`: seeds 1000, 1001, ...) to full length, without early stopping (FIFO, an
-exhaustive grid over arm x seed), as a second Tune run beside the sweep (runs/<sweep>-confirm,
-resumable like the first). Each trial's best checkpoint by dev is evaluated once on test (the
-result is kept in the trial folder). The answer: per config mean +- 95% CI on dev and test,
-paired differences against the baseline by seed (t-test, Holm across the K comparisons,
-Cohen's d_z) and one verdict per config; written to confirm.md and logged on the parent run.
+After the search, the top K configs by the tuning metric on dev (the mean over a config's
+seeds; a config is a trial's config without `seed`) plus the independent baseline are rerun on
+M fresh seeds (never a seed of the search: 1000, 1001, ...) to full length, without early
+stopping (FIFO over an exhaustive grid arm x seed). It is a second Tune run beside the sweep,
+runs/<sweep>-confirm-k<K>-s<M>, resumed by the same command like the search (Tuner.restore:
+finished confirm trials are not run again). Each confirm trial's best checkpoint by dev is
+evaluated on test exactly once (the result is kept in its trial folder). The answer
+(sweeps/confirm_table.py) is printed, written to confirm.md / confirm.json in the sweep folder
+and logged on the sweep's MLflow parent run; confirm trials are child runs of that parent run,
+tagged kdsweep.stage=confirm.
 
-    confirm = run_confirm(grid, outcome, space, args, sweep, storage, res, journal, prep, uri)
+    check_confirm_args(args, space)        # bad --confirm / --confirm-seeds: KDSweepError
+    confirm = run_confirm(grid, outcome, space, args, storage, res, journal, prep, uri)
     print(confirm.text)
 """
 
@@ -18,19 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdsweep.errors import KDSweepError
+from sweeps.confirm_table import confirm_answer, format_answer, markdown_answer
 from sweeps.labels import describe
 from sweeps.space import SweepSpace
 from trainables.metrics import METRIC, MODE
 
 BASELINE = "independent"  # the condition every confirmed config is compared against
-SEED_BASE = 1000  # confirm seeds start here: never a seed of the search (0..N-1)
-ARMS_FILE = "confirm_arms.json"  # the arms the confirm run started with (a resume keeps them)
-RESULTS_FILE = "confirm.json"  # written once the stage is complete: a rerun reads it
-TEST_FILE = "confirm_test.json"  # per trial folder: its best checkpoint's test metrics
+SEED_BASE = 1000  # confirm seeds start here: a search's seeds are 0..N-1 (or a YAML seed)
+STAGE_TAG = {"kdsweep.stage": "confirm"}  # on every confirm trial's MLflow run
+# Not *.json in Tune folders: a restore may upload a stale copy of those (sweeps/tracking.py).
+ARMS_FILE = "confirm_arms.txt"  # the arms and seeds the confirm run started with
+TEST_FILE = "confirm_test.txt"  # per confirm trial folder: its best checkpoint's test metrics
 
 
 @dataclass
@@ -40,19 +46,58 @@ class Arm:
     config: dict[str, Any]
     label: str
     search_dev: float = math.nan  # mean best dev over the config's search seeds
-    search_status: str = ""  # finished | pruned | added (the baseline built for the confirm)
+    search_status: str = ""  # finished | pruned | added (a baseline the search did not run)
     baseline: bool = False
 
 
 @dataclass
 class ConfirmOutcome:
-    """What the confirm stage produced: one row per trial, the answer text and tags."""
+    """What the confirm stage produced: one row per trial, the answer, its text and tags."""
 
     path: Path
     arms: list[Arm]
-    trials: list[dict[str, Any]] = field(default_factory=list)  # arm, seed, dev, test, seconds
+    seeds: list[int]
+    trials: list[dict[str, Any]] = field(default_factory=list)  # arm, seed, dev, test, ...
+    answer: dict[str, Any] = field(default_factory=dict)
     text: str = ""
+    complete: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- input and choices (pure)
+def n_configs(space: SweepSpace) -> int:
+    """How many distinct configs the search tries (seed repeats are one config)."""
+    if space.uses_optuna:
+        return space.num_samples
+    seeds = space.dists.get("seed", ("grid", [0]))[1]
+    return space.grid_size() // max(1, len(seeds))
+
+
+def check_confirm_args(args: argparse.Namespace, space: SweepSpace) -> None:
+    """`--confirm K` needs 1 <= K <= the configs of the search, `--confirm-seeds` >= 2."""
+    k = getattr(args, "confirm", None)
+    if k is None:
+        return
+    if k < 1:
+        raise KDSweepError(f"--confirm {k}: give the number of top configs to confirm (>= 1)")
+    if args.confirm_seeds < 2:
+        raise KDSweepError(
+            f"--confirm-seeds {args.confirm_seeds}: a confidence interval needs >= 2 seeds"
+        )
+    n = n_configs(space)
+    if k > n:
+        raise KDSweepError(f"--confirm {k}: the search has only {n} config(s) ({space.source})")
+
+
+def confirm_seeds(m: int, used: set[int]) -> list[int]:
+    """`m` seeds from SEED_BASE on, none of them in `used` (the search's seeds)."""
+    out, s = [], SEED_BASE
+    while len(out) < m:
+        if s not in used:
+            out.append(s)
+        s += 1
+    return out
 
 
 def _key(config: dict[str, Any]) -> str:
@@ -83,12 +128,11 @@ def top_configs(
 
 
 def choose_arms(
-    trials: list[tuple[dict[str, Any], float, str]], space: SweepSpace, k: int
+    trials: list[tuple[dict[str, Any], float, str]], space: SweepSpace, k: int, epochs: int
 ) -> list[Arm]:
-    """The top `k` configs and the baseline (the best independent config of the search, or
-    one built from the best config's fixed fields with condition=independent); every arm runs
-    the same epochs (the most any search trial was allowed)."""
-    from sweeps.run import max_epochs
+    """The top `k` configs and the baseline: the best independent config of the search (it may
+    be one of the top k), or one built from the best config's fields an independent run has.
+    Every arm runs `epochs` (the most any search trial was allowed: fair budgets)."""
     from trainables.registry import config_class
 
     mode = MODE[space.task]
@@ -106,9 +150,8 @@ def choose_arms(
         cfg = {k: v for k, v in arms[0].config.items() if k in names}
         cfg["condition"] = BASELINE
         arms.append(Arm(cfg, _label(cfg, varied), math.nan, "added", baseline=True))
-    epochs = max_epochs(space)
     for a in arms:
-        a.config["epochs"] = epochs  # fair budgets: the same epochs for every arm
+        a.config["epochs"] = epochs
     return arms
 
 
@@ -156,128 +199,6 @@ class ConfirmSpace(SweepSpace):
         return space
 
 
-def run_confirm(
-    grid,
-    outcome,
-    space: SweepSpace,
-    args: argparse.Namespace,
-    sweep: str,
-    storage: Path,
-    res: dict[str, float],
-    journal,
-    prep: dict[str, Any],
-    tracking_uri: str,
-) -> ConfirmOutcome | None:
-    """Run (or resume, or read back) the confirm stage; None when there is nothing to confirm."""
-    from ray.tune import Tuner
-
-    from sweeps import run
-
-    metric = METRIC[space.task]
-    name = f"{sweep}-confirm"
-    path = storage / name
-    seeds = [SEED_BASE + i for i in range(args.confirm_seeds)]
-    done = path / RESULTS_FILE
-    if done.is_file():  # complete: the answer is read back, nothing is trained or tested again
-        saved = json.loads(done.read_text())
-        arms = [Arm(**a) for a in saved["arms"]]
-        print(f"[kdsweep] confirm stage already done ({path}): reading its results")
-        return answer(path, arms, saved["trials"], space.task, prep, outcome, seeds)
-    trials = [(r.config or {}, row[metric], row["status"]) for r, row in zip(grid, outcome.rows)]
-    restore = Tuner.can_restore(str(path))
-    if restore and (path / ARMS_FILE).is_file():
-        arms = [Arm(**a) for a in json.loads((path / ARMS_FILE).read_text())]
-    else:
-        arms = choose_arms(trials, space, args.confirm)
-    if not arms:
-        print("[kdsweep] confirm: no finished config to confirm")
-        return None
-    cspace = ConfirmSpace(space, [a.config for a in arms], seeds)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / ARMS_FILE).write_text(json.dumps([a.__dict__ for a in arms], default=str, indent=1))
-    print(
-        f"[kdsweep] confirm stage: {len(arms)} config(s) x {len(seeds)} fresh seed(s) "
-        f"{seeds}, {arms[0].config['epochs']} epochs each, no early stopping ({path})"
-    )
-    cargs = argparse.Namespace(**{**vars(args), "no_asha": True, "seeds": 0})
-    max_t = int(arms[0].config["epochs"])
-    callback = run.trial_callback(journal, cspace, prep, max_t)
-    cgrid, _ = run.fit(cspace, cargs, name, storage, res, max_t, callback, restore, tracking_uri)
-    callback.close_open_runs()
-    rows = confirm_rows(cgrid, metric, MODE[space.task])
-    complete = len(rows) == cspace.grid_size() and all(r["done"] for r in rows)
-    if complete:
-        done.write_text(json.dumps({"arms": [a.__dict__ for a in arms], "trials": rows}))
-    return answer(path, arms, rows, space.task, prep, outcome, seeds)
-
-
-def confirm_rows(cgrid, metric: str, mode: str) -> list[dict[str, Any]]:
-    """Per confirm trial: arm, seed, best dev, test of its best checkpoint (once), seconds."""
-    from sweeps.summary import best_checkpoint
-
-    rows = []
-    for r in cgrid:
-        cfg, m = r.config or {}, r.metrics or {}
-        df = r.metrics_dataframe
-        dev = [] if df is None or metric not in df else [v for v in df[metric] if _finite(v)]
-        test_file = Path(r.path) / TEST_FILE
-        if test_file.is_file():
-            test = json.loads(test_file.read_text())
-        elif r.error or not dev:
-            test = {}
-        else:
-            test = best_checkpoint(r, metric, mode, test=True).get("test", {})
-            test_file.write_text(json.dumps(test))
-        rows.append(
-            {
-                "arm": int(cfg.get("confirm_arm", -1)),
-                "seed": cfg.get("seed"),
-                "dev": (max(dev) if mode == "max" else min(dev)) if dev else math.nan,
-                "test": test,
-                "seconds": float(m.get("train_seconds", m.get("time_total_s", math.nan))),
-                "done": not r.error and bool(dev) and int(m.get("epoch", 0)) >= 1,
-            }
-        )
-    return rows
-
-
-def answer(
-    path: Path,
-    arms: list[Arm],
-    rows: list[dict[str, Any]],
-    task: str,
-    prep: dict[str, Any],
-    outcome,
-    seeds: list[int],
-) -> ConfirmOutcome:
-    """Format the answer, write confirm.md (here and in the sweep folder), build the tags."""
-    metric = METRIC[task]
-    teacher_share = _teacher_share(arms, rows, task, prep, outcome)
-    text = format_answer(arms, rows, metric, MODE[task] == "max", seeds, teacher_share)
-    out = ConfirmOutcome(path=path, arms=arms, trials=rows, text=text)
-    for p in (path / "confirm.md", Path(outcome.path) / "confirm.md"):
-        p.write_text(text + "\n")
-    verdicts = [ln for ln in text.splitlines() if ln.startswith("- verdict")]
-    out.tags = {f"confirm.verdict_{i}": v[len("- verdict ") :] for i, v in enumerate(verdicts)}
-    return out
-
-
-def _teacher_share(arms, rows, task, prep, outcome) -> list[float]:
-    """Per arm: the teacher's training seconds / the trials (search + confirm) that used it."""
-    from trainables.conditions import Needs
-    from trainables.registry import config_for
-
-    seconds = prep.get("teacher_seconds")
-    uses = [config_for({**a.config, "task": task}).needs != Needs() for a in arms]
-    search_users = sum(
-        r.get("condition") != BASELINE and r.get("status") != "error" for r in outcome.rows
-    )
-    n = search_users + sum(uses[r["arm"]] for r in rows if 0 <= r["arm"] < len(arms))
-    if not seconds or not n:
-        return [0.0 if not u else math.nan for u in uses]
-    return [float(seconds) / n if u else 0.0 for u in uses]
-
-
 def _finite(v: Any) -> bool:
     try:
         return math.isfinite(float(v))
@@ -285,96 +206,153 @@ def _finite(v: Any) -> bool:
         return False
 
 
-def format_answer(
-    arms: list[Arm],
-    rows: list[dict[str, Any]],
-    metric: str,
-    higher_is_better: bool,
-    seeds: list[int],
-    teacher_share: list[float] | None = None,
-) -> str:
-    """The answer as markdown lines: per config CIs, paired differences, verdicts."""
-    from sweeps.reporting.stats import holm, mean_ci, paired_comparison
+# ---------------------------------------------------------------- the stage (Ray + files)
+def _arms_and_seeds(path: Path, grid, outcome, space: SweepSpace, args) -> tuple[list, list, bool]:
+    """(arms, seeds, restore): those the confirm run at `path` started with when it can be
+    restored, else chosen from the search's results."""
+    from ray.tune import Tuner
 
-    test_metric = metric.replace("dev_", "test_", 1)
-    by_arm = {i: {r["seed"]: r for r in rows if r["arm"] == i} for i in range(len(arms))}
+    from sweeps.run import max_epochs
 
-    def values(i: int, key: str) -> list[float]:
-        got = by_arm[i]
-        pick = (lambda r: r["dev"]) if key == "dev" else (lambda r: r["test"].get(test_metric))
-        return [pick(got[s]) if s in got and pick(got[s]) is not None else math.nan for s in seeds]
+    arms_file = path / ARMS_FILE
+    restore = Tuner.can_restore(str(path)) and arms_file.is_file()
+    if restore:
+        saved = json.loads(arms_file.read_text())
+        return [Arm(**a) for a in saved["arms"]], saved["seeds"], True
+    metric = METRIC[space.task]
+    trials = [(r.config or {}, row[metric], row["status"]) for r, row in zip(grid, outcome.rows)]
+    used = {int(cfg.get("seed", 0)) for cfg, _, _ in trials}
+    seeds = confirm_seeds(args.confirm_seeds, used)
+    return choose_arms(trials, space, args.confirm, max_epochs(space)), seeds, False
 
-    def ci(vals: list[float]) -> str:
-        m, lo, hi = mean_ci(vals)
-        half = (hi - lo) / 2 if _finite(lo) else math.nan
-        return f"{m:.4f} +- {half:.4f}" if _finite(half) else f"{m:.4f} (no CI)"
 
-    share = teacher_share or [0.0] * len(arms)
-    lines = [
-        "# Confirm stage: the answer",
-        "",
-        f"{len(arms)} config(s) x {len(seeds)} fresh seeds {seeds}, full length, no early "
-        f"stopping; best checkpoint by {metric}, evaluated once on test. mean +- 95% CI (t).",
-        "",
-    ]
-    for i, a in enumerate(arms):
-        secs = [by_arm[i][s]["seconds"] for s in seeds if s in by_arm[i]]
-        mean_s = sum(secs) / len(secs) if secs else math.nan
-        tag = " [baseline]" if a.baseline else ""
-        lines.append(
-            f"- {a.label}{tag}: {metric} {ci(values(i, 'dev'))}, {test_metric} "
-            f"{ci(values(i, 'test'))}; search: {a.search_status}, dev {a.search_dev:.4f}; "
-            f"train {mean_s:.0f} s/trial + teacher {share[i]:.0f} s (amortised)"
+def run_confirm(
+    grid,
+    outcome,
+    space: SweepSpace,
+    args: argparse.Namespace,
+    storage: Path,
+    res: dict[str, float],
+    journal,
+    prep: dict[str, Any],
+    tracking_uri: str,
+) -> ConfirmOutcome | None:
+    """Run (or resume) the confirm stage after the search; None when nothing can be confirmed."""
+    from sweeps import run
+
+    name = f"{outcome.name}-confirm-k{args.confirm}-s{args.confirm_seeds}"
+    path = storage / name
+    arms, seeds, restore = _arms_and_seeds(path, grid, outcome, space, args)
+    if not arms:
+        print("[kdsweep] confirm: no finished config to confirm")
+        return None
+    path.mkdir(parents=True, exist_ok=True)
+    saved = {"arms": [asdict(a) for a in arms], "seeds": seeds}
+    (path / ARMS_FILE).write_text(json.dumps(saved, default=str, indent=1))
+    max_t = int(arms[0].config["epochs"])
+    print(
+        f"[kdsweep] confirm stage: {len(arms)} config(s) x {len(seeds)} fresh seed(s) {seeds}, "
+        f"{max_t} epochs each, no early stopping; {'resuming' if restore else 'starting'} ({path})"
+    )
+    cspace = ConfirmSpace(space, [a.config for a in arms], seeds)
+    cargs = argparse.Namespace(**{**vars(args), "no_asha": True, "seeds": 0})
+    callback = run.trial_callback(journal, cspace, prep, max_t, extra_tags=STAGE_TAG)
+    cgrid, _ = run.fit(cspace, cargs, name, storage, res, max_t, callback, restore, tracking_uri)
+    callback.close_open_runs()
+    rows = confirm_rows(cgrid, space.task, max_t, journal)
+    done = ConfirmOutcome(path=path, arms=arms, seeds=seeds, trials=rows)
+    done.complete = len(rows) == cspace.grid_size() and all(r["done"] for r in rows)
+    write_answer(done, space.task, Path(outcome.path))
+    return done
+
+
+def confirm_rows(cgrid, task: str, max_t: int, journal) -> list[dict[str, Any]]:
+    """Per confirm trial: arm, seed, best dev, test of its best checkpoint, seconds, done (ran
+    all `max_t` epochs). Test is evaluated once per trial, kept in its folder and journaled
+    as the trial run's test metrics (a rerun reads the kept file)."""
+    metric, mode = METRIC[task], MODE[task]
+    rows = []
+    for r in cgrid:
+        cfg, m = r.config or {}, r.metrics or {}
+        df = r.metrics_dataframe
+        dev = [] if df is None or metric not in df else [v for v in df[metric] if _finite(v)]
+        done = not r.error and bool(dev) and int(m.get("epoch", 0)) >= max_t
+        trial_id = m.get("trial_id") or Path(r.path).name
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "arm": int(cfg.get("confirm_arm", -1)),
+                "seed": cfg.get("seed"),
+                "dev": (max(dev) if mode == "max" else min(dev)) if dev else math.nan,
+                "test": _test_once(r, trial_id, metric, mode, max_t, journal) if done else {},
+                "train_s": float(m.get("train_seconds", math.nan)),
+                "done": done,
+            }
         )
-    base = next((i for i, a in enumerate(arms) if a.baseline), None)
-    if base is None:
-        return "\n".join(lines)
-    others = [i for i in range(len(arms)) if i != base]
-    comps = [paired_comparison(values(i, "test"), values(base, "test")) for i in others]
-    for c, p in zip(comps, holm([c["p"] for c in comps])):
-        c["p_holm"] = p
-        c["significant"] = _finite(p) and p < 0.05
-    lines += ["", f"Paired by seed against {arms[base].label} on {test_metric} (Holm over "
-              f"{len(comps)} comparison(s)):", ""]  # fmt: skip
-    for i, c in zip(others, comps):
-        lines.append(
-            f"- {arms[i].label} - {arms[base].label}: {c['mean_diff']:+.4f} "
-            f"[{c['low']:+.4f}, {c['high']:+.4f}], d_z {c['d_z']:.2f}, p {c['p']:.3g}, "
-            f"Wilcoxon p {c['wilcoxon_p']:.3g}, bootstrap [{c['boot_low']:+.4f}, "
-            f"{c['boot_high']:+.4f}]"
-        )
-    lines.append("")
-    for i, c in zip(others, comps):
-        lines.append(f"- verdict {arms[i].label}: {_verdict(c, higher_is_better, BASELINE)}")
-    lines += _pruned_lines(arms, others, values, higher_is_better)
-    return "\n".join(lines)
+    return rows
 
 
-def _verdict(c: dict[str, Any], higher_is_better: bool, baseline: str) -> str:
-    if c["n"] < 2:
-        return f"not testable ({c['n']} paired seed(s); need >= 2)"
-    if not c["significant"]:
-        return (
-            f"not distinguishable from {baseline} (Holm p={c['p_holm']:.3g}; "
-            f"difference {c['mean_diff']:+.4f})"
-        )
-    better = (c["mean_diff"] > 0) == higher_is_better
-    return f"{'better' if better else 'worse'} than {baseline} (Holm p={c['p_holm']:.3g})"
+def _test_once(result, trial_id: str, metric: str, mode: str, epochs: int, journal) -> dict:
+    """The test metrics of a confirm trial's best checkpoint: from its folder, or evaluated now
+    (once), journaled onto the trial's MLflow run and kept in the folder."""
+    from sweeps.summary import best_checkpoint
+
+    kept = Path(result.path) / TEST_FILE
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    got = best_checkpoint(result, metric, mode, test=True)
+    test = {k: float(v) for k, v in got.get("test", {}).items() if _finite(v)}
+    journal.append(ev="result", trial=trial_id, step=epochs, metrics=test, tags=STAGE_TAG)
+    kept.write_text(json.dumps({**test, "checkpoint": got.get("checkpoint", "")}))
+    return test
 
 
-def _pruned_lines(arms, others, values, higher_is_better) -> list[str]:
-    """For confirmed configs the search pruned: was any better than a kept one (paired)?"""
-    from sweeps.reporting.stats import paired_comparison
+def write_answer(done: ConfirmOutcome, task: str, sweep_dir: Path) -> None:
+    """The answer from the finished trials: text, confirm.md + confirm.json in the sweep
+    folder, and the tags of the sweep's parent run."""
+    metric = METRIC[task]
+    short = metric.removeprefix("dev_")
+    test_key = f"test_{short}"
 
-    pruned = [i for i in others if arms[i].search_status == "pruned"]
-    kept = [i for i in others if arms[i].search_status == "finished"]
-    lines = []
-    for i in pruned:
-        wins = []
-        for j in kept:
-            c = paired_comparison(values(i, "test"), values(j, "test"))
-            if c["n"] >= 2 and c["p"] < 0.05 and (c["mean_diff"] > 0) == higher_is_better:
-                wins.append(arms[j].label)
-        found = f"better than kept {', '.join(wins)}" if wins else "not better than any kept one"
-        lines.append(f"- pruned by the search, confirmed: {arms[i].label}: {found} (paired p<0.05)")
-    return [""] + lines if lines else []
+    def per_seed(i: int, pick) -> list[float]:
+        got = {r["seed"]: r for r in done.trials if r["arm"] == i and r["done"]}
+        return [float(pick(got[s])) if s in got else math.nan for s in done.seeds]
+
+    labels = [a.label for a in done.arms]
+    test = {lab: per_seed(i, lambda r: r["test"].get(test_key, math.nan))
+            for i, lab in enumerate(labels)}  # fmt: skip
+    dev = {lab: per_seed(i, lambda r: r["dev"]) for i, lab in enumerate(labels)}
+    train = {lab: per_seed(i, lambda r: r["train_s"]) for i, lab in enumerate(labels)}
+    info = {
+        a.label: {
+            "search_dev": a.search_dev,
+            "search_status": a.search_status,
+            "train_s": _mean(train[a.label]),
+        }
+        for a in done.arms
+    }
+    base = next(a.label for a in done.arms if a.baseline)
+    done.answer = confirm_answer(test, base, MODE[task] == "max", dev=dev, info=info)
+    epochs = done.arms[0].config["epochs"]
+    head = (
+        f"confirm stage: {len(labels)} config(s) x seeds {done.seeds}, {epochs} epochs,"
+        f" no early stopping; best checkpoint by {metric}, tested once; mean +- 95% CI "
+        f"(t over seeds); paired by seed vs {base} on {test_key}, Holm-corrected"
+    )
+    if not done.complete:
+        head += f"\n[kdsweep] confirm stage interrupted: {sum(r['done'] for r in done.trials)}"
+        head += f"/{len(labels) * len(done.seeds)} trials done; run the same command to finish"
+    done.text = "\n".join([f"[kdsweep] {head}", format_answer(done.answer, short)])
+    md, js = sweep_dir / "confirm.md", sweep_dir / "confirm.json"
+    md.write_text(f"# Confirm stage\n\n{head}\n\n{markdown_answer(done.answer, short)}\n")
+    record = {"complete": done.complete, "path": str(done.path), "seeds": done.seeds}
+    record.update(arms=[asdict(a) for a in done.arms], trials=done.trials, answer=done.answer)
+    js.write_text(json.dumps(record, indent=1, default=str))
+    done.artifacts = [md, js]
+    done.tags = {f"confirm.verdict.{c['label']}": c["verdict"] for c in done.answer["comparisons"]}
+    done.tags["confirm.complete"] = str(done.complete)
+
+
+def _mean(values: list[float]) -> float:
+    vals = [v for v in values if _finite(v)]
+    return sum(vals) / len(vals) if vals else math.nan

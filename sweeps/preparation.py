@@ -29,8 +29,7 @@ def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
     for key, warning in text_warnings(cfg, data).items():  # printed and tagged, never silent
         log(f"[kdsweep] warning: {warning}")
         tags[f"warning.{key}"] = warning
-    seconds = t.meta.get("train_seconds")  # the confirm stage amortises it (sweeps/confirm.py)
-    return {"tags": tags, "teacher_hit": data.teacher_hit, "teacher_seconds": seconds}
+    return {"tags": tags, "teacher_hit": data.teacher_hit}
 
 
 def text_warnings(cfg: Any, data: Any) -> dict[str, str]:
@@ -78,8 +77,7 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
         msg += f"; transfer set {cfg.transfer_set}: {len(tr.feats)} utterances ({tr.key})"
         tags.update({"transfer_key": tr.key, "transfer_utterances": str(len(tr.feats))})
     log(msg)
-    seconds = t.meta.get("train_seconds") if t is not None else None
-    return {"tags": tags, "teacher_hit": data.teacher_hit, "teacher_seconds": seconds}
+    return {"tags": tags, "teacher_hit": data.teacher_hit}
 
 
 # Driver-side preparation per task (data + teacher, before any trial starts).

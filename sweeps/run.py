@@ -64,11 +64,11 @@ def run_sweep(name: str, args: argparse.Namespace, space: SweepSpace) -> SweepOu
     outcome = summarize(grid, space, sweep, path, max_t, ended(journal), test=not args.no_test)
     outcome.parent_run_id = journal.state().get("parent")
     callback.close_open_runs()
-    confirmed = confirm(
-        grid, outcome, space, args, sweep, storage, res, journal, prep, tracking_uri
-    )
+    confirmed = confirm(grid, outcome, space, args, storage, res, journal, prep, tracking_uri)
+    if confirmed and not confirmed.complete:
+        outcome.interrupted = True  # the parent run ends KILLED; the same command finishes it
     artifacts = write_tables(outcome, path)
-    extra = [path / "confirm.md"] if confirmed else []
+    extra = confirmed.artifacts if confirmed else []
     tags = confirmed.tags if confirmed else {}
     synced = close_journal(journal, outcome, wall, artifacts + extra, tags)
     print_outcome(outcome, METRIC[space.task], wall, artifacts, journal, synced)
@@ -80,12 +80,11 @@ def run_sweep(name: str, args: argparse.Namespace, space: SweepSpace) -> SweepOu
 def confirm(grid, outcome, space, args, storage, res, journal, prep, tracking_uri):
     """The confirm stage (`--confirm K`, sweeps/confirm.py): top K + baseline on fresh seeds,
     full length, tested once; None when not asked for or the search was interrupted."""
-    if not getattr(args, "confirm", 0) or outcome.interrupted:
+    if not getattr(args, "confirm", None) or outcome.interrupted:
         return None
     from sweeps.confirm import run_confirm
 
-    sweep = outcome.name
-    return run_confirm(grid, outcome, space, args, sweep, storage, res, journal, prep, tracking_uri)
+    return run_confirm(grid, outcome, space, args, storage, res, journal, prep, tracking_uri)
 
 
 def sweep_name(name: str, space: SweepSpace, args: argparse.Namespace) -> str:
@@ -165,14 +164,18 @@ def open_journal(
     return journal, trial_callback(journal, space, prep, max_t)
 
 
-def trial_callback(journal, space: SweepSpace, prep: dict, max_t: int):
-    """The per-trial MLflow callback of a Tune run journaled into `journal`."""
+def trial_callback(
+    journal, space: SweepSpace, prep: dict, max_t: int, extra_tags: dict | None = None
+):
+    """The per-trial MLflow callback of a Tune run journaled into `journal` (`extra_tags` on
+    every trial's run, e.g. the confirm stage's)."""
     from sweeps.tracking import MlflowTrialCallback
 
+    tags = {**prep.get("tags", {}), **(extra_tags or {})}
     return MlflowTrialCallback(
         journal,
         describe=functools.partial(_describe, varied=space.varied),
-        tags_for=functools.partial(_trial_tags, task=space.task, prep_tags=prep.get("tags", {})),
+        tags_for=functools.partial(_trial_tags, task=space.task, prep_tags=tags),
         max_epochs=max_t,
     )
 
@@ -217,7 +220,7 @@ def fit(
             metric,
             mode,
             max_t,
-            describe=functools.partial(describe, varied=space.varied),
+            describe=functools.partial(_describe, varied=space.varied),
             slots=slots,
             quiet=getattr(args, "quiet", False),
             start=time.monotonic(),
