@@ -195,7 +195,7 @@ class ConfirmSpace(SweepSpace):
         space["confirm_arm"] = tune.grid_search(list(range(len(arms))))
         space["seed"] = tune.grid_search(list(self.seeds))
         for k in self.arm_keys:  # resolved after the grid: the value of this trial's arm
-            space[k] = tune.sample_from(lambda spec, k=k: arms[spec.config.confirm_arm].get(k))
+            space[k] = tune.sample_from(lambda config, k=k: arms[config["confirm_arm"]].get(k))
         return space
 
 
@@ -299,11 +299,11 @@ def _test_once(result, trial_id: str, metric: str, mode: str, epochs: int, journ
 
     kept = Path(result.path) / TEST_FILE
     if kept.is_file():
-        return json.loads(kept.read_text())
+        return json.loads(kept.read_text())["test"]
     got = best_checkpoint(result, metric, mode, test=True)
     test = {k: float(v) for k, v in got.get("test", {}).items() if _finite(v)}
     journal.append(ev="result", trial=trial_id, step=epochs, metrics=test, tags=STAGE_TAG)
-    kept.write_text(json.dumps({**test, "checkpoint": got.get("checkpoint", "")}))
+    kept.write_text(json.dumps({"test": test, "checkpoint": got.get("checkpoint", "")}))
     return test
 
 
@@ -349,7 +349,10 @@ def write_answer(done: ConfirmOutcome, task: str, sweep_dir: Path) -> None:
     record.update(arms=[asdict(a) for a in done.arms], trials=done.trials, answer=done.answer)
     js.write_text(json.dumps(record, indent=1, default=str))
     done.artifacts = [md, js]
-    done.tags = {f"confirm.verdict.{c['label']}": c["verdict"] for c in done.answer["comparisons"]}
+    comps = done.answer["comparisons"]  # MLflow tag keys: no '=' (labels have 'T=4')
+    done.tags = {
+        f"confirm.verdict.{i}": f"{c['label']}: {c['verdict']}" for i, c in enumerate(comps)
+    }
     done.tags["confirm.complete"] = str(done.complete)
 
 
