@@ -161,7 +161,10 @@ def _label(config: dict[str, Any], varied: list[str]) -> str:
 
 class ConfirmSpace(SweepSpace):
     """A space of exactly these arms x seeds: a grid over `confirm_arm` (an index; not a config
-    field, so run_trial drops it) and `seed`; every config field follows the arm."""
+    field, so run_trial drops it) and `seed`; every config field follows the arm (sample_from:
+    handed to Tuner.restore again, sweeps/tuner.py)."""
+
+    restore_with_param_space = True
 
     def __init__(self, space: SweepSpace, arms: list[dict[str, Any]], seeds: list[int]):
         super().__init__(
