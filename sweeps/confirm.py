@@ -29,7 +29,7 @@ from kdsweep.errors import KDSweepError
 from sweeps.confirm_table import confirm_answer, format_answer, markdown_answer
 from sweeps.labels import describe
 from sweeps.space import SweepSpace
-from trainables.metrics import METRIC, MODE
+from trainables.metrics import METRIC, MODE, TEST_METRIC
 
 BASELINE = "independent"  # the condition every confirmed config is compared against
 SEED_BASE = 1000  # confirm seeds start here: a search's seeds are 0..N-1 (or a YAML seed)
@@ -314,8 +314,7 @@ def write_answer(done: ConfirmOutcome, task: str, sweep_dir: Path) -> None:
     """The answer from the finished trials: text, confirm.md + confirm.json in the sweep
     folder, and the tags of the sweep's parent run."""
     metric = METRIC[task]
-    short = metric.removeprefix("dev_")
-    test_key = f"test_{short}"
+    short, test_key = metric.removeprefix("dev_"), TEST_METRIC[task]
 
     def per_seed(i: int, pick) -> list[float]:
         got = {r["seed"]: r for r in done.trials if r["arm"] == i and r["done"]}

@@ -148,3 +148,24 @@ def test_confirm_check_is_a_kdsweep_error():
         check_confirm_args(
             argparse.Namespace(confirm=2, confirm_seeds=0), load_space("temperature")
         )
+
+
+def test_confirm_space_is_arms_times_seeds():
+    from ray.tune.search.variant_generator import generate_variants
+
+    from sweeps.confirm import ConfirmSpace
+    from sweeps.space import load_space
+
+    arms = [
+        {"task": "text", "condition": "soft", "temperature": 4, "alpha": 0.9, "epochs": 5},
+        {"task": "text", "condition": "independent", "epochs": 5},
+    ]
+    space = ConfirmSpace(load_space("temperature"), arms, [1000, 1001])
+    assert space.grid_size() == 4 and space.restore_with_param_space
+    got = []
+    for _, cfg in generate_variants(space.param_space()):
+        arm = arms[cfg["confirm_arm"]]
+        assert all(cfg.get(k) == arm.get(k) for k in ("condition", "temperature", "alpha"))
+        assert cfg["epochs"] == 5
+        got.append((cfg["confirm_arm"], cfg["seed"]))
+    assert sorted(got) == [(0, 1000), (0, 1001), (1, 1000), (1, 1001)]
