@@ -47,6 +47,7 @@ from kdsweep.asr_teacher import (
     predict,
 )
 from kdsweep.data.speech import FeatureSet
+from kdsweep.epoch_resume import EpochResume
 from kdsweep.errors import KDSweepError
 from kdsweep.models.speech import BiLSTMCTC
 from kdsweep.rowcache import read_rows, rows_problem, write_rows
@@ -174,7 +175,10 @@ class ASRTeacherStore:
             torch.set_num_threads(max(1, threads))
             try:
                 t0 = time.perf_counter()
-                model = asr_teacher.train_model(recipe, feats, torch.device(device), log, name)
+                resume = EpochResume(self._store.partial(entry_id))
+                model = asr_teacher.train_model(
+                    recipe, feats, torch.device(device), log, name, resume
+                )
                 seconds = time.perf_counter() - t0
                 return _save(tmp, model, recipe, fingerprint, feats, seconds, name)
             finally:

@@ -20,10 +20,12 @@ from torch.nn.utils.rnn import pad_sequence
 
 from kdsweep.data.speech import CharVocab, FeatureSet, SpecAugment, bucket_batches, pad_collate
 from kdsweep.decoding import cer, greedy_decode, wer
+from kdsweep.epoch_resume import EpochResume
 from kdsweep.errors import KDSweepError
 from kdsweep.errors import NonFiniteLossError as NonFiniteLossError  # re-exported
 from kdsweep.losses.ctc import ctc_loss
 from kdsweep.models.speech import BiLSTMCTC, CTCOutput
+from kdsweep.progress import Progress
 from kdsweep.train_utils import warmup_linear
 from kdsweep.training import Precision, Stepper, check_finite, optimizer_steps
 
@@ -104,13 +106,15 @@ def train_epoch(
     need_hidden: bool = False,
     precision: Precision | None = None,
     grad_accum: int = 1,
+    on_batch: Callable[[float], None] | None = None,
 ) -> dict[str, float]:
     """One epoch over `fs` (0-based `epoch`); returns the mean of every loss component.
 
     `model` holds the network under "student" and extra trainable modules under "aux";
     `extras(indices, frames)` adds per-batch teacher tensors (padded to the student's frames).
     `precision` (autocast + grad scaler, default fp32) and `grad_accum` (micro-batches per
-    optimizer step) go to the shared training step (`kdsweep.training`).
+    optimizer step) go to the shared training step (`kdsweep.training`); `on_batch(loss)` is
+    called after every batch (a progress bar).
     """
     student, aux = model["student"], model["aux"]
     model.train()
@@ -137,6 +141,8 @@ def train_epoch(
         stepper.backward(loss)
         for k, v in {"loss": loss, **parts}.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if on_batch is not None:
+            on_batch(float(loss.detach()))
     stepper.flush()
     return {k: v / (step + 1) for k, v in sums.items()}
 
@@ -189,29 +195,50 @@ def train_model(
     device: torch.device,
     log: Callable[[str], None] = print,
     name: str = "teacher",
+    resume: EpochResume | None = None,
 ) -> BiLSTMCTC:
-    """Train a BiLSTM-CTC on the gold transcripts: the `independent` trial's loop, no resume."""
+    """Train a BiLSTM-CTC on the gold transcripts: the `independent` trial's loop.
+
+    A progress bar runs over the batches (loss, dev WER per epoch). With `resume`, every epoch
+    is checkpointed there (weights, optimizer, schedule, RNG) and a rerun after a kill continues
+    after the last complete epoch; on the CPU the result equals an uninterrupted run's."""
     torch.manual_seed(recipe.seed)
     student = build_model(recipe.layers, recipe.hidden, recipe.stack, recipe.dropout, recipe.n_mels)
     model = nn.ModuleDict({"student": student, "aux": nn.ModuleDict()}).to(device)
     train, dev = feats["train"], feats["dev"]
     if len(train) == 0:
         raise KDSweepError(f"{name}: the training split is empty")
+    per_epoch = len(epoch_order(train, recipe.batch_size, 0, 0))
     total = recipe.epochs * steps_per_epoch(train, recipe.batch_size)
     opt, sched = make_optimizer(model, recipe.lr, recipe.weight_decay, recipe.warmup_ratio, total)
     specaug = SpecAugment() if recipe.specaugment else None
-    for epoch in range(recipe.epochs):
-        t0 = time.perf_counter()
-        losses = train_epoch(
-            model, train, opt, sched, epoch=epoch, seed=recipe.seed,
-            batch_size=recipe.batch_size, grad_clip=recipe.grad_clip, loss_fn=ctc_only,
-            specaug=specaug, device=device,
-        )  # fmt: skip
-        scores = greedy_scores(predict(student, dev, device)[0], dev.transcripts)
-        log(
-            f"{name} epoch {epoch + 1}/{recipe.epochs}: loss {losses['loss']:.3f}, dev WER "
-            f"{scores['wer']:.3f}, CER {scores['cer']:.3f} ({time.perf_counter() - t0:.0f} s)"
-        )
+    state = resume.load(model) if resume is not None else None
+    done = 0
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        done = int(state["epoch"])
+        log(f"{name}: resuming after epoch {done}/{recipe.epochs}")
+    with Progress((recipe.epochs - done) * per_epoch, f"{name} training") as bar:
+        for epoch in range(done, recipe.epochs):
+            t0 = time.perf_counter()
+            info = f"epoch {epoch + 1}/{recipe.epochs}"
+            losses = train_epoch(
+                model, train, opt, sched, epoch=epoch, seed=recipe.seed,
+                batch_size=recipe.batch_size, grad_clip=recipe.grad_clip, loss_fn=ctc_only,
+                specaug=specaug, device=device,
+                on_batch=lambda loss, info=info: bar.update(1, info=f"{info}, loss {loss:.3f}"),
+            )  # fmt: skip
+            scores = greedy_scores(predict(student, dev, device)[0], dev.transcripts)
+            bar.update(0, info=f"{info}, dev WER {scores['wer']:.3f}")
+            if resume is not None:
+                resume.save(
+                    epoch + 1, model, {"opt": opt.state_dict(), "sched": sched.state_dict()}
+                )
+            log(
+                f"{name} epoch {epoch + 1}/{recipe.epochs}: loss {losses['loss']:.3f}, dev WER "
+                f"{scores['wer']:.3f}, CER {scores['cer']:.3f} ({time.perf_counter() - t0:.0f} s)"
+            )
     return student.eval()
 
 

@@ -42,7 +42,7 @@ from kdsweep.train_utils import (
     trim_padding,
     warmup_linear,
 )
-from kdsweep.training import Precision, Stepper, check_finite
+from kdsweep.training import Precision, Stepper, check_finite, optimizer_steps
 
 SPLITS = ("train", "dev", "test")
 STORE_VERSION = 1  # of the entry layout below; not part of the ids, which predate it
@@ -326,9 +326,11 @@ def finetune(
         raise KDSweepError("teacher: the training split is empty")
     per_epoch = (n + recipe.batch_size - 1) // recipe.batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
-    sched = warmup_linear(opt, recipe.epochs * per_epoch, 0.1)
-    scaler = Precision.of("fp32", device).scaler
-    stepper = Stepper(model.parameters(), opt, sched, scaler, 1.0)
+    # The schedule counts optimizer steps: with grad_accum=k one step per k batches.
+    sched = warmup_linear(opt, recipe.epochs * optimizer_steps(per_epoch, recipe.grad_accum), 0.1)
+    amp = Precision.of(recipe.precision, device)
+    scaler = amp.scaler
+    stepper = Stepper(model.parameters(), opt, sched, scaler, 1.0, recipe.grad_accum)
     state = resume.load(model) if resume is not None else None
     done = 0
     if state is not None:
@@ -340,7 +342,7 @@ def finetune(
     dev_acc = float("nan")
     with Progress((recipe.epochs - done) * per_epoch, "teacher fine-tune") as bar:
         for epoch in range(done, recipe.epochs):
-            _train_epoch(model, train, stepper, recipe, epoch, device, bar)
+            _train_epoch(model, train, stepper, amp, recipe, epoch, device, bar)
             dev_logits = predict_logits(model, tokens["dev"], 64, device)
             dev_acc = classification_metrics(dev_logits, tokens["dev"]["labels"])["accuracy"]
             bar.update(0, info=f"epoch {epoch + 1}/{recipe.epochs}, dev acc {dev_acc:.3f}")
@@ -355,18 +357,20 @@ def finetune(
     return recipe.epochs - done
 
 
-def _train_epoch(model, train, stepper, recipe, epoch, device, bar: Progress) -> None:
-    """One epoch of `finetune` (0-based `epoch`), one bar step per batch."""
+def _train_epoch(model, train, stepper, amp, recipe, epoch, device, bar: Progress) -> None:
+    """One epoch of `finetune` (0-based `epoch`, micro-batches of `recipe.batch_size` under
+    `amp`'s autocast), one bar step per batch."""
     model.train()
     n = len(train["labels"])
     order = batches(n, recipe.batch_size, shuffle=True, seed=recipe.seed, epoch=epoch)
     for step, idx in enumerate(order):
         ids, mask = trim_padding(train["input_ids"][idx], train["attention_mask"][idx])
-        out = model(
-            input_ids=ids.long().to(device),
-            attention_mask=mask.long().to(device),
-            labels=train["labels"][idx].to(device),
-        )
+        with amp.autocast():
+            out = model(
+                input_ids=ids.long().to(device),
+                attention_mask=mask.long().to(device),
+                labels=train["labels"][idx].to(device),
+            )
         try:
             check_finite(out.loss, {}, epoch + 1, step, "teacher fine-tune")
         except NonFiniteLossError as e:  # before any trial: a clear error line, exit 2

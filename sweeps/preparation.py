@@ -24,7 +24,7 @@ def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
         f"test {test:.3f}; data {split.name}: {len(split.train)}/{len(split.dev)}/"
         f"{len(split.test)}, {split.num_labels} labels"
     )
-    tags = {"teacher_id": t.id, "teacher": cfg.teacher}
+    tags = {"teacher_id": t.id, "teacher": cfg.teacher, "dev_examples": str(len(split.dev))}
     tags.update({f"teacher_{k}": f"{v:.4f}" for k, v in t.metrics.items()})
     for key, warning in text_warnings(cfg, data).items():  # printed and tagged, never silent
         log(f"[kdsweep] warning: {warning}")
@@ -77,7 +77,25 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
         msg += f"; transfer set {cfg.transfer_set}: {len(tr.feats)} utterances ({tr.key})"
         tags.update({"transfer_key": tr.key, "transfer_utterances": str(len(tr.feats))})
     log(msg)
+    for key, warning in asr_warnings(cfg, data).items():  # printed and tagged, never silent
+        log(f"[kdsweep] warning: {warning}")
+        tags[f"warning.{key}"] = warning
     return {"tags": tags, "teacher_hit": data.teacher_hit}
+
+
+def asr_warnings(cfg: Any, data: Any) -> dict[str, str]:
+    """Utterances of train/dev that CTC cannot align at the student's frame stacking."""
+    from kdsweep.analysis.sanity import ctc_dropped_warning
+    from kdsweep.asr_teacher import frames_needed
+
+    out: dict[str, str] = {}
+    for split in ("train", "dev"):
+        fs = data.feats[split]
+        frames = frames_needed(fs.lengths, cfg.stack)
+        targets = [t.tolist() for t in fs.targets]
+        if w := ctc_dropped_warning(frames, targets, split, cfg.stack):
+            out[f"ctc_dropped_{split}"] = w
+    return out
 
 
 # Driver-side preparation per task (data + teacher, before any trial starts).

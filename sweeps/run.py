@@ -61,7 +61,8 @@ def run_sweep(name: str, args: argparse.Namespace, space: SweepSpace) -> SweepOu
 
     grid, wall = fit(space, args, sweep, storage, res, max_t, callback, restore, tracking_uri)
 
-    outcome = summarize(grid, space, sweep, path, max_t, ended(journal), test=not args.no_test)
+    n_dev = int(prep.get("tags", {}).get("dev_examples", 0))
+    outcome = summarize(grid, space, sweep, path, max_t, ended(journal), not args.no_test, n_dev)
     outcome.parent_run_id = journal.state().get("parent")
     callback.close_open_runs()
     confirmed = confirm(grid, outcome, space, args, storage, res, journal, prep, tracking_uri)

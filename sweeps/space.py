@@ -18,6 +18,7 @@ Everything is checked before Ray starts: unknown keys, values of the wrong type 
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,7 @@ def parse_space(
     if not isinstance(params, dict):
         raise KDSweepError(f"search space {where}: 'params' must be a mapping")
     params.update(overrides)
+    params = {k: _absolute(v) for k, v in params.items()}
     if seeds:
         params["seed"] = {"grid": list(range(seeds))}
 
@@ -193,13 +195,28 @@ def parse_space(
     stages = raw.get("stages") or []
     if not isinstance(stages, list) or not all(isinstance(x, str) for x in stages):
         raise KDSweepError(f"search space {where}: 'stages' must be a list of student sizes")
-    space.stages = stages
+    space.stages = [_absolute(x) for x in stages]
     for student in stages:
         config_class(task, conditions[0]).from_dict(
             {"student": student}, where=f"search space {where}, stages"
         )
     validate(space)
     return space
+
+
+def _absolute(value: Any) -> Any:
+    """A string naming an existing relative path (a model dir, data file, checkpoint, LM) ->
+    its absolute path, in lists and grid/choice values too: Ray runs each trial in a working
+    directory of its own, where `runs/my-model` would name nothing."""
+    if isinstance(value, list):
+        return [_absolute(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _absolute(v) if k in ("grid", "choice") else v for k, v in value.items()}
+    if isinstance(value, str) and value and not os.path.isabs(value) and "\n" not in value:
+        path = Path(value)
+        if not value.startswith("~") and path.exists():
+            return str(path.resolve())
+    return value
 
 
 def _conditions(raw: Any, where: str) -> tuple[list[str], bool]:

@@ -40,12 +40,20 @@ class SweepOutcome:
 
 
 def summarize(
-    grid, space: SweepSpace, sweep: str, path: Path, max_t: int, ended: dict, test: bool = True
+    grid,
+    space: SweepSpace,
+    sweep: str,
+    path: Path,
+    max_t: int,
+    ended: dict,
+    test: bool = True,
+    n_dev: int = 0,
 ) -> SweepOutcome:
     """Trial table (condition, varied params, best metric, epochs, status) + the best trial.
 
     `grid` is Tune's ResultGrid; `ended` maps the trial ids the journal saw end to their status
-    (a trial not in it was interrupted); `test`: evaluate the best checkpoint on test."""
+    (a trial not in it was interrupted); `test`: evaluate the best checkpoint on test; `n_dev`:
+    dev examples (text), for the "dev set too small for the gap claimed" warning."""
     from sweeps.group_asha import STATE_FILE, GroupASHA
 
     metric, mode = METRIC[space.task], MODE[space.task]
@@ -80,6 +88,8 @@ def summarize(
         if _finite(best_v) and (best_row is None or sign * best_v > sign * best_row[0][metric]):
             best_row = (row, r)
     outcome.warnings = _tie_warnings(outcome.rows, space, metric)
+    if n_dev and mode == "max" and (w := _small_dev_warning(outcome.rows, metric, n_dev)):
+        outcome.warnings.append(w)
     if best_row:
         row, r = best_row
         outcome.best = {
@@ -89,9 +99,28 @@ def summarize(
             "value": row[metric],
             "params": {k: r.config.get(k) for k in space.varied},
             "config": r.config,
-        }
+            # its last report's analysis (attribution similarity; *_origin in a cascade stage)
+            "analysis": {k: v for k, v in (r.metrics or {}).items()
+                         if k.startswith("attr_") or k == "teacher_dev_accuracy"},
+        }  # fmt: skip
         outcome.best.update(best_checkpoint(r, metric, mode, test))
     return outcome
+
+
+def _small_dev_warning(rows: list[dict], metric: str, n_dev: int) -> str | None:
+    """The best trial against the best independent trial (or, without one, the runner-up
+    config's best): is the dev set large enough to detect that gap at 80% power?"""
+    from kdsweep.analysis.sanity import small_dev_warning
+
+    ok = sorted((r for r in rows if r["status"] != "error" and _finite(r[metric])),
+                key=lambda r: -r[metric])  # fmt: skip
+    if len(ok) < 2:
+        return None
+    best = ok[0]
+    base = next((r for r in ok if r["condition"] == "independent"), None)
+    if base is None or base is best:
+        base = next((r for r in ok[1:] if r["label"] != best["label"]), None)
+    return small_dev_warning(best[metric], base[metric], n_dev) if base else None
 
 
 def _tie_warnings(rows: list[dict], space: SweepSpace, metric: str) -> list[str]:

@@ -103,7 +103,40 @@ def _files(d: Path) -> dict[str, Path]:
         json.dumps({"student": "L2-H128", "dataset": "legal.csv"})
     )
     f.update({n: d / n for n in ("ckpt_empty", "ckpt_corrupt", "ckpt_3_labels", "not_a_model")})
+    f.update(_own_models(d))
     return f
+
+
+def _own_models(d: Path) -> dict[str, Path]:
+    """Bring-your-own-model inputs (issue 14), built here (offline): pretrained-student dirs
+    missing a part, a fine-tuned classifier for other labels, BiLSTM-CTC checkpoints that do not
+    fit, a pickled checkpoint and a corrupt ARPA file."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from kdsweep.models.speech import BiLSTMCTC
+
+    (d / "student_no_tok").mkdir()
+    (d / "student_no_tok" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (d / "student_no_config").mkdir()
+    (d / "student_no_config" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "of"]
+    conf = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=32,
+                      id2label={0: "spam", 1: "ham"}, label2id={"spam": 0, "ham": 1})  # fmt: skip
+    BertForSequenceClassification(conf).save_pretrained(d / "teacher_2_labels")
+    (d / "teacher_2_labels" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+
+    torch.manual_seed(0)
+    speech = BiLSTMCTC(80, 16, 2, 29, 3, 0.0).state_dict()
+    torch.save(BiLSTMCTC(80, 16, 2, 31, 3, 0.0).state_dict(), d / "asr_vocab31.pt")
+    torch.save({**speech, "lstms.1.weight_hh_l0": torch.zeros(64, 8)}, d / "asr_shapes.pt")
+    torch.save({"model": speech, "cls": BiLSTMCTC}, d / "asr_pickled.pt")  # not weights-only
+    (d / "cut.arpa").write_text(
+        "\\data\\\nngram 1=3\n\n\\1-grams:\n-1.0\t<s>\t-0.3\n-0.5\tgo\n"
+    )  # no \end\ line, fewer 1-grams than declared
+    names = ("student_no_tok", "student_no_config", "teacher_2_labels", "asr_vocab31.pt",
+             "asr_shapes.pt", "asr_pickled.pt", "cut.arpa")  # fmt: skip
+    return {n: d / n for n in names}
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +231,51 @@ CASES = [
         ["wav_noise.wav"],
     ),
     ("milestones", "self_distill", ["milestones=3,2"], ["milestones"]),
+    # ---- one's own models (issue 14)
+    ("student-no-tok", "temperature", ["student={student_no_tok}"], ["student", "no tokenizer"]),
+    (
+        "student-no-config",
+        "temperature",
+        ["student={student_no_config}"],
+        ["student", "student_no_config", "no config.json"],
+    ),
+    (
+        "student-offline-hub",
+        "temperature",
+        ["student=nobody-here/no-such-model-kdsweep"],
+        ["student", "no-such-model-kdsweep", "needs internet or a local copy"],
+    ),
+    (
+        "teacher-offline-hub",
+        "temperature",
+        ["teacher=nobody-here/no-such-teacher-kdsweep"],
+        ["teacher", "no-such-teacher-kdsweep", "needs internet or a local copy"],
+    ),
+    (
+        "teacher-labels",
+        "alpha",  # a sweep name the earlier sweep does not have: the data check is reached
+        ["teacher={teacher_2_labels}", "teacher_epochs=0"],
+        ["teacher", "spam", "computers"],
+    ),
+    (
+        "asr-ckpt-vocab",
+        "temperature",
+        ["--task", "asr", "teacher_checkpoint={asr_vocab31.pt}"],
+        ["teacher_checkpoint", "asr_vocab31.pt", "31 outputs", "29"],
+    ),
+    (
+        "asr-ckpt-shapes",
+        "temperature",
+        ["--task", "asr", "teacher_checkpoint={asr_shapes.pt}"],
+        ["teacher_checkpoint", "lstms.1.weight_hh_l0 (64, 8)"],
+    ),
+    (
+        "asr-ckpt-pickled",
+        "temperature",
+        ["--task", "asr", "teacher_checkpoint={asr_pickled.pt}"],
+        ["teacher_checkpoint", "asr_pickled.pt", "weights_only=True"],
+    ),
+    ("asr-lm-corrupt", "temperature", ["--task", "asr", "lm={cut.arpa}"], ["lm", "cut.arpa"]),
     ("self-weights", "self_distill", ["alpha=0", "beta=0", "gamma=0"], ["alpha"]),
 ]
 

@@ -239,3 +239,34 @@ def test_count_parameters_embeddings_dominate_small_students():
     assert counts["params_non_embedding"] == 2 * per_layer + head
     assert counts["params"] == emb + 2 * per_layer + head
     assert counts["params_embeddings"] > 0.9 * counts["params"]
+
+
+@pytest.mark.unit
+def test_teacher_checkpoint_goes_only_to_conditions_with_a_teacher():
+    """`sweeps/self_distill.py teacher_checkpoint=<pt>` must not hand the checkpoint to the
+    independent baseline; a space of teacher-less conditions alone refuses it by name."""
+    from sweeps.space import parse_space
+    from trainables.asr_config import ASRConfig, SelfDistillConfig
+
+    assert "teacher_checkpoint" not in ASRConfig.field_names()
+    assert "teacher_checkpoint" in SelfDistillConfig.field_names()
+    raw = {"task": "asr", "condition": "independent"}
+    with pytest.raises(KDSweepError, match="unknown parameter 'teacher_checkpoint'"):
+        parse_space(raw, "t.yaml", overrides={"teacher_checkpoint": "/x/ckpt.pt"})
+
+
+@pytest.mark.unit
+def test_relative_paths_become_absolute_before_ray_changes_directory(tmp_path, monkeypatch):
+    """Ray runs every trial in its own working directory: `student=runs/my-model` must reach
+    the trial as an absolute path (fixed values, grid choices and cascade stages alike)."""
+    from sweeps.space import _absolute, parse_space
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "my.csv").write_text("text,label\na b,x\nc d,y\n")
+    want = str(tmp_path / "data" / "my.csv")
+    assert _absolute("data/my.csv") == want
+    assert _absolute({"grid": ["data/my.csv", "fortunes"]}) == {"grid": [want, "fortunes"]}
+    assert _absolute("fortunes") == "fortunes" and _absolute("2,3") == "2,3"
+    space = parse_space({"task": "text", "condition": "soft"}, "t.yaml", {"dataset": "data/my.csv"})
+    assert space.fixed["dataset"] == want

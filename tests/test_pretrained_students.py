@@ -276,7 +276,8 @@ def test_cascade_from_a_pretrained_stage(pretrained, small_text, tmp_path):
     base = {**small_text, **FAST, **PRE, "alpha": 0.5}
     with local_session(tmp_path / "s1") as s1:
         TEXT_TRAINABLES["cascade"]({**base, "student": str(pretrained["distilbert"])})
-    stage2 = {**base, "student": "L1-H32-A2", "teacher_checkpoint": str(s1.last_checkpoint)}
+    stage2 = {**base, "student": "L1-H32-A2", "teacher_checkpoint": str(s1.last_checkpoint),
+              "attribution_examples": 4}  # fmt: skip
     data = prepare_text(CascadeConfig.from_dict(stage2), log=lambda m: None)
     assert tokenizer_fingerprint(data.teacher.model_dir) == tokenizer_fingerprint(
         str(pretrained["distilbert"])
@@ -284,6 +285,11 @@ def test_cascade_from_a_pretrained_stage(pretrained, small_text, tmp_path):
     with local_session(tmp_path / "s2") as s2:
         TEXT_TRAINABLES["cascade"](stage2)
     assert [r["epoch"] for r in s2.results] == [1, 2]
+    # attribution similarity to its own teacher (stage 1, same tokenizer: per token) and to the
+    # original MiniLM teacher (another tokenizer: per word)
+    last = s2.results[-1]
+    for key in ("attr_cosine", "attr_cosine_origin", "attr_spearman_origin"):
+        assert -1.0 <= last[key] <= 1.0, key
     assert s2.results[0]["teacher_dev_accuracy"] == pytest.approx(
         s1.results[-1]["dev_accuracy"], abs=1e-6
     )

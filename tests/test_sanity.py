@@ -103,3 +103,26 @@ def test_speech_utterances_dropped_for_length():
         "(median length 1600 frames)"
     )
     assert dropped_utterances_warning([100, 200], 1600, "train") is None
+
+
+def test_speech_utterances_ctc_cannot_align_are_counted():
+    from kdsweep.analysis.sanity import ctc_dropped_warning
+
+    # 5 labels fit 5 frames; "aa" needs a blank between the repeats (3 frames, has 2)
+    frames, targets = [5, 2, 10], [[1, 2, 3, 4, 5], [7, 7], [1, 2]]
+    w = ctc_dropped_warning(frames, targets, "train", 3)
+    assert w is not None and "1 of 3" in w and "stack=3" in w and "33%" in w
+    assert ctc_dropped_warning([5, 3], [[1, 2, 3, 4, 5], [7, 7]], "dev", 3) is None
+
+
+def test_small_dev_warning_reaches_the_sweep_summary():
+    from sweeps.summary import _small_dev_warning
+
+    rows = [
+        {"label": "soft T=4", "condition": "soft", "status": "finished", "dev_accuracy": 0.62},
+        {"label": "independent", "condition": "independent", "status": "finished",
+         "dev_accuracy": 0.60},
+    ]  # fmt: skip
+    w = _small_dev_warning(rows, "dev_accuracy", 300)
+    assert w is not None and "n=300" in w and "0.020" in w
+    assert _small_dev_warning(rows, "dev_accuracy", 10**6) is None

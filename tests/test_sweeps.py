@@ -166,6 +166,9 @@ def test_cascade_smoke(tmp_path, cache_dir):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "stage 1: best:" in res.stdout and "stage 2: best:" in res.stdout
     assert "taught by " + str(tmp_path / "runs") in res.stdout  # stage 2's teacher = stage 1's best
+    # the stage table: accuracy and attribution similarity to own and original teacher per stage
+    assert "attr cos to own teacher | attr cos to original teacher" in res.stdout
+    assert "| 0 | original teacher |" in res.stdout and "| 2 | " in res.stdout
 
 
 @pytest.mark.e2e

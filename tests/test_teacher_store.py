@@ -207,7 +207,9 @@ def test_get_or_train_miss_then_hit(tiny_backbone, tiny_data, tmp_path, monkeypa
     logs: list[str] = []
     first, hit = store.get_or_train(recipe, "fp", splits.label_names, tokens, log=logs.append)
     assert (
-        not hit and any("miss" in m for m in logs) and any("teacher epoch 1/1" in m for m in logs)
+        not hit
+        and any("miss" in m for m in logs)
+        and any("teacher fine-tuned: 1 epoch(s)" in m for m in logs)
     )
     assert first.path == tmp_path / "store" / TeacherStore.entry_id(recipe, "fp")
     assert not list((tmp_path / "store").glob(".*.tmp"))  # published atomically
@@ -238,3 +240,25 @@ def test_register_is_idempotent_per_source(tiny_backbone, tiny_data, tmp_path, m
         model, "ckpt-a|2", tiny_backbone, splits.label_names, tokens, lambda m: None
     )
     assert t3.id != t1.id
+
+
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_finetune_steps_the_optimizer_once_per_grad_accum_batches(
+    tiny_backbone, tiny_data, grad_accum, monkeypatch
+):
+    """teacher_grad_accum=k: one optimizer (and LR schedule) step per k micro-batches, the last
+    partial group included; teacher_precision=bf16 is accepted (plain fp32 on the CPU)."""
+    from kdsweep.models.text import load_classifier
+    from kdsweep.training import Stepper
+
+    splits, tokens = tiny_data
+    n = len(tokens["train"]["labels"])
+    recipe = TeacherRecipe(backbone=tiny_backbone, epochs=2, lr=1e-3, batch_size=16, max_len=32,
+                           grad_accum=grad_accum, precision="bf16")  # fmt: skip
+    steps: list[int] = []
+    real = Stepper.step
+    monkeypatch.setattr(Stepper, "step", lambda self: (steps.append(1), real(self))[1])
+    model = load_classifier(tiny_backbone, len(splits.label_names))
+    teacher_store_mod.finetune(model, tokens, recipe, log=lambda m: None)
+    batches = -(-n // 16)
+    assert len(steps) == 2 * -(-batches // grad_accum)

@@ -100,6 +100,14 @@ class ASRConfig(BaseConfig):
         self._check_transfer()
         self._check_teacher_checkpoint()
 
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """A condition without a teacher does not take `teacher_checkpoint`: in a sweep over
+        several conditions (self-distillation vs its independent baseline) the shared value
+        goes only to the conditions that learn from it; alone it is an unknown parameter."""
+        names = super().field_names()
+        return names if cls.teacher_kind else names - {"teacher_checkpoint"}
+
     def _check_teacher_checkpoint(self) -> None:
         """With `teacher_checkpoint`, teacher_layers/teacher_hidden come from its tensors (a
         contradicting value is an error) and its frame stacking must be the student's."""

@@ -39,28 +39,55 @@ def analysis_metrics(
     `cross` = (dev texts, the student's tokenizer dir) when the student's tokenizer differs
     from the teacher's: attributions are then summed per whitespace word and compared per word
     (`kdsweep.analysis.attribution.word_level_similarity`); `dev` holds the student's tokens."""
-    from kdsweep.analysis import attribution_similarity, efficiency_metrics
+    from kdsweep.analysis import efficiency_metrics
 
     t0 = time.perf_counter()
     out = efficiency_metrics(student, first_rows(dev, 32))
-    if cfg.attribution_examples > 0 and cross is not None:
-        out.update(_cross_similarity(cfg, student, dev, teacher, cache, cross))
-    elif cfg.attribution_examples > 0:
-        probe = first_rows(dev, cfg.attribution_examples)
-        if "teacher_attr" not in cache:
-            cache["teacher_attr"] = _teacher_attributions(teacher, probe, student)
-        out.update(
-            attribution_similarity(
-                None,
-                student,
-                probe,
-                len(probe["labels"]),
-                ATTRIBUTION_STEPS,
-                teacher_attr=cache["teacher_attr"],
-            )
-        )
+    out.update(teacher_similarity(cfg, student, dev, teacher, cache, cross))
     out["analysis_seconds"] = time.perf_counter() - t0
     return out
+
+
+def teacher_similarity(
+    cfg: TextConfig,
+    student: nn.Module,
+    dev: dict[str, torch.Tensor],
+    teacher: StoredTeacher,
+    cache: dict[str, Any],
+    cross: tuple[list[str], str] | None = None,
+) -> dict[str, float]:
+    """{"attr_cosine", "attr_spearman"} of the student vs `teacher` on the fixed dev probe
+    ({} when `attribution_examples` is 0); `cross` as in `analysis_metrics`."""
+    from kdsweep.analysis import attribution_similarity
+
+    if cfg.attribution_examples <= 0:
+        return {}
+    if cross is not None:
+        return _cross_similarity(cfg, student, dev, teacher, cache, cross)
+    probe = first_rows(dev, cfg.attribution_examples)
+    if "teacher_attr" not in cache:
+        cache["teacher_attr"] = _teacher_attributions(teacher, probe, student)
+    return attribution_similarity(
+        None, student, probe, len(probe["labels"]), ATTRIBUTION_STEPS,
+        teacher_attr=cache["teacher_attr"],
+    )  # fmt: skip
+
+
+def origin_similarity(
+    cfg: TextConfig,
+    student: nn.Module,
+    dev: dict[str, torch.Tensor],
+    origin: StoredTeacher,
+    cache: dict[str, Any],
+    texts: list[str],
+    cross_dir: str | None,
+) -> dict[str, float]:
+    """attr_cosine_origin / attr_spearman_origin: a cascade stage's student vs the cascade's
+    original teacher (per word, from `texts`, when the student's tokenizer `cross_dir` is
+    not the original teacher's)."""
+    cross = (texts, cross_dir) if cross_dir else None
+    sims = teacher_similarity(cfg, student, dev, origin, cache.setdefault("origin", {}), cross)
+    return {f"{k}_origin": v for k, v in sims.items()}
 
 
 def _cross_similarity(

@@ -10,7 +10,7 @@ from kdsweep.config import BaseConfig, choice, in_range, positive
 from kdsweep.data.text import BUILTIN, DataSpec
 from kdsweep.data.transfer import check_source
 from kdsweep.errors import KDSweepError
-from kdsweep.models.text import check_student, is_shape
+from kdsweep.models.text import check_student, check_teacher, is_shape
 from kdsweep.teacher_store import TeacherRecipe
 from trainables.conditions import Needs, transfer_capable
 
@@ -83,6 +83,7 @@ class TextConfig(BaseConfig):
         in_range(self, "attribution_examples", 0, 10**6)
         choice(self, "student_init", ("random", "teacher"))
         check_student(self.student)  # an unknown shape, an old shape name, a bad directory
+        check_teacher(self.teacher)  # a hub name that does not resolve (offline, misspelt)
         if self.student_init == "teacher" and not is_shape(self.student):
             raise KDSweepError(
                 f"field 'student_init': 'teacher' builds a shape from teacher layers; "

@@ -53,7 +53,7 @@ from kdsweep.training import Precision, Stepper, check_finite, optimizer_steps, 
 from trainables import tune_io
 from trainables.checkpointing import resume_state, save_state
 from trainables.oom_guard import oom_metrics, recover_oom
-from trainables.text_analysis import analysis_due, analysis_metrics
+from trainables.text_analysis import analysis_due, analysis_metrics, origin_similarity
 from trainables.text_config import CascadeConfig, TextConfig
 
 __all__ = ["LossFn", "NonFiniteLossError", "prepare_text", "run_text_trial"]
@@ -77,6 +77,10 @@ class TextData:
     # that student's directory / hub name ("" for a shape).
     student_tokens: dict[str, dict[str, torch.Tensor]] | None = None
     student_dir: str = ""
+    # A cascade stage: the original (base) teacher, for attribution similarity to it too, and
+    # the student's tokenizer when it differs from the original teacher's (None: the same).
+    origin: StoredTeacher | None = None
+    origin_cross_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.student_tokens is None:
@@ -108,7 +112,9 @@ def prepare_text(cfg: TextConfig, log: Callable[[str], None] = print) -> TextDat
             f"teacher {teacher.id}: labels {teacher.meta['label_names']} do not match dataset "
             f"labels {splits.label_names}"
         )
+    origin = None
     if isinstance(cfg, CascadeConfig) and cfg.teacher_checkpoint:
+        origin = teacher
         teacher = cascade_teacher(cfg, teacher, splits, cache, log)
         tokenizer_dir = teacher.model_dir  # the stage's teacher reads its own tokenizer's tokens
         tokens = tokenize_splits(splits, tokenizer_dir, cfg.max_len, cache)
@@ -127,7 +133,13 @@ def prepare_text(cfg: TextConfig, log: Callable[[str], None] = print) -> TextDat
             )
         student_tokens = tokenize_splits(splits, student_dir, cfg.max_len, cache)
     transfer = prepare_transfer(cfg, splits, tokens, tokenizer_dir, teacher, cache)
-    return TextData(splits, tokens, teacher, hit, transfer, student_tokens, student_dir)
+    origin_cross = None
+    if origin is not None:
+        own_tokenizer = student_dir or tokenizer_dir
+        if tokenizer_fingerprint(own_tokenizer) != tokenizer_fingerprint(origin.model_dir):
+            origin_cross = own_tokenizer
+    return TextData(splits, tokens, teacher, hit, transfer, student_tokens, student_dir, origin,
+                    origin_cross)  # fmt: skip
 
 
 def prepare_transfer(
@@ -302,19 +314,22 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
             lr=sched.get_last_lr()[0],
         )
         if analysis_due(cfg, epoch + 1):
-            metrics.update(
-                analysis_metrics(
-                    cfg,
-                    student,
-                    data.student_tokens["dev"],
-                    data.teacher,
-                    analysis_cache,
-                    _cross(data),
-                )  # fmt: skip
-            )
+            metrics.update(_analysis(cfg, student, data, analysis_cache))
         ckpt_dir = tune_io.new_checkpoint_dir()
         save_state(ckpt_dir, model, opt, sched, amp.scaler, epoch + 1, train_seconds, cfg, metrics)
         tune_io.report(metrics, ckpt_dir)
+
+
+def _analysis(cfg: TextConfig, student: nn.Module, data: TextData, cache: dict) -> dict:
+    """Efficiency + attribution similarity to the teacher (and, in a cascade stage, to the
+    original teacher: the *_origin metrics)."""
+    dev = data.student_tokens["dev"]  # type: ignore[index]
+    out = analysis_metrics(cfg, student, dev, data.teacher, cache, _cross(data))
+    if data.origin is not None:
+        texts = [t for t, _ in data.splits.dev]
+        out.update(origin_similarity(cfg, student, dev, data.origin, cache, texts,
+                                     data.origin_cross_dir))  # fmt: skip
+    return out
 
 
 def _cross(data: TextData) -> tuple[list[str], str] | None:

@@ -151,3 +151,22 @@ def dropped_utterances_warning(
 ) -> str | None:
     """Speech: the count and share of a split's utterances dropped for being too long."""
     return length_warning(lengths, limit, split, limit_name, "utterances", unit, "dropped")
+
+
+def ctc_dropped_warning(
+    frames: Sequence[int], targets: Sequence[Sequence[int]], split: str, stack: int
+) -> str | None:
+    """Speech: utterances whose transcript needs more CTC frames than the model outputs
+    (labels + one blank between each repeated pair > frames after stacking). The CTC loss zeroes
+    them (`zero_infinity`), so they are dropped from training without an error: say how many."""
+    need = [len(t) + sum(1 for a, b in zip(t[:-1], t[1:]) if a == b) for t in targets]
+    bad = [i for i, (n, f) in enumerate(zip(need, frames)) if n > f]
+    if not bad:
+        return None
+    labels = np.median([need[i] for i in bad])
+    have = np.median([frames[i] for i in bad])
+    return (
+        f"{split}: {len(bad) / len(need):.0%} of utterances ({len(bad)} of {len(need)}) need more "
+        f"CTC frames than the model outputs at stack={stack} (median {labels:g} labels vs "
+        f"{have:g} frames) and are dropped from the CTC loss; lower `stack`"
+    )

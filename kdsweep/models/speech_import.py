@@ -87,7 +87,8 @@ def _load_torch(p: Path, where: str) -> dict[str, Tensor]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError for anything beyond tensors and plain data
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch's message has ANSI bold
+        first = text.splitlines()[0] if text else type(e).__name__
         raise KDSweepError(
             f"{where}: torch.load(weights_only=True) refused it ({first}); it holds pickled "
             "Python objects, not only tensors. Re-save just the weights: "

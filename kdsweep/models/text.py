@@ -110,6 +110,19 @@ def resolve_student(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
+def check_teacher(name: str) -> None:
+    """Config-time check of `teacher`: 'minilm', a local directory (checked where it is
+    loaded), or a hub name that resolves (internet, or the HF cache)."""
+    if name != "minilm" and not Path(name).expanduser().exists():
+        _check_hub(name, "teacher")
+
+
+_NOT_A = {
+    "student": "a shape (L<layers>-H<hidden>[-A<heads>], e.g. L2-H128)",
+    "teacher": "'minilm' (the shipped MiniLM)",
+}
+
+
 @functools.lru_cache(maxsize=64)
 def _check_hub(name: str, field: str) -> None:
     """A hub name must resolve (internet, or the HF cache): else one clear line."""
@@ -119,9 +132,8 @@ def _check_hub(name: str, field: str) -> None:
         AutoConfig.from_pretrained(name)  # the real hub path: from_pretrained(name)
     except (OSError, ValueError) as e:
         raise KDSweepError(
-            f"field {field!r}: {name!r} is neither a shape (L<layers>-H<hidden>[-A<heads>], "
-            "e.g. L2-H128) nor a local model directory; as a hub name it needs internet or a "
-            f"local copy ({type(e).__name__})"
+            f"field {field!r}: {name!r} is neither {_NOT_A[field]} nor a local model directory; "
+            f"as a hub name it needs internet or a local copy ({type(e).__name__})"
         ) from None
 
 

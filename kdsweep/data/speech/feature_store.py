@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from kdsweep.errors import KDSweepError
+from kdsweep.progress import progress
 
 CHUNK_UTTERANCES = 256  # features computed and saved per chunk (bounded memory, resumable)
 _FEATS, _OFFSETS, _META, _PLAN = "feats.npy", "offsets.npy", "meta.json", "plan.json"
@@ -148,7 +149,7 @@ def _build(
         work.mkdir(parents=True)
         _write_json(work / _PLAN, plan)
     starts = range(0, n, chunk)
-    for c, start in enumerate(starts):
+    for c, start in enumerate(progress(starts, desc=f"features {cache.name}")):
         path = work / f"chunk-{c:05d}.npz"
         rows = range(start, min(start + chunk, n))
         if _chunk_rows(path) == len(rows):

@@ -26,6 +26,7 @@ from kdsweep.data.speech.audio import SAMPLE_RATE, _torch_threads, read_audio
 from kdsweep.data.speech.corpus import MANIFEST_COLUMNS
 from kdsweep.data.speech.text import command_sentences, open_sentences
 from kdsweep.errors import KDSweepError
+from kdsweep.progress import progress
 
 # Bump when the synthesis recipe changes so cached corpora are rebuilt instead of reused.
 CORPUS_VERSION = 1
@@ -236,7 +237,8 @@ def synthesize_jobs(
     # per worker avoids oversubscription during resampling.
     workers = num_workers or min(4, (os.cpu_count() or 2) + 1)
     with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
-        seconds = list(pool.map(run, jobs))
+        done = progress(pool.map(run, jobs), total=len(jobs), desc=f"synthesis {corpus_dir.name}")
+        seconds = list(done)
 
     with open(tmp_dir / "manifest.tsv", "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
