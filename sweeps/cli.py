@@ -15,6 +15,7 @@ from typing import Any
 
 from kdsweep.errors import KDSweepError
 from kdsweep.paths import cache_root
+from sweeps.confirm import check_confirm_args
 from sweeps.run import PROJECT_DIR, run_sweep
 from sweeps.space import SPACES_DIR, SweepSpace, parse_overrides, parse_space, read_space
 from sweeps.summary import SweepOutcome
@@ -77,6 +78,14 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--student", help="student size, e.g. L2-H128, L4-H312")
     p.add_argument("--num-samples", type=int, help="grid repeats, or Optuna trials")
     p.add_argument("--seeds", type=int, default=0, help="repeat every config with N seeds")
+    p.add_argument(
+        "--confirm",
+        type=int,
+        metavar="K",
+        help="after the search: rerun the top K configs + the independent baseline on fresh "
+        "seeds, full length, tested once (mean +- CI, paired tests, verdicts)",
+    )
+    p.add_argument("--confirm-seeds", type=int, default=3, help="fresh seeds per confirm config")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (ASHA's max_t)")
     p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial can be cut")
     p.add_argument("--reduction-factor", type=float, help="ASHA: keep 1/rf at each rung")
@@ -137,6 +146,7 @@ def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
         space.num_samples = args.num_samples
     elif args.smoke:
         space.num_samples = min(space.num_samples, 2 if space.uses_optuna else 1)
+    check_confirm_args(args, space)
     return space
 
 

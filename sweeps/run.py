@@ -1,7 +1,8 @@
 """One sweep from start to end, as a short sequence of named steps:
 
     resume check -> prepare (data, teacher) -> journal + MLflow parent run -> Ray + Tuner + fit
-    -> summary (table, best trial tested once) -> trials.csv/md, best.json, parent run closed
+    -> summary (table, best trial tested once) -> confirm stage (--confirm K: sweeps/confirm.py)
+    -> trials.csv/md, best.json, parent run closed -> the answer printed
 
 The Tuner itself is built in sweeps/tuner.py (`build_tuner`).
 """
@@ -64,10 +65,27 @@ def run_sweep(name: str, args: argparse.Namespace, space: SweepSpace) -> SweepOu
     outcome = summarize(grid, space, sweep, path, max_t, ended(journal), not args.no_test, n_dev)
     outcome.parent_run_id = journal.state().get("parent")
     callback.close_open_runs()
+    confirmed = confirm(grid, outcome, space, args, storage, res, journal, prep, tracking_uri)
+    if confirmed and not confirmed.complete:
+        outcome.interrupted = True  # the parent run ends KILLED; the same command finishes it
     artifacts = write_tables(outcome, path)
-    synced = close_journal(journal, outcome, wall, artifacts)
+    extra = confirmed.artifacts if confirmed else []
+    tags = confirmed.tags if confirmed else {}
+    synced = close_journal(journal, outcome, wall, artifacts + extra, tags)
     print_outcome(outcome, METRIC[space.task], wall, artifacts, journal, synced)
+    if confirmed:
+        print(confirmed.text)
     return outcome
+
+
+def confirm(grid, outcome, space, args, storage, res, journal, prep, tracking_uri):
+    """The confirm stage (`--confirm K`, sweeps/confirm.py): top K + baseline on fresh seeds,
+    full length, tested once; None when not asked for or the search was interrupted."""
+    if not getattr(args, "confirm", None) or outcome.interrupted:
+        return None
+    from sweeps.confirm import run_confirm
+
+    return run_confirm(grid, outcome, space, args, storage, res, journal, prep, tracking_uri)
 
 
 def sweep_name(name: str, space: SweepSpace, args: argparse.Namespace) -> str:
@@ -128,7 +146,7 @@ def open_journal(
     path: Path, sweep: str, space: SweepSpace, prep: dict, tracking_uri: str, max_t: int
 ):
     """The sweep's MLflow journal with its parent run opened, and the per-trial callback."""
-    from sweeps.tracking import Journal, MlflowTrialCallback
+    from sweeps.tracking import Journal
 
     artifact_root = (PROJECT_DIR / "mlartifacts").as_uri()
     journal = Journal(path, tracking_uri, f"kdsweep/{sweep}", artifact_root)
@@ -144,13 +162,28 @@ def open_journal(
         },
     )
     journal.sync(force=True)
-    callback = MlflowTrialCallback(
+    return journal, trial_callback(journal, space, prep, max_t)
+
+
+def trial_callback(
+    journal, space: SweepSpace, prep: dict, max_t: int, extra_tags: dict | None = None
+):
+    """The per-trial MLflow callback of a Tune run journaled into `journal` (`extra_tags` on
+    every trial's run, e.g. the confirm stage's)."""
+    from sweeps.tracking import MlflowTrialCallback
+
+    tags = {**prep.get("tags", {}), **(extra_tags or {})}
+    return MlflowTrialCallback(
         journal,
-        describe=functools.partial(describe, varied=space.varied),
-        tags_for=functools.partial(_trial_tags, task=space.task, prep_tags=prep.get("tags", {})),
+        describe=functools.partial(_describe, varied=space.varied),
+        tags_for=functools.partial(_trial_tags, task=space.task, prep_tags=tags),
         max_epochs=max_t,
     )
-    return journal, callback
+
+
+def _describe(config: dict[str, Any], varied: list[str]) -> str:
+    """The run name; a param the trial's condition does not have (None) is left out."""
+    return describe(config, [k for k in varied if config.get(k) is not None])
 
 
 def _trial_tags(config: dict[str, Any], task: str, prep_tags: dict[str, str]) -> dict:
@@ -188,7 +221,7 @@ def fit(
             metric,
             mode,
             max_t,
-            describe=functools.partial(describe, varied=space.varied),
+            describe=functools.partial(_describe, varied=space.varied),
             slots=slots,
             quiet=getattr(args, "quiet", False),
             start=time.monotonic(),
@@ -222,8 +255,11 @@ def ended(journal) -> dict[str, str]:
     }
 
 
-def close_journal(journal, outcome: SweepOutcome, wall: float, artifacts: list[Path]) -> bool:
-    """End the parent run with the best trial's metrics and the tables; True when synced."""
+def close_journal(
+    journal, outcome: SweepOutcome, wall: float, artifacts: list[Path], tags: dict | None = None
+) -> bool:
+    """End the parent run with the best trial's metrics, the tables and `tags` (the confirm
+    stage's verdicts); True when synced."""
     best_metrics = {}
     if outcome.best:
         best_metrics = {
@@ -242,6 +278,7 @@ def close_journal(journal, outcome: SweepOutcome, wall: float, artifacts: list[P
         tags={
             "best_trial": outcome.best["trial_id"] if outcome.best else "",
             **{f"warning.summary_{i}": w for i, w in enumerate(outcome.warnings)},
+            **(tags or {}),
         },
         artifacts=[str(a) for a in artifacts],
     )

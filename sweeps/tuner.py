@@ -42,7 +42,12 @@ def build_tuner(
     seeds = max(1, getattr(args, "seeds", 0) or 0)
     trainable = tune.with_resources(run_trial, {"cpu": res["cpu"], "gpu": res["gpu"]})
     if restore:  # searcher, scheduler and callbacks come back from the saved experiment
-        return tune.Tuner.restore(str(storage / sweep), trainable=trainable, resume_errored=True)
+        # Tune does not save the param space: a space with tune.sample_from (the confirm
+        # stage's) must be handed back, or trials not started yet keep unresolved placeholders.
+        again = space.param_space() if getattr(space, "restore_with_param_space", False) else None
+        return tune.Tuner.restore(
+            str(storage / sweep), trainable=trainable, resume_errored=True, param_space=again
+        )
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
