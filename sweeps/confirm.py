@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kdsweep.errors import KDSweepError
-from sweeps.confirm_table import confirm_answer, format_answer, markdown_answer
+from sweeps.confirm_table import confirm_answer, format_answer, markdown_answer, pruned_line
 from sweeps.labels import describe
 from sweeps.space import SweepSpace
 from trainables.metrics import METRIC, MODE, TEST_METRIC
@@ -63,6 +63,7 @@ class ConfirmOutcome:
     complete: bool = False
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
+    search_pruned: int = 0  # configs the search stopped early
 
 
 # ---------------------------------------------------------------- input and choices (pure)
@@ -264,6 +265,10 @@ def run_confirm(
     callback.close_open_runs()
     rows = confirm_rows(cgrid, space.task, max_t, journal)
     done = ConfirmOutcome(path=path, arms=arms, seeds=seeds, trials=rows)
+    varied = [k for k in space.varied if k != "seed"]
+    pruned = {(r["condition"], *(str(r.get(k)) for k in varied))
+              for r in outcome.rows if r["status"] == "pruned"}  # fmt: skip
+    done.search_pruned = len(pruned)
     done.complete = len(rows) == cspace.grid_size() and all(r["done"] for r in rows)
     write_answer(done, space.task, Path(outcome.path))
     return done
@@ -344,9 +349,13 @@ def write_answer(done: ConfirmOutcome, task: str, sweep_dir: Path) -> None:
     if not done.complete:
         head += f"\n[kdsweep] confirm stage interrupted: {sum(r['done'] for r in done.trials)}"
         head += f"/{len(labels) * len(done.seeds)} trials done; run the same command to finish"
-    done.text = "\n".join([f"[kdsweep] {head}", format_answer(done.answer, short)])
+    status = {a.label: a.search_status for a in done.arms}
+    pruned = pruned_line(test, status, MODE[task] == "max", done.search_pruned)
+    done.text = "\n".join([f"[kdsweep] {head}", format_answer(done.answer, short), pruned])
     md, js = sweep_dir / "confirm.md", sweep_dir / "confirm.json"
-    md.write_text(f"# Confirm stage\n\n{head}\n\n{markdown_answer(done.answer, short)}\n")
+    md.write_text(
+        f"# Confirm stage\n\n{head}\n\n{markdown_answer(done.answer, short)}\n\n{pruned}\n"
+    )
     record = {"complete": done.complete, "path": str(done.path), "seeds": done.seeds}
     record.update(arms=[asdict(a) for a in done.arms], trials=done.trials, answer=done.answer)
     js.write_text(json.dumps(record, indent=1, default=str))

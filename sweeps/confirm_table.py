@@ -151,3 +151,36 @@ def markdown_answer(answer: dict[str, Any], metric: str = "accuracy") -> str:
         out += ["| " + " | ".join(row) + " |" for row in table[1:]]
         out.append("")
     return "\n".join(out).rstrip()
+
+
+def pruned_line(
+    test: dict[str, Sequence[float]],
+    status: dict[str, str],
+    higher_is_better: bool,
+    pruned_in_search: int,
+) -> str:
+    """Did early stopping cost anything? Each re-run config the search had pruned, compared
+    (paired by seed) with each re-run config the search kept; or why nothing can be said."""
+    pruned = [lab for lab in test if status.get(lab) == "pruned"]
+    kept = [lab for lab in test if status.get(lab) == "finished"]
+    if not pruned_in_search:
+        return "pruned configs: none (the search stopped no config early)"
+    if not pruned:
+        return (
+            f"pruned configs: {pruned_in_search} in the search, none among the configs re-run "
+            "here (ranked by the search's dev metric), so this stage cannot tell whether "
+            "pruning dropped a better one"
+        )
+    parts = []
+    for p in pruned:
+        for k in kept:
+            c = paired_comparison(test[p], test[k])
+            better = (c["mean_diff"] > 0) == higher_is_better
+            sig = _finite(c["p"]) and c["p"] < ALPHA
+            word = (
+                ("better than" if better else "worse than") if sig else "not distinguishable from"
+            )
+            parts.append(f"{p} (pruned) is {word} {k} (kept), p = {_num(c['p'], '.3g')}")
+    if not kept:
+        parts.append("no kept config was re-run to compare with")
+    return "pruned configs: " + "; ".join(parts)

@@ -169,3 +169,18 @@ def test_confirm_space_is_arms_times_seeds():
         assert cfg["epochs"] == 5
         got.append((cfg["confirm_arm"], cfg["seed"]))
     assert sorted(got) == [(0, 1000), (0, 1001), (1, 1000), (1, 1001)]
+
+
+def test_pruned_line_says_whether_a_pruned_config_beat_a_kept_one():
+    from sweeps.confirm_table import pruned_line
+
+    test = {"soft T=8": [0.70, 0.72, 0.71, 0.73], "soft T=4": [0.60, 0.61, 0.62, 0.60],
+            "independent": [0.5, 0.5, 0.52, 0.51]}  # fmt: skip
+    status = {"soft T=8": "pruned", "soft T=4": "finished", "independent": "added"}
+    line = pruned_line(test, status, True, 1)
+    assert "soft T=8 (pruned) is better than soft T=4 (kept)" in line
+    same = {**test, "soft T=8": test["soft T=4"]}
+    assert "not distinguishable from soft T=4" in pruned_line(same, status, True, 1)
+    kept_only = {k: v for k, v in test.items() if k != "soft T=8"}
+    assert "cannot tell" in pruned_line(kept_only, status, True, 2)
+    assert "none (the search stopped no config early)" in pruned_line(kept_only, status, True, 0)
