@@ -26,6 +26,8 @@ def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
     )
     tags = {"teacher_id": t.id, "teacher": cfg.teacher, "dev_examples": str(len(split.dev))}
     tags.update({f"teacher_{k}": f"{v:.4f}" for k, v in t.metrics.items()})
+    # its fine-tune's seconds (0: used as it is), amortised over its trials by the report
+    tags["teacher_train_seconds"] = f"{float(t.meta.get('train_seconds', 0.0)):.1f}"
     for key, warning in text_warnings(cfg, data).items():  # printed and tagged, never silent
         log(f"[kdsweep] warning: {warning}")
         tags[f"warning.{key}"] = warning
@@ -72,6 +74,7 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
         )
         tags.update({f"{kind}_id": t.id, f"{kind}_arch": t.meta["arch"]})
         tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in m.items()})
+        tags[f"{kind}_train_seconds"] = f"{float(t.meta.get('train_seconds', 0.0)):.1f}"
     if data.transfer is not None:  # labeled by the teacher here, once, before any trial
         tr = data.transfer
         msg += f"; transfer set {cfg.transfer_set}: {len(tr.feats)} utterances ({tr.key})"
