@@ -64,17 +64,18 @@ def budget_check(configs: dict[str, list[TrialBudget]], baseline_of: dict[str, s
     A config's budget is the most common one of its counted trials; its reference is its
     baseline's (a config without a baseline: the sweep's most common budget).
     """
-    counted = {k: [b for _, b, p in v if not p] or [b for _, b, _ in v] for k, v in configs.items()}
-    counted = {k: v for k, v in counted.items() if v}
-    if not counted:
+    counted = {k: [b for _, b, p in v if not p] for k, v in configs.items()}
+    modal = {k: _modal(v) for k, v in counted.items() if v}  # configs with a counted trial
+    every = [b for v in counted.values() for b in v] or [
+        b for v in configs.values() for _, b, _ in v
+    ]
+    if not every:
         return ["budgets: no trial reported its epochs"]
-    modal = {k: _modal(v) for k, v in counted.items()}
-    every = [b for v in configs.values() for _, b, p in v if not p]
-    usual = _modal(every or list(modal.values()))
+    usual = _modal(every)
     mismatches, pruned_lines = [], []
     for label, trials in configs.items():
         base = baseline_of.get(label, "")
-        ref, ref_name = (modal[base], base) if base in modal else (usual, "the sweep's usual")
+        ref, ref_name = (modal[base], base) if base in modal else (usual, "most trials")
         mine = modal.get(label)
         if mine is not None and label not in baseline_of.values() and mine != ref:
             mismatches.append(f"- {label}: {mine}; {ref_name}: {ref}")
