@@ -80,11 +80,12 @@ def plot_gain(
     ax.axvline(0.0, color="black", linewidth=1)
     ax.set_yticks(ys, [f"{p['label']} (n={p['n']})" for p in pts], fontsize=8)
     ax.set_xlabel(gain_axis_label(metric_title, higher), fontsize=9)
-    ax.set_title(f"{name}: dev {metric_title} vs the paired baseline (mean, 95% CI)", fontsize=10)
-    ax.text(
-        0.99, 0.01, "filled: significant (Holm p < 0.05)", transform=ax.transAxes,
-        ha="right", va="bottom", fontsize=7,
-    )  # fmt: skip
+    ax.set_ylim(-0.6, len(pts) - 0.4)
+    ax.set_title(
+        f"{name}: dev {metric_title} vs the paired baseline (mean, 95% CI)\n"
+        "filled: significant after Holm (p < 0.05); hollow: not distinguishable",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -114,6 +115,7 @@ def plot_similarity(sweep: Sweep, path: Path) -> Path | None:
             label=title,
         )  # fmt: skip
     ax.set_yticks(ys, [g.label for g in groups], fontsize=8)
+    ax.set_ylim(-0.6, len(groups) - 0.4)
     ax.set_xlabel("attribution similarity to the teacher (IG, dev probe; 1 = identical)")
     ax.set_title(f"{sweep.name}: attribution similarity (mean, 95% CI)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
