@@ -182,13 +182,15 @@ def test_speech_table_has_beam_columns_and_the_teacher_rows():
     titles = [t for _, t, _, _ in cols]
     assert titles[:4] == ["WER", "WER beam", "CER", "CER beam"]
     assert "WER beam" not in [t for _, t, _, _ in markdown.metric_columns("text")]
-    tags = {"teacher_arch": "L4-H256", "teacher_dev_wer": "0.2100", "teacher_dev_wer_beam":
-            "0.1500", "twin_arch": "L2-H128", "twin_dev_wer": "0.4000"}  # fmt: skip
+    tags = {"teacher_arch": "L4-H256", "teacher_dev_wer": "0.2100"}
+    tags.update(teacher_dev_wer_beam="0.1500", twin_arch="L2-H128", twin_dev_wer="0.4000")
+    tags.update(twin_train_seconds="30.0")
     sweep = _sweep([_trial("independent", 0, {"dev_wer": 0.5})], task="asr", tags=tags)
     rows = markdown.teacher_rows(sweep, cols, {"teacher": (300.0, 3)})
     assert [r[:2] for r in rows] == [["L4-H256", "(teacher)"], ["L2-H128", "(twin)"]]
     cell = dict(zip(["student", "condition", "n", *titles], rows[0]))
     assert (cell["WER"], cell["WER beam"], cell["CER"]) == ("0.210", "0.150", "–")
     assert cell["train s"] == "300.0" and cell["train s (incl. teacher)"] == "300.0"
-    assert dict(zip(["student", "condition", "n", *titles], rows[1]))["train s"] == "–"
+    # no trial used the twin here: its seconds come from its tag
+    assert dict(zip(["student", "condition", "n", *titles], rows[1]))["train s"] == "30.0"
     assert markdown.teacher_rows(_sweep(sweep.trials, task="asr"), cols) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.reporting.budget import sweep_budget_lines, teacher_cost_note
-from sweeps.reporting.load import BASELINE, EXTRA, INCL_TEACHER, Sweep, primary
+from sweeps.reporting.load import BASELINE, EXTRA, INCL_TEACHER, Sweep, as_float, primary
 from sweeps.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 # Speech: the beam + LM WER/CER each trial reports at its last epoch, next to the greedy one.
@@ -106,7 +106,7 @@ def teacher_rows(
             continue
         cells = [tags.get(f"{kind}_arch") or tags.get(kind) or "", f"({kind})"]
         cells += [""] * len(sweep.varied) + ["–"]
-        seconds = (cost or {}).get(kind, (float("nan"), 0))[0]
+        seconds = (cost or {}).get(kind, (_tag_float(tags, f"{kind}_train_seconds"), 0))[0]
         for m, _, scale, d in cols:
             v = seconds if m in ("train_seconds", INCL_TEACHER) else _tag_float(tags, f"{kind}_{m}")
             cells.append(_num(v / scale, f".{d}f"))
@@ -115,10 +115,8 @@ def teacher_rows(
 
 
 def _tag_float(tags: dict[str, str], key: str) -> float:
-    try:
-        return float(tags[key])
-    except (KeyError, ValueError):
-        return float("nan")
+    v = as_float(tags.get(key, ""))
+    return math.nan if v is None else v
 
 
 def _results(sweep: Sweep, uri: str, cost: dict | None = None) -> list[str]:
