@@ -87,6 +87,23 @@ def test_budget_check_lists_each_mismatch():
     assert lines[0] == "budgets: equal (3 epochs, 225 steps each)" and len(lines) == 2
 
 
+def test_budget_check_without_a_baseline_and_a_pruned_baseline_trial():
+    b3, b1 = Budget(3, 30), Budget(1, 10)
+    configs = {
+        "independent": [("independent s0", b3, False), ("independent s1", b1, True)],
+        "soft": [("soft s0", b3, False)],
+        "hard": [("hard s0", Budget(2, 20), False)],  # no baseline of its student
+    }
+    lines = budget_check(configs, {"soft": "independent"})
+    assert lines == [
+        "budgets: not equal (1 mismatch(es)):",
+        "- hard: 2 epochs, 20 steps; most trials: 3 epochs, 30 steps",
+        "- independent s1 (pruned, not counted): ran 1 epoch, 10 steps; the rest of "
+        "independent: 3 epochs, 30 steps",
+    ]
+    assert budget_check({"x": []}, {}) == ["budgets: no trial reported its epochs"]
+
+
 def test_sweep_budget_lines_pairs_configs_with_their_baseline():
     full = {"epoch": 3.0, "steps_per_epoch": 10.0, "dev_accuracy": 0.7}
     trials = [_trial(c, s, full) for c in ("independent", "soft") for s in (0, 1)]

@@ -74,10 +74,14 @@ def budget_check(configs: dict[str, list[TrialBudget]], baseline_of: dict[str, s
     usual = _modal(every)
     mismatches, pruned_lines = [], []
     for label, trials in configs.items():
-        base = baseline_of.get(label, "")
-        ref, ref_name = (modal[base], base) if base in modal else (usual, "most trials")
-        mine = modal.get(label)
-        if mine is not None and label not in baseline_of.values() and mine != ref:
+        mine, base = modal.get(label), baseline_of.get(label, "")
+        if base in modal:
+            ref, ref_name = modal[base], base
+        elif mine is not None and label in baseline_of.values():
+            ref, ref_name = mine, f"the rest of {label}"  # a baseline: against itself
+        else:
+            ref, ref_name = usual, "most trials"
+        if mine is not None and mine != ref:
             mismatches.append(f"- {label}: {mine}; {ref_name}: {ref}")
         for name, b, pruned in trials:
             if pruned and b != ref:
