@@ -67,7 +67,7 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
     if t is not None:
         kind = cfg.teacher_kind  # "teacher" (the big one) or "twin" (self-distillation)
         how = "reused from" if data.teacher_hit else "stored in"
-        m = t.metrics
+        m = t.metrics if "dev_wer_beam" in t.metrics else {**t.metrics, **teacher_beam(cfg, data)}
         msg += (
             f"; {kind} {t.id} ({t.meta['arch']}) {how} the ASR teacher store: dev WER "
             f"{m['dev_wer']:.3f}, test WER {m['test_wer']:.3f}"
@@ -84,6 +84,20 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
         log(f"[kdsweep] warning: {warning}")
         tags[f"warning.{key}"] = warning
     return {"tags": tags, "teacher_hit": data.teacher_hit}
+
+
+def teacher_beam(cfg: Any, data: Any) -> dict[str, float]:
+    """The stored teacher's (or twin's) dev beam + LM WER/CER from its cached posteriors, with
+    the sweep's decoding settings: the report puts it next to the students' (a teacher trained
+    here is stored with greedy numbers only)."""
+    from trainables.asr_eval import Decoders, beam_scores
+
+    fs = data.feats["dev"]
+    if not len(fs):
+        return {}
+    decoder = Decoders(data.arpa).get(cfg.lm_weight, cfg.word_bonus)
+    b = beam_scores(decoder, data.teacher.logits("dev", fs.ids), fs.transcripts, cfg.beam_width)
+    return {"dev_wer_beam": b["wer"], "dev_cer_beam": b["cer"]}
 
 
 def asr_warnings(cfg: Any, data: Any) -> dict[str, str]:

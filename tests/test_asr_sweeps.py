@@ -144,6 +144,7 @@ def test_self_distill_smoke(tmp_path, cache_dir):
     assert self_run.data.tags["twin_id"]  # the twin was stored before the trials started
     # what the report's fairness columns read: the twin's training seconds, steps per epoch
     assert float(self_run.data.tags["twin_train_seconds"]) > 0
+    assert 0 <= float(self_run.data.tags["twin_dev_wer_beam"]) <= 1.5  # decoded at preparation
     assert self_run.data.metrics["steps_per_epoch"] >= 1
 
 
