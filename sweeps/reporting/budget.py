@@ -135,11 +135,12 @@ def teacher_kind(task: str, condition: str) -> str:
         return ""
     if task != "asr":
         return "teacher"
+    from kdsweep.errors import KDSweepError
     from trainables.registry import config_class  # the condition's own declaration
 
     try:
         return config_class(task, condition).teacher_kind  # type: ignore[attr-defined]
-    except Exception:  # a condition this checkout does not know
+    except KDSweepError:  # a condition this checkout does not know
         return "teacher"
 
 
