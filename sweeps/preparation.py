@@ -67,13 +67,15 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
     if t is not None:
         kind = cfg.teacher_kind  # "teacher" (the big one) or "twin" (self-distillation)
         how = "reused from" if data.teacher_hit else "stored in"
-        m = t.metrics if "dev_wer_beam" in t.metrics else {**t.metrics, **teacher_beam(cfg, data)}
+        m = t.metrics
         msg += (
             f"; {kind} {t.id} ({t.meta['arch']}) {how} the ASR teacher store: dev WER "
             f"{m['dev_wer']:.3f}, test WER {m['test_wer']:.3f}"
         )
         tags.update({f"{kind}_id": t.id, f"{kind}_arch": t.meta["arch"]})
         tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in m.items()})
+        if "dev_wer_beam" not in m:  # trained here: stored with greedy numbers only
+            tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in teacher_beam(cfg, data).items()})
         tags[f"{kind}_train_seconds"] = f"{float(t.meta.get('train_seconds', 0.0)):.1f}"
     if data.transfer is not None:  # labeled by the teacher here, once, before any trial
         tr = data.transfer
