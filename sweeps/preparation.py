@@ -26,6 +26,8 @@ def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
     )
     tags = {"teacher_id": t.id, "teacher": cfg.teacher, "dev_examples": str(len(split.dev))}
     tags.update({f"teacher_{k}": f"{v:.4f}" for k, v in t.metrics.items()})
+    # its fine-tune's seconds (0: used as it is), amortised over its trials by the report
+    tags["teacher_train_seconds"] = f"{float(t.meta.get('train_seconds', 0.0)):.1f}"
     for key, warning in text_warnings(cfg, data).items():  # printed and tagged, never silent
         log(f"[kdsweep] warning: {warning}")
         tags[f"warning.{key}"] = warning
@@ -74,6 +76,9 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
             msg += f" (beam + LM: dev {m['dev_wer_beam']:.3f}, test {m['test_wer_beam']:.3f})"
         tags.update({f"{kind}_id": t.id, f"{kind}_arch": t.meta["arch"]})
         tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in m.items()})
+        if "dev_wer_beam" not in m:  # trained here: stored with greedy numbers only
+            tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in teacher_beam(cfg, data).items()})
+        tags[f"{kind}_train_seconds"] = f"{float(t.meta.get('train_seconds', 0.0)):.1f}"
     if data.transfer is not None:  # labeled by the teacher here, once, before any trial
         tr = data.transfer
         msg += f"; transfer set {cfg.transfer_set}: {len(tr.feats)} utterances ({tr.key})"
@@ -83,6 +88,20 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
         log(f"[kdsweep] warning: {warning}")
         tags[f"warning.{key}"] = warning
     return {"tags": tags, "teacher_hit": data.teacher_hit}
+
+
+def teacher_beam(cfg: Any, data: Any) -> dict[str, float]:
+    """The stored teacher's (or twin's) dev beam + LM WER/CER from its cached posteriors, with
+    the sweep's decoding settings: the report puts it next to the students' (a teacher trained
+    here is stored with greedy numbers only)."""
+    from trainables.asr_eval import Decoders, beam_scores
+
+    fs = data.feats["dev"]
+    if not len(fs):
+        return {}
+    decoder = Decoders(data.arpa).get(cfg.lm_weight, cfg.word_bonus)
+    b = beam_scores(decoder, data.teacher.logits("dev", fs.ids), fs.transcripts, cfg.beam_width)
+    return {"dev_wer_beam": b["wer"], "dev_cer_beam": b["cer"]}
 
 
 def asr_warnings(cfg: Any, data: Any) -> dict[str, str]:

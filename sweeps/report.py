@@ -7,11 +7,15 @@
 
 Per config (condition, student, varied params), aggregated over seeds (`--seeds N`): the mean
 and the 95% t-interval of the dev metric (accuracy and F1, or WER and CER for `task: asr`),
-attribution similarity to the teacher, training time, inference speed and size. Each distilled
+beam + LM WER/CER next to the greedy ones for speech, attribution similarity to the teacher,
+training time (also with the teacher's training amortised over the trials that used it),
+inference speed and size, and a row for the teacher (speech: and the twin). A budget check says
+whether every config and its baseline ran the same epochs and optimizer steps. Each distilled
 config is compared with the `independent` baseline of the same student, paired by seed: mean
 difference with its 95% t-interval and a bootstrap CI, paired t-test with a Wilcoxon
 signed-rank check, Cohen's d_z, and Holm's correction over the configs compared with one
-baseline ("not distinguishable" unless the Holm-adjusted p < 0.05). Writes report.md,
+baseline ("not distinguishable" unless the Holm-adjusted p < 0.05), drawn as a chart of the
+gains with their CIs (gain_vs_baseline.png; next to attribution_similarity.png). Writes report.md,
 report.csv and PNG plots to --out (default runs/<sweep>/report) and logs them under `report/`
 on the sweep's parent run. The work is done by the sweeps/reporting/ package.
 

@@ -142,6 +142,10 @@ def test_self_distill_smoke(tmp_path, cache_dir):
     temps = [m.value for m in client.get_metric_history(self_run.info.run_id, "temperature")]
     assert temps == [4.0, 3.5]  # milestones 30,70 of 80 -> 1,2 of 2 epochs
     assert self_run.data.tags["twin_id"]  # the twin was stored before the trials started
+    # what the report's fairness columns read: the twin's training seconds, steps per epoch
+    assert float(self_run.data.tags["twin_train_seconds"]) > 0
+    assert 0 <= float(self_run.data.tags["twin_dev_wer_beam"]) <= 1.5  # decoded at preparation
+    assert self_run.data.metrics["steps_per_epoch"] >= 1
 
 
 @pytest.mark.e2e

@@ -202,3 +202,5 @@ def test_gradient_accumulation_steps_every_second_batch(tmp_path, small_asr):
     train = prepare_asr(ASRConfig.from_dict(small_asr), with_teacher=False).feats["train"]
     batches = steps_per_epoch(train, small_asr["batch_size"])
     assert state["scheduler"]["last_epoch"] == 2 * -(-batches // 2) < 2 * batches
+    # reported for the report's equal-budget check: the steps the optimizer took per epoch
+    assert {r["steps_per_epoch"] for r in s.results} == {state["scheduler"]["last_epoch"] / 2}

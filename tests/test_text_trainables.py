@@ -327,6 +327,9 @@ def test_gradient_accumulation_trains_with_the_effective_batch(small_text, tmp_p
         steps[accum] = state["scheduler"]["last_epoch"]  # LR-scheduler (= optimizer) steps
     plain, accum = runs[1], runs[2]
     assert steps[1] == 2 * steps[2] > 0  # 192 rows / 8 = 24 batches an epoch: 48 vs 24 steps
+    # the steps a trial reports (the report's equal-budget check reads them) are the ones taken
+    assert {r["steps_per_epoch"] for r in plain} == {steps[1] / 2}
+    assert {r["steps_per_epoch"] for r in accum} == {steps[2] / 2}
     assert [r["effective_batch_size"] for r in plain + accum] == [8, 8, 16, 16]
     assert all(math.isfinite(r["loss"]) and 0 <= r["dev_accuracy"] <= 1 for r in accum)
     # Linear decay from lr to 0 over the run's optimizer steps: after epoch 1 of 2 both runs are

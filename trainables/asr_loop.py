@@ -300,6 +300,7 @@ def run_asr_trial(
         "params": count_parameters(student),
         "threads": threads,
         "effective_batch_size": cfg.effective_batch_size,
+        "steps_per_epoch": rows.total // cfg.epochs,  # the report's equal-budget check
         **oom_metrics(),  # batch size / accumulation after out-of-memory retries
     }
     if data.teacher is not None:

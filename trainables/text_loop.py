@@ -290,6 +290,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
         "teacher_dev_accuracy": data.teacher.metrics.get("dev_accuracy", math.nan),
         "threads": threads,
         "effective_batch_size": cfg.effective_batch_size,
+        "steps_per_epoch": steps_per_epoch,  # the report's equal-budget check
         **oom_metrics(),  # batch size / accumulation after out-of-memory retries
     }
     if rows.n_transfer:

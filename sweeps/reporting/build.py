@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sweeps.reporting.budget import add_teacher_cost
+from sweeps.reporting.charts import comparison_charts
 from sweeps.reporting.compare import comparisons
 from sweeps.reporting.load import load_sweep
 from sweeps.reporting.markdown import markdown, write_csv
@@ -36,8 +38,10 @@ def build_report(
         text = f"# Sweep report: {sweep.name}\n\nNo finished trials to report ({excl}).\n"
         plots = []
     else:
-        plots = make_plots(sweep, client, out)
-        text = markdown(sweep, comparisons(sweep), plots, uri)
+        cost = add_teacher_cost(sweep)  # before the tables: the `train s (incl. teacher)` column
+        comps = comparisons(sweep)
+        plots = comparison_charts(sweep, comps, out) + make_plots(sweep, client, out)
+        text = markdown(sweep, comps, plots, uri, cost)
         write_csv(sweep, out / "report.csv")
     md = out / "report.md"
     md.write_text(text)

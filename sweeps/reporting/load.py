@@ -17,10 +17,12 @@ PRIMARY = {
     "text": [("dev_accuracy", "accuracy", True), ("dev_f1", "F1", True)],
     "asr": [("dev_wer", "WER", False), ("dev_cer", "CER", False)],
 }
+INCL_TEACHER = "train_seconds_incl_teacher"  # derived by budget.add_teacher_cost
 EXTRA = [
     ("attr_cosine", "attr cos"),
     ("attr_spearman", "attr rho"),
     ("train_seconds", "train s"),
+    (INCL_TEACHER, "train s (incl. teacher)"),
     ("throughput", "ex/s"),
     ("latency_ms", "ms/batch"),
     ("size_mb", "MB"),
@@ -44,6 +46,7 @@ class Trial:
     metrics: dict[str, float]
     status: str
     pruned: bool
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +86,8 @@ class Sweep:
     excluded: dict[str, int]
     varied: list[str]
     groups: list[Group]
+    parent_tags: dict[str, str] = field(default_factory=dict)  # teacher metrics, seconds
+    pruned: list[Trial] = field(default_factory=list)  # pruned by ASHA and not counted
 
 
 def _search_all(client, exp_id: str, filter_string: str = "") -> list:
@@ -147,7 +152,7 @@ def load_sweep(
     task = parent.data.tags.get("task") or next(
         (c.data.tags.get("task") for c in children if c.data.tags.get("task")), "text"
     )
-    trials, excluded = _trials(children, task, include_pruned)
+    trials, excluded, pruned = _trials(children, task, include_pruned)
     keys = sorted({k for t in trials for k in t.params} - NOT_CONFIG)
     # Varied = takes two values among the trials that have it: a key only some conditions log
     # (temperature, transfer_ratio for the independent arm of a --baseline sweep) is not a
@@ -162,43 +167,50 @@ def load_sweep(
         trials,
         excluded,
         varied,
-        _groups(trials, varied),
+        group_trials(trials, varied),
+        dict(parent.data.tags),
+        pruned,
     )
 
 
-def _trials(children: list, task: str, include_pruned: bool) -> tuple[list[Trial], dict]:
-    """The trials that count (FINISHED, with a dev metric, not pruned unless asked) and how
-    many of each kind were left out."""
-    trials, excluded = [], defaultdict(int)
+def _trials(
+    children: list, task: str, include_pruned: bool
+) -> tuple[list[Trial], dict, list[Trial]]:
+    """The trials that count (FINISHED, with a dev metric, not pruned unless asked), how
+    many of each kind were left out, and the pruned trials left out (for the budget check)."""
+    trials, excluded, left_pruned = [], defaultdict(int), []
     for r in children:
-        tags, params = r.data.tags, r.data.params
-        pruned = tags.get("stopped_by") == "asha"
         if r.info.status != "FINISHED":
             excluded[r.info.status.lower()] += 1
             continue
-        if pruned and not include_pruned:
+        trial = _trial(r)
+        if trial.pruned and not include_pruned:
             excluded["pruned by ASHA"] += 1
-            continue
-        if primary(task)[0][0] not in r.data.metrics:
+            left_pruned.append(trial)
+        elif primary(task)[0][0] not in trial.metrics:
             excluded["no dev metric"] += 1
-            continue
-        trials.append(
-            Trial(
-                run_id=r.info.run_id,
-                name=r.info.run_name or r.info.run_id[:8],
-                condition=tags.get("condition") or params.get("condition", "?"),
-                student=tags.get("student") or params.get("student", ""),
-                seed=int(as_float(params.get("seed", "0")) or 0),
-                params=dict(params),
-                metrics=dict(r.data.metrics),
-                status=r.info.status,
-                pruned=pruned,
-            )
-        )
-    return trials, dict(excluded)
+        else:
+            trials.append(trial)
+    return trials, dict(excluded), left_pruned
 
 
-def _groups(trials: list[Trial], varied: list[str]) -> list[Group]:
+def _trial(r) -> Trial:
+    tags, params = r.data.tags, r.data.params
+    return Trial(
+        run_id=r.info.run_id,
+        name=r.info.run_name or r.info.run_id[:8],
+        condition=tags.get("condition") or params.get("condition", "?"),
+        student=tags.get("student") or params.get("student", ""),
+        seed=int(as_float(params.get("seed", "0")) or 0),
+        params=dict(params),
+        metrics=dict(r.data.metrics),
+        status=r.info.status,
+        pruned=tags.get("stopped_by") == "asha",
+        tags=dict(tags),
+    )
+
+
+def group_trials(trials: list[Trial], varied: list[str]) -> list[Group]:
     """Configs: baseline first per student, then by condition and the varied values."""
     by_key: dict[tuple, Group] = {}
     for t in trials:

@@ -7,8 +7,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sweeps.reporting.load import BASELINE, EXTRA, Sweep, primary
+from sweeps.reporting.budget import sweep_budget_lines, teacher_cost_note
+from sweeps.reporting.load import BASELINE, EXTRA, INCL_TEACHER, Sweep, as_float, primary
 from sweeps.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+# Speech: the beam + LM WER/CER each trial reports at its last epoch, next to the greedy one.
+BEAM = {"dev_wer": ("dev_wer_beam", "WER beam"), "dev_cer": ("dev_cer_beam", "CER beam")}
+TEACHER_KINDS = ("teacher", "twin")  # the stored models a sweep's conditions learn from
+GAIN_PLOT = "gain_vs_baseline.png"  # shown under the comparisons, not with the other plots
 
 METHODS = (
     "mean diff and 95% CI: paired t-test of the per-seed differences (scipy.stats.ttest_rel); "
@@ -37,8 +43,11 @@ def _cell(stat: tuple[float, float, float], scale: float = 1.0, digits: int = 3)
 
 def metric_columns(task: str) -> list[tuple[str, str, float, int]]:
     """(metric, title, scale, digits) of the main table."""
-    cols = [(m, t, 1.0, 3) for m, t, _ in primary(task)]
-    digits = {"train_seconds": 1, "throughput": 0, "latency_ms": 1, "size_mb": 1, "params": 2}
+    cols = []
+    for m, t, _ in primary(task):
+        cols += [(m, t, 1.0, 3)] + ([(*BEAM[m], 1.0, 3)] if m in BEAM else [])
+    digits = {"train_seconds": 1, INCL_TEACHER: 1, "throughput": 0, "latency_ms": 1}
+    digits.update(size_mb=1, params=2)
     for m, t in EXTRA:
         cols.append((m, t, 1e6 if m == "params" else 1.0, digits.get(m, 3)))
     return cols
@@ -64,21 +73,53 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
 
 
-def markdown(sweep: Sweep, comps: list[dict], plots: list[Path], uri: str) -> str:
-    """The whole report.md: results per config, the comparisons, the plots."""
-    lines = _results(sweep, uri) + [
-        "",
-        f"## Against the `{BASELINE}` baseline (paired by seed)",
-        "",
-    ]
+def markdown(
+    sweep: Sweep, comps: list[dict], plots: list[Path], uri: str, cost: dict | None = None
+) -> str:
+    """The whole report.md: results per config (and the teacher's), the budget check, the
+    comparisons with the gain chart, the other plots. `cost`: budget.add_teacher_cost's."""
+    lines = _results(sweep, uri, cost)
+    lines += ["", "## Budgets", "", *sweep_budget_lines(sweep)]
+    lines += ["", f"## Against the `{BASELINE}` baseline (paired by seed)", ""]
     lines += _comparisons(comps, primary(sweep.task)[0][1])
-    if plots:
+    lines += [f"\n{_image(p)}" for p in plots if p.name == GAIN_PLOT]
+    rest = [p for p in plots if p.name != GAIN_PLOT]
+    if rest:
         lines += ["", "## Plots", ""]
-        lines += [f"![{p.stem.replace('_', ' ')}]({p.name})" for p in plots]
+        lines += [_image(p) for p in rest]
     return "\n".join(lines) + "\n"
 
 
-def _results(sweep: Sweep, uri: str) -> list[str]:
+def _image(p: Path) -> str:
+    return f"![{p.stem.replace('_', ' ')}]({p.name})"
+
+
+def teacher_rows(
+    sweep: Sweep, cols: list[tuple[str, str, float, int]], cost: dict | None = None
+) -> list[list[str]]:
+    """Table rows of the stored teacher / twin the sweep learned from (its dev metrics from the
+    parent run's `<kind>_<metric>` tags, sweeps/preparation.py; its training seconds), cells
+    after the student and condition ones; none without such tags."""
+    tags, rows = sweep.parent_tags, []
+    for kind in TEACHER_KINDS:
+        if not any(f"{kind}_{m}" in tags for m, *_ in cols):
+            continue
+        cells = [tags.get(f"{kind}_arch") or tags.get(kind) or "", f"({kind})"]
+        cells += [""] * len(sweep.varied) + ["–"]
+        seconds = (cost or {}).get(kind, (_tag_float(tags, f"{kind}_train_seconds"), 0))[0]
+        for m, _, scale, d in cols:
+            v = seconds if m in ("train_seconds", INCL_TEACHER) else _tag_float(tags, f"{kind}_{m}")
+            cells.append(_num(v / scale, f".{d}f"))
+        rows.append(cells)
+    return rows
+
+
+def _tag_float(tags: dict[str, str], key: str) -> float:
+    v = as_float(tags.get(key, ""))
+    return math.nan if v is None else v
+
+
+def _results(sweep: Sweep, uri: str, cost: dict | None = None) -> list[str]:
     cols = metric_columns(sweep.task)
     n_excl = sum(sweep.excluded.values())
     excl = ", ".join(f"{v} {k}" for k, v in sorted(sweep.excluded.items()))
@@ -100,19 +141,22 @@ def _results(sweep: Sweep, uri: str) -> list[str]:
         + [_cell(g.stat(m), scale, d) for m, _, scale, d in cols]
         for g in sweep.groups
     ]
-    return (
-        lines
-        + _table(head, rows)
-        + [
-            "",
-            "± is the half-width of the 95% t-interval of the mean over seeds (n = seeds); "
-            "no ± with a single seed. attr cos / attr rho: cosine and Spearman similarity of the "
-            "student's Integrated Gradients token attributions to the teacher's on a fixed dev "
-            "probe. "
-            "ex/s and ms/batch: inference on one fixed batch of 32 on the trial's device (trials "
-            "sharing CPU cores make these noisy).",
-        ]
+    teachers = teacher_rows(sweep, cols, cost)
+    note = (
+        "± is the half-width of the 95% t-interval of the mean over seeds (n = seeds); "
+        "no ± with a single seed. attr cos / attr rho: cosine and Spearman similarity of the "
+        "student's Integrated Gradients token attributions to the teacher's on a fixed dev "
+        "probe. ex/s and ms/batch: inference on one fixed batch of 32 on the trial's device "
+        "(trials sharing CPU cores make these noisy)."
     )
+    if sweep.task == "asr":
+        note += " WER beam / CER beam: beam search with the LM, at the last epoch."
+    if teachers:
+        note += (
+            " A (teacher) / (twin) row: the stored model the students learn from, evaluated "
+            "once on the same dev set (one model: no seeds, no ±)."
+        )
+    return lines + _table(head, rows + teachers) + ["", note, "", teacher_cost_note(cost or {})]
 
 
 def _comparisons(comps: list[dict], metric_name: str) -> list[str]:
