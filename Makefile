@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 setup:
 	@bash scripts/setup.sh
 
+# The default sweep, then its confirm stage: the best temperature and the independent baseline
+# rerun on 3 fresh seeds, tested once, with CIs and a paired verdict (~12 min on 2 CPU cores).
 sweep: setup
-	$(PY) sweeps/temperature.py
+	$(PY) sweeps/temperature.py --confirm 1 --confirm-seeds 3
 
 # Every test has one cost marker (pyproject.toml): unit (pure functions, ms), trial (tiny models
 # trained in-process, seconds), e2e (a sweep through Ray or a CLI subprocess), infra (two-node Ray
