@@ -27,7 +27,7 @@ from kdsweep.losses.ctc import ctc_loss
 from kdsweep.models.speech import BiLSTMCTC, CTCOutput
 from kdsweep.progress import Progress
 from kdsweep.train_utils import warmup_linear
-from kdsweep.training import Precision, Stepper, check_finite, optimizer_steps
+from kdsweep.training import Precision, Stepper, optimizer_steps
 
 SPLITS = ("train", "dev", "test")
 
@@ -122,8 +122,6 @@ def train_epoch(
         specaug.train()
     amp = precision or Precision.of("fp32", device)
     stepper = Stepper(model.parameters(), opt, sched, amp.scaler, grad_clip, grad_accum)
-    sums: dict[str, float] = {}
-    step = -1
     for step, idx in enumerate(epoch_order(fs, batch_size, seed, epoch)):
         x, xl, y, yl = pad_collate([fs[i] for i in idx])
         x = x.to(device)
@@ -137,14 +135,10 @@ def train_epoch(
         with amp.autocast():
             out = student(x, xl, return_hidden=need_hidden)
             loss, parts = loss_fn(out, batch, aux)
-        check_finite(loss, parts, epoch + 1, step)
-        stepper.backward(loss)
-        for k, v in {"loss": loss, **parts}.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        stepper.micro_step(loss, parts, epoch, step)
         if on_batch is not None:
             on_batch(float(loss.detach()))
-    stepper.flush()
-    return {k: v / (step + 1) for k, v in sums.items()}
+    return stepper.end_epoch()
 
 
 def ctc_only(out: CTCOutput, batch: dict[str, Any], aux: nn.ModuleDict):

@@ -93,6 +93,24 @@ class Stepper:
         self.opt, self.sched, self.scaler = opt, sched, scaler
         self.grad_clip, self.grad_accum = grad_clip, grad_accum
         self.pending = 0  # micro-batches whose gradients are accumulated, not yet applied
+        self.sums: dict[str, float] = {}  # this epoch's loss components, summed over batches
+        self.batches = 0
+
+    def micro_step(self, loss: Tensor, parts: dict[str, Tensor], epoch: int, step: int) -> None:
+        """One training batch's tail, the same in every loop: refuse a non-finite loss (naming
+        the component, 0-based `epoch`), backward it, add every component to the epoch sums."""
+        check_finite(loss, parts, epoch + 1, step)
+        self.backward(loss)
+        for k, v in {"loss": loss, **parts}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
+        self.batches += 1
+
+    def end_epoch(self) -> dict[str, float]:
+        """Apply a last partial accumulation group; the mean of every component this epoch."""
+        self.flush()
+        means = {k: v / self.batches for k, v in self.sums.items()}
+        self.sums, self.batches = {}, 0
+        return means
 
     def backward(self, loss: Tensor) -> None:
         """Accumulate this micro-batch's gradients; step when `grad_accum` are in."""

@@ -123,3 +123,21 @@ def test_torch_threads_restores_the_count():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == n
+
+
+def test_micro_step_sums_components_and_end_epoch_means_them():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = warmup_linear(opt, 10, 0.0)
+    scaler = Precision.of("fp32", torch.device("cpu")).scaler
+    stepper = Stepper(model.parameters(), opt, sched, scaler, 0.0, grad_accum=2)
+    x = torch.randn(3, 6)
+    for step, kd in enumerate((1.0, 3.0, 5.0)):
+        loss = model(x).pow(2).mean()
+        stepper.micro_step(loss, {"loss_kd": torch.tensor(kd)}, epoch=0, step=step)
+    means = stepper.end_epoch()
+    assert means["loss_kd"] == pytest.approx(3.0) and stepper.pending == 0
+    assert stepper.end_epoch() == {}  # reset for the next epoch
+    with pytest.raises(NonFiniteLossError, match="epoch 2 step 4: component\(s\) loss_kd"):
+        stepper.micro_step(torch.tensor(float("nan")), {"loss_kd": torch.tensor(float("nan"))},
+                           epoch=1, step=4)  # fmt: skip

@@ -47,7 +47,7 @@ from kdsweep.train_utils import (
     trim_padding,
     warmup_linear,
 )
-from kdsweep.training import Precision, Stepper, check_finite, optimizer_steps, set_threads
+from kdsweep.training import Precision, Stepper, optimizer_steps, set_threads
 from trainables import tune_io
 from trainables.checkpointing import resume_state, save_state
 from trainables.oom_guard import oom_metrics, recover_oom
@@ -344,8 +344,6 @@ def _train_epoch(
         epoch_batches = order.split(cfg.batch_size)
     else:
         epoch_batches = batches(rows.per_epoch, cfg.batch_size, True, cfg.seed, epoch)
-    sums: dict[str, float] = {}
-    step = -1
     for step, idx in enumerate(epoch_batches):
         batch = _batch(rows.data, idx, device)
         with amp.autocast():
@@ -356,12 +354,8 @@ def _train_epoch(
                 output_attentions=needs.attention,
             )
             loss, parts = loss_fn(out, batch, aux)
-        check_finite(loss, parts, epoch + 1, step)
-        stepper.backward(loss)
-        for k, v in {"loss": loss, **parts}.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-    stepper.flush()
-    return {k: v / (step + 1) for k, v in sums.items()}
+        stepper.micro_step(loss, parts, epoch, step)
+    return stepper.end_epoch()
 
 
 def evaluate_text_checkpoint(cfg: TextConfig, ckpt: Path, split: str = "test") -> dict[str, float]:
