@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from sweeps.seed_groups import SEED_KEY, better, finite, group_key
 
 _KEEP_PATH = ("_state_path",)  # where this object saves: the caller's, not the file's
+_NOT_SAVED = ("_clock", "_stall_since")  # this process's clock and its stall timer
 
 
 STATE_FILE = "group_asha.state"  # not *.json/*.pkl: Tune re-uploads stale copies of those
@@ -66,6 +68,8 @@ class GroupASHA(FIFOScheduler):
         group_ignore: Iterable[str] = (),
         state_path: str | os.PathLike | None = None,
         wait: bool = True,
+        stall_patience_s: float = 20.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         if max_t <= 0 or grace_period <= 0 or grace_period > max_t or reduction_factor <= 1:
             raise ValueError("GroupASHA needs 0 < grace_period <= max_t and reduction_factor > 1")
@@ -75,6 +79,10 @@ class GroupASHA(FIFOScheduler):
         self._time_attr, self._metric, self._mode = time_attr, metric, mode
         self._max_t, self._rf, self._min_epochs = max_t, float(reduction_factor), min_epochs
         self._num_seeds, self._wait = num_seeds, wait
+        # A stall must last this long before a group is judged on the seeds it has: Tune adds
+        # trials lazily, so "no seed pending" often only means "not created yet".
+        self._stall_patience, self._clock = float(stall_patience_s), clock
+        self._stall_since: float | None = None
         self._floor_key, self._floor_margin = floor_key, float(floor_margin)
         self._seed_key, self._group_ignore = seed_key, tuple(sorted(group_ignore))
         self._rungs: list[float] = []
@@ -185,13 +193,22 @@ class GroupASHA(FIFOScheduler):
         pending = [t for t in trials if t.status == Trial.PENDING]
         for trial in pending:
             if self._group_of.get(trial.trial_id) in active:
+                self._stall_since = None
                 return trial
         if pending:
+            self._stall_since = None
             return pending[0]
         paused = [t for t in trials if t.status == Trial.PAUSED]
         ready = [t for t in paused if t.trial_id not in self._waiting]
         if ready or not paused or any(t.status == Trial.RUNNING for t in trials):
+            self._stall_since = None
             return ready[0] if ready else None
+        now = self._clock()
+        if self._stall_since is None or now < self._stall_since:
+            self._stall_since = now
+        if now - self._stall_since < self._stall_patience:
+            return None  # Tune may still create the missing seeds: wait before judging
+        self._stall_since = None
         for trial in paused:  # stalled: judge each waiting group on the seeds it has
             key = self._group_of.get(trial.trial_id)
             if key is not None and trial.trial_id in self._waiting:
@@ -209,7 +226,10 @@ class GroupASHA(FIFOScheduler):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump(self._state(), f)
+
+    def _state(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in _NOT_SAVED}
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
@@ -411,7 +431,7 @@ class GroupASHA(FIFOScheduler):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump(self._state(), f)
         os.replace(tmp, path)
 
 

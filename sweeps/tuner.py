@@ -57,8 +57,11 @@ def build_tuner(
             scheduler=make_scheduler(space, args, max_t, storage / sweep),
             search_alg=make_searcher(space, args, metric, mode, sweep),
             num_samples=space.num_samples * (seeds if space.uses_optuna else 1),
-            # a config's seeds are judged together: paused ones still count as live trials
-            max_concurrent_trials=seeds * -(-slots // seeds),
+            # Optuna: a config's seeds are suggested together and paused ones still count as
+            # live trials, so a limit of whole groups. A grid: no limit (trials wait PENDING,
+            # the slots bound what runs): Tune creates grid trials seed-major, and a limit
+            # filled with first seeds paused at a rung would starve every group of its others.
+            max_concurrent_trials=seeds * -(-slots // seeds) if space.uses_optuna else None,
             # A slot's Ray worker runs its next trial: saves a worker start + imports
             # (5-7 s on 2 cores) per trial after the first (bench/orchestration.py).
             reuse_actors=True,

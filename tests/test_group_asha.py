@@ -308,6 +308,25 @@ def test_first_seed_at_a_rung_waits_paused_and_shares_the_stop():
     assert sched.reason_for(b0.trial_id) == sched.reason_for(b1.trial_id) != ""
 
 
+def test_a_seed_created_late_ends_the_stall_before_the_group_is_judged():
+    """The strategy sweep's failure: every created seed paused at a rung, the group's other
+    seeds not created by Tune yet; they must be waited for, not judged without."""
+    now = [0.0]
+    sched = scheduler(wait=True, num_seeds=2, stall_patience_s=20, clock=lambda: now[0])
+    ctl = Controller()
+    (a0,) = group(sched, ctl, 2, seeds=(0,))
+    assert report(sched, ctl, a0, 1, 0.8) == PAUSE
+    assert sched.choose_trial_to_run(ctl) is None
+    now[0] = 5.0
+    (a1,) = group(sched, ctl, 2, seeds=(1,))  # Tune adds the next trial: pending
+    a1.set_status(Trial.PENDING)
+    assert sched.choose_trial_to_run(ctl) is a1
+    now[0] = 60.0
+    assert report(sched, ctl, a1, 1, 0.7) == CONTINUE  # judged on both seeds
+    assert "over 2 seed(s)" in sched.decisions()[-1]["reason"]
+    assert "could not start" not in sched.decisions()[-1]["reason"]
+
+
 def test_no_wait_below_min_epochs():
     sched, ctl = scheduler(wait=True, min_epochs=2), Controller()
     a0, a1 = group(sched, ctl, 2)
@@ -316,12 +335,20 @@ def test_no_wait_below_min_epochs():
 
 
 def test_stalled_group_is_judged_on_the_seeds_it_has():
-    """num_seeds=3 but a concurrency limit lets only 2 seeds live: they must not wait forever."""
-    sched, ctl = scheduler(wait=True, num_seeds=3), Controller()
+    """num_seeds=3 but a concurrency limit lets only 2 seeds live: they must not wait forever,
+    but a stall is only believed once it lasts (Tune creates trials lazily: a seed not created
+    yet is not a seed that cannot start)."""
+    now = [0.0]
+    sched = scheduler(wait=True, num_seeds=3, stall_patience_s=20, clock=lambda: now[0])
+    ctl = Controller()
     a0, a1 = group(sched, ctl, 2)
     assert report(sched, ctl, a0, 1, 0.8) == PAUSE
     assert report(sched, ctl, a1, 1, 0.8) == PAUSE
-    assert sched.choose_trial_to_run(ctl) in (a0, a1)  # nothing runs: judged, released
+    assert sched.choose_trial_to_run(ctl) is None  # stalled since now: not judged yet
+    now[0] = 19.0
+    assert sched.choose_trial_to_run(ctl) is None and not sched.decisions()
+    now[0] = 21.0
+    assert sched.choose_trial_to_run(ctl) in (a0, a1)  # nothing ran for 21 s: judged, released
     assert "over 2 seed(s) (the others could not start)" in sched.decisions()[-1]["reason"]
     (a2,) = group(sched, ctl, 2, seeds=(2,))  # the third seed later follows the group
     assert report(sched, ctl, a2, 1, 0.8) == CONTINUE

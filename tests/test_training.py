@@ -138,6 +138,6 @@ def test_micro_step_sums_components_and_end_epoch_means_them():
     means = stepper.end_epoch()
     assert means["loss_kd"] == pytest.approx(3.0) and stepper.pending == 0
     assert stepper.end_epoch() == {}  # reset for the next epoch
-    with pytest.raises(NonFiniteLossError, match="epoch 2 step 4: component\(s\) loss_kd"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2 step 4: component\(s\) loss_kd"):
         stepper.micro_step(torch.tensor(float("nan")), {"loss_kd": torch.tensor(float("nan"))},
                            epoch=1, step=4)  # fmt: skip
