@@ -152,7 +152,12 @@ def load_sweep(
     task = parent.data.tags.get("task") or next(
         (c.data.tags.get("task") for c in children if c.data.tags.get("task")), "text"
     )
+    # The confirm stage's reruns (fresh seeds, full length) have their own answer: confirm.md.
+    confirm = [c for c in children if c.data.tags.get("kdsweep.stage") == "confirm"]
+    children = [c for c in children if c.data.tags.get("kdsweep.stage") != "confirm"]
     trials, excluded, pruned = _trials(children, task, include_pruned)
+    if confirm:
+        excluded["confirm-stage runs (their answer is the sweep's confirm.md)"] = len(confirm)
     keys = sorted({k for t in trials for k in t.params} - NOT_CONFIG)
     # Varied = takes two values among the trials that have it: a key only some conditions log
     # (temperature, transfer_ratio for the independent arm of a --baseline sweep) is not a
