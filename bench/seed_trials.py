@@ -48,6 +48,7 @@ def separate(cfg: dict, seeds: int, cpus: int) -> float:
     work = common.bench_dir("seed_trials")
     flags = ["--seeds", str(seeds), "--no-test", "--no-asha", "--cpus-per-trial", str(cpus)]
     cmd = common.sweep_command("temperature", cfg, work, "separate", *flags)
+    cmd.insert(2, f"temperature={cfg['temperature']}")  # one config: the YAML grids T
     return common.run_logged(cmd, work / "separate.log", work)
 
 
