@@ -41,7 +41,7 @@ def setup_env() -> None:
     """Environment defaults of a benchmark process (its main() calls this; importing doesn't)."""
     for k, v in ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
-    from sweeps import ray_auth
+    from driver import ray_auth
 
     ray_auth.configure(None)  # token auth on (0600 token file) for any Ray a benchmark starts
     Path(BENCH_HOME).mkdir(parents=True, exist_ok=True)
@@ -96,8 +96,8 @@ def config_fields(cfg: dict[str, Any], condition: str) -> dict[str, Any]:
 
 def ensure_teacher(quick: bool = False, log: Callable[[str], None] = print) -> Any:
     """Tokenize the data and fine-tune the teacher once (cached); returns the TextData."""
-    from trainables.text_config import TextConfig
-    from trainables.text_loop import prepare_text
+    from trainables.text.config import TextConfig
+    from trainables.text.loop import prepare_text
 
     cfg = config_fields(base_config(quick), "independent")
     t0 = time.perf_counter()

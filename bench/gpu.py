@@ -67,7 +67,7 @@ def student_step(precision: str = "fp32", batch: int = BATCH, seq: int = SEQ):
     import torch.nn.functional as F
     from transformers import AutoConfig
 
-    from kdsweep.models.text import build_student, resolve_backbone
+    from kdsweep.text.models import build_student, resolve_backbone
 
     tcfg = AutoConfig.from_pretrained(resolve_backbone(common.DATA["teacher"]))
     model = build_student(common.STUDENT["student"], tcfg, num_labels=LABELS).to(DEVICE)

@@ -33,9 +33,9 @@ def naive_soft(config: dict[str, Any]) -> None:
     """Soft KD with the teacher forward inside the training step (no logits cache)."""
     import torch
 
-    from kdsweep.losses.logits import soft_kd_objective
-    from trainables.text_config import SoftConfig
-    from trainables.text_loop import prepare_text, run_text_trial
+    from kdsweep.losses import soft_kd_objective
+    from trainables.text.config import SoftConfig
+    from trainables.text.loop import prepare_text, run_text_trial
 
     cfg = SoftConfig.from_dict(config)
     teacher = prepare_text(cfg, log=lambda m: None).teacher.load_model()
@@ -56,7 +56,7 @@ def naive_soft(config: dict[str, Any]) -> None:
 
 
 def trainable(variant: str):
-    from trainables.text import independent, soft
+    from trainables.text.trainable import independent, soft
 
     return {"independent": independent, "soft": soft, "naive": naive_soft}[variant]
 

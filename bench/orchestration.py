@@ -8,11 +8,11 @@ start to exit, interleaved (the order rotates every round), 2 rounds:
 - plain: 2 Python processes in parallel (= the sweep's 2 slots on 2 cores), each running 2
   trials one after the other with `local_session` (no Ray, no MLflow);
 - sweep: `sweeps/temperature.py --no-asha --no-test` (Ray Tune, MLflow, checkpoints, summary)
-  with `reuse_actors` as sweeps/tuner.py ships it (True: a slot's Ray worker runs its next
+  with `reuse_actors` as driver/tuner.py ships it (True: a slot's Ray worker runs its next
   trial); `--both` also runs the other setting (False: a fresh Ray worker per trial).
 
 The sweeps run through a small driver that forces `reuse_actors` in `tune.TuneConfig`, so either
-setting can be measured whatever sweeps/tuner.py ships. Ratio = sweep wall / plain wall.
+setting can be measured whatever driver/tuner.py ships. Ratio = sweep wall / plain wall.
 Goal <= 1.10x for trials of 30 s or more (known fixed costs: `ray.init` 5-6 s, a Ray trial worker
 5-7 s to start on 2 cores).
 """
@@ -37,7 +37,7 @@ SLOTS = 2
 
 def plain_worker(cfg: dict[str, Any], temps: list[float], out: Path) -> None:
     """One 'slot' of the plain loop: the given trials one after another, no Ray."""
-    from trainables.text import soft
+    from trainables.text.trainable import soft
     from trainables.tune_io import local_session
 
     rows = []
@@ -72,7 +72,7 @@ def sweep_driver(reuse: bool, argv: list[str]) -> None:
 
     tune.TuneConfig = tune_config
     import sweeps.temperature as script
-    from sweeps.cli import main
+    from driver.cli import main
 
     main("temperature", script.__doc__, argv)
 
@@ -182,7 +182,7 @@ def _name(reuse: bool) -> str:
 
 
 def _shipped_reuse() -> bool:
-    """Whether sweeps/tuner.py sets reuse_actors=True (the default the table marks)."""
+    """Whether driver/tuner.py sets reuse_actors=True (the default the table marks)."""
     text = (common.ROOT / "sweeps" / "tuner.py").read_text()
     return "reuse_actors=True" in text
 

@@ -43,9 +43,9 @@ def make_trainer(cfg: dict[str, Any], out_dir: Path):
     import torch.nn.functional as F
     from transformers import AutoConfig, Trainer, TrainingArguments
 
-    from kdsweep.models.text import build_student
-    from trainables.text_config import TextConfig
-    from trainables.text_loop import prepare_text
+    from kdsweep.text.models import build_student
+    from trainables.text.config import TextConfig
+    from trainables.text.loop import prepare_text
 
     # Same data and teacher as kdsweep (tokens + the fine-tuned teacher from its store).
     tcfg = TextConfig.from_dict(common.config_fields(cfg, "independent"))

@@ -94,10 +94,10 @@ def prepare(task: str, cfg: dict[str, Any]) -> int:
 
     conf = config_for(cfg)
     if task == "asr":
-        from trainables.asr_loop import prepare_asr
+        from trainables.speech.loop import prepare_asr
 
         return prepare_asr(conf, log=lambda m: print(f"    {m}", flush=True)).sizes["train"]
-    from trainables.text_loop import prepare_text
+    from trainables.text.loop import prepare_text
 
     data = prepare_text(conf, log=lambda m: print(f"    {m}", flush=True))
     n = len(data.tokens["train"]["input_ids"])

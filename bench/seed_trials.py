@@ -29,7 +29,7 @@ import common  # noqa: E402
 
 def shared(cfg: dict, seeds: int, cpus: float) -> float:
     """Every seed in this process, one after another (one data pipeline, warm caches)."""
-    from trainables.text import CONDITIONS
+    from trainables.text.trainable import CONDITIONS
     from trainables.tune_io import local_session
 
     conf = common.config_fields(cfg, "soft")

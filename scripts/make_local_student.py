@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> Path:
     import torch
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    from kdsweep.data.text import load_text_dataset
-    from trainables.text_config import TextConfig
+    from kdsweep.text.data import load_text_dataset
+    from trainables.text.config import TextConfig
 
     splits = load_text_dataset(TextConfig.from_dict({"dataset": args.dataset}).data_spec())
     tok = train_wordpiece([t for t, _ in splits.train], args.vocab_size)

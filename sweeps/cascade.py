@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
+# CLI: driver/cli.py; the Tuner: driver/tuner.py build_tuner(); the steps: driver/run.py
+from driver.cli import build_parser, space_from_args  # noqa: E402
+from driver.run import run_sweep  # noqa: E402
 from kdsweep.errors import KDSweepError  # noqa: E402
-
-# CLI: sweeps/cli.py; the Tuner: sweeps/tuner.py build_tuner(); the steps: sweeps/run.py
-from sweeps.cli import build_parser, space_from_args  # noqa: E402
-from sweeps.run import run_sweep  # noqa: E402
 
 
 def _stage_label(student: str) -> str:
@@ -53,7 +52,7 @@ def stage_table(stages: list[str], outcomes: list) -> str:
     """Per stage: its best config's dev metric (mean ± 95% CI over its seeds), the best
     trial's test metric, and attribution similarity (IG cosine) to the stage's own teacher and
     to the cascade's original teacher."""
-    from sweeps.reporting.stats import mean_ci
+    from driver.reporting.stats import mean_ci
 
     first = outcomes[0].best or {}
     metric = first.get("metric", "dev_accuracy")

@@ -92,8 +92,8 @@ def load_trial(ckpt: Path):
     """(student, trial config, prepared data without teacher) of a trial checkpoint."""
     import torch
 
-    from trainables.asr_config import ASRConfig
-    from trainables.asr_loop import load_student, prepare_asr
+    from trainables.speech.config import ASRConfig
+    from trainables.speech.loop import load_student, prepare_asr
 
     torch.set_num_threads(1)  # the LSTM runs once; under load more threads are slower
     model, trial_cfg = load_student(ckpt)
@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from kdsweep.asr_teacher import greedy_scores, predict
-    from trainables.asr_loop import Decoders, beam_scores
+    from kdsweep.speech.teacher import greedy_scores, predict
+    from trainables.speech.loop import Decoders, beam_scores
 
     model, cfg, data = load_trial(ckpt)
     fs = data.feats[args.split]
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def run_average(args: argparse.Namespace) -> dict:
     """--average SPEC: each chosen checkpoint and their weight average, greedy and beam WER."""
-    from sweeps.decode_average import log_average, score_rows, select_members
+    from driver.decode_average import log_average, score_rows, select_members
 
     given = {k: getattr(args, k) for k in GRID if getattr(args, k)}
     alphas, betas, widths = _grid(argparse.Namespace(**{**GRID, **given}))
@@ -177,7 +177,7 @@ def run_average(args: argparse.Namespace) -> dict:
         )
     members = select_members(Path(args.checkpoint), args.average)  # headers only: fails early
 
-    from trainables.asr_loop import Decoders, beam_scores
+    from trainables.speech.loop import Decoders, beam_scores
 
     _, cfg, data = load_trial(members[-1].path)
     alpha = alphas[0] if "lm_weights" in given else cfg.lm_weight

@@ -17,7 +17,7 @@ signed-rank check, Cohen's d_z, and Holm's correction over the configs compared 
 baseline ("not distinguishable" unless the Holm-adjusted p < 0.05), drawn as a chart of the
 gains with their CIs (gain_vs_baseline.png; next to attribution_similarity.png). Writes report.md,
 report.csv and PNG plots to --out (default runs/<sweep>/report) and logs them under `report/`
-on the sweep's parent run. The work is done by the sweeps/reporting/ package.
+on the sweep's parent run. The work is done by the driver/reporting/ package.
 
 Only trials that ran to the end count (FINISHED, not stopped by ASHA), because a pruned trial's
 last metric is from an earlier epoch; `--include-pruned` counts them too. For a clean comparison
@@ -34,7 +34,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":
     sys.path.insert(0, str(PROJECT_DIR))  # runnable without installing
 
-from sweeps.reporting import build_report  # noqa: E402
+from driver.reporting import build_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

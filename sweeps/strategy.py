@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-# CLI: sweeps/cli.py; the Tuner: sweeps/tuner.py build_tuner(); the steps: sweeps/run.py
-from sweeps.cli import main  # noqa: E402
+# CLI: driver/cli.py; the Tuner: driver/tuner.py build_tuner(); the steps: driver/run.py
+from driver.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main("strategy", __doc__)

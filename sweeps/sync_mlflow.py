@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sweeps.tracking import Journal, default_tracking_uri
+from driver.tracking import Journal, default_tracking_uri
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 

@@ -77,8 +77,8 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_text(cache_dir) -> dict:
     """The small text config with its teacher already in the store."""
-    from trainables.text_config import TextConfig
-    from trainables.text_loop import prepare_text
+    from trainables.text.config import TextConfig
+    from trainables.text.loop import prepare_text
 
     cfg = {**SMALL_TEXT, "cache_dir": str(cache_dir)}
     prepare_text(TextConfig.from_dict(cfg), log=lambda m: None)

@@ -69,8 +69,8 @@ def text(root: Path) -> str:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from kdsweep import teacher_store
-    from kdsweep.models.text import resolve_backbone
+    from kdsweep.text import teacher_store
+    from kdsweep.text.models import resolve_backbone
 
     backbone = root / "backbone"
     if not (backbone / "config.json").is_file():
@@ -99,9 +99,9 @@ def text(root: Path) -> str:
 def speech(root: Path) -> str:
     from safetensors.torch import load_file
 
-    from kdsweep import asr_teacher
-    from kdsweep.asr_store import ASRTeacherStore
-    from kdsweep.data.speech import CharVocab, FeatureSet
+    from kdsweep.speech import teacher as asr_teacher
+    from kdsweep.speech.data import CharVocab, FeatureSet
+    from kdsweep.speech.store import ASRTeacherStore
 
     def feats(n: int, prefix: str, seed: int) -> FeatureSet:
         g = torch.Generator().manual_seed(seed)
@@ -120,7 +120,7 @@ def speech(root: Path) -> str:
 
 
 def synthesis(root: Path) -> str:
-    from kdsweep.data.speech import synthesis as synth
+    from kdsweep.speech.data import synthesis as synth
 
     real = synth._synthesize
 
@@ -138,7 +138,7 @@ def synthesis(root: Path) -> str:
 
 
 def features(root: Path) -> str:
-    from kdsweep.data.speech import feature_store
+    from kdsweep.speech.data import feature_store
 
     save = feature_store._save_chunk
 

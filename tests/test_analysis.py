@@ -9,22 +9,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsweep.analysis import (
+from kdsweep.analysis.efficiency import efficiency_metrics
+from kdsweep.text.attribution import (
     attribution_similarity,
-    efficiency_metrics,
     merge_word_pieces,
+    real_token_mask,
     similarity_from_attributions,
     spearman_correlation,
     token_attributions,
+    word_ids_from_offsets,
     word_level_similarity,
 )
-from kdsweep.analysis.attribution import real_token_mask, word_ids_from_offsets
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from driver.reporting import stats as rstats  # noqa: E402
 from sweeps import report  # noqa: E402
-from sweeps.reporting import stats as rstats  # noqa: E402
 
 
 # ---------------------------------------------------------------- attribution
@@ -120,7 +121,7 @@ def test_word_pieces_merge_into_words():
 def test_word_ids_from_a_real_tokenizers_offsets():
     from transformers import AutoTokenizer
 
-    from kdsweep.models.text import resolve_backbone
+    from kdsweep.text.models import resolve_backbone
 
     tok = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
     text = "Unbelievably, the fox's tail!"
@@ -236,7 +237,7 @@ def test_holm_against_a_hand_computed_example():
 
 @pytest.mark.unit
 def test_holm_turns_two_unadjusted_findings_into_not_distinguishable():
-    from sweeps.reporting.compare import adjust
+    from driver.reporting.compare import adjust
 
     a = rstats.paired_comparison([0.82, 0.85, 0.83, 0.88], [0.80, 0.80, 0.81, 0.82])
     b = rstats.paired_comparison([0.84, 0.80, 0.86, 0.83], [0.80, 0.79, 0.81, 0.80])
@@ -253,7 +254,7 @@ def test_holm_turns_two_unadjusted_findings_into_not_distinguishable():
 
 # ---------------------------------------------------------------- report.py on a fake store
 def _fake_store(tmp_path: Path, split_baseline: bool = False) -> tuple[str, str]:
-    """A sweep as sweeps/tracking.py logs it: a parent run, child runs with seeds/conditions
+    """A sweep as driver/tracking.py logs it: a parent run, child runs with seeds/conditions
     (with `split_baseline`, the independent trials are a sweep of their own: fake-baseline)."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
@@ -379,7 +380,7 @@ def test_report_unknown_sweep_names_the_known_ones(tmp_path):
 # ---------------------------------------------------------------- the epoch loop reports them
 @pytest.mark.trial
 def test_text_trial_reports_analysis_at_the_final_epoch(tmp_path, small_text):
-    from trainables.text import independent
+    from trainables.text.trainable import independent
     from trainables.tune_io import local_session
 
     cfg = {**small_text, "condition": "independent", "epochs": 2, "attribution_examples": 8}

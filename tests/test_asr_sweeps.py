@@ -12,7 +12,7 @@ from conftest import SMALL_ASR, needs_tts
 from sweep_helpers import run_sweep_script as _sweep
 from sweep_helpers import sweep_env as _env
 
-from sweeps.space import load_space
+from driver.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -47,7 +47,7 @@ def _check_nested(tmp: Path, n_children: int) -> list:
 # ---------------------------------------------------------------- spaces (fast)
 @pytest.mark.unit
 def test_task_asr_picks_the_speech_spaces():
-    from sweeps.cli import build_parser, space_from_args
+    from driver.cli import build_parser, space_from_args
 
     for name, conditions in [
         ("temperature", ["soft"]),
@@ -66,7 +66,7 @@ def test_task_asr_picks_the_speech_spaces():
 
 @pytest.mark.unit
 def test_smoke_fixes_asr_sizes():
-    from sweeps.cli import build_parser, space_from_args
+    from driver.cli import build_parser, space_from_args
 
     args = build_parser("compression", None).parse_args(["--task", "asr", "--smoke"])
     space = space_from_args("compression", args)
@@ -80,7 +80,7 @@ def test_smoke_fixes_asr_sizes():
 def test_decode_grid_on_a_trial_checkpoint(tmp_path, cache_dir):
     import torch
 
-    from trainables.asr import independent
+    from trainables.speech.trainable import independent
     from trainables.tune_io import local_session
 
     torch.set_num_threads(1)

@@ -10,13 +10,13 @@ import torch
 from conftest import SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
-import kdsweep.asr_teacher as asr_teacher
-from kdsweep.asr_teacher import ASRTeacherRecipe, ASRTeacherStore, NonFiniteLossError
+import kdsweep.speech.teacher as asr_teacher
 from kdsweep.errors import KDSweepError
-from trainables.asr import ASR_CONFIGS, ASR_TRAINABLES
-from trainables.asr_config import ASRConfig, ASRHiddenConfig, ASRSoftConfig, SelfDistillConfig
-from trainables.asr_loop import prepare_asr, run_asr_trial
+from kdsweep.speech.teacher import ASRTeacherRecipe, ASRTeacherStore, NonFiniteLossError
 from trainables.registry import evaluate_checkpoint
+from trainables.speech.config import ASRConfig, ASRHiddenConfig, ASRSoftConfig, SelfDistillConfig
+from trainables.speech.loop import prepare_asr, run_asr_trial
+from trainables.speech.trainable import ASR_CONFIGS, ASR_TRAINABLES
 from trainables.tune_io import local_session
 
 pytestmark = needs_tts
@@ -193,7 +193,7 @@ def test_missing_manifest_names_field_and_file():
 @pytest.mark.trial
 def test_gradient_accumulation_steps_every_second_batch(tmp_path, small_asr):
     """grad_accum=2: the effective batch is reported, the optimizer steps every second batch."""
-    from kdsweep.asr_teacher import steps_per_epoch
+    from kdsweep.speech.teacher import steps_per_epoch
 
     s = _run("soft", {**small_asr, "grad_accum": 2}, tmp_path)
     assert [r["effective_batch_size"] for r in s.results] == [2 * small_asr["batch_size"]] * 2

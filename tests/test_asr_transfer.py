@@ -15,23 +15,23 @@ import torch
 from conftest import HAS_TTS, SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
-import kdsweep.asr_teacher as asr_teacher
-import trainables.asr as asr_mod
-import trainables.asr_loop as asr_loop
-from kdsweep.data.speech import voices_by_split
-from kdsweep.data.speech_transfer import load_audio_source, transfer_sentences
+import kdsweep.speech.teacher as asr_teacher
+import trainables.speech.loop as asr_loop
+import trainables.speech.trainable as asr_mod
 from kdsweep.errors import KDSweepError
-from kdsweep.losses.ctc import ctc_loss
-from trainables.asr import ASR_TRAINABLES
-from trainables.asr_config import (
+from kdsweep.speech.data import voices_by_split
+from kdsweep.speech.losses import ctc_loss
+from kdsweep.speech.transfer import load_audio_source, transfer_sentences
+from trainables.registry import config_for, run_trial
+from trainables.speech.config import (
     ASRConfig,
     ASRHardConfig,
     ASRHiddenConfig,
     ASRSoftConfig,
     SelfDistillConfig,
 )
-from trainables.asr_loop import prepare_asr
-from trainables.registry import config_for, run_trial
+from trainables.speech.loop import prepare_asr
+from trainables.speech.trainable import ASR_TRAINABLES
 from trainables.tune_io import local_session
 
 # 12 extra synthetic utterances; 0.25 per labeled row (32) = 8 of them drawn each epoch.
@@ -193,7 +193,7 @@ def test_audio_sources_dedupe_exclude_and_cut(tmp_path):
     _wav(tmp_path / "d" / "sub" / "b.flac", seed=2)
     shutil.copy(a, tmp_path / "d" / "a_copy.wav")  # same bytes: kept once
     held = _wav(tmp_path / "d" / "dev.wav", seed=3)
-    from kdsweep.data.speech_transfer import file_digests
+    from kdsweep.speech.transfer import file_digests
 
     dev = [SimpleNamespace(path=held)]
     utts = load_audio_source(str(tmp_path / "d"), "path", file_digests(dev), 0, 0)
@@ -330,7 +330,7 @@ def test_resume_with_a_transfer_set_gives_identical_weights(tmp_path, small_asr)
 # ---------------------------------------------------------------- the sweep's space (fast)
 @pytest.mark.unit
 def test_transfer_sweep_task_asr_picks_the_speech_space_and_smoke_stays_small():
-    from sweeps.cli import build_parser, space_from_args
+    from driver.cli import build_parser, space_from_args
 
     args = build_parser("transfer", None).parse_args(["--task", "asr", "--smoke"])
     space = space_from_args("transfer", args)

@@ -12,8 +12,8 @@ import torch
 from conftest import SMALL_ASR, needs_tts
 from sweep_helpers import sweep_env
 
+from kdsweep.averaging import average_state_dicts, check_spec, select_epochs
 from kdsweep.errors import KDSweepError
-from kdsweep.models.averaging import average_state_dicts, check_spec, select_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -52,7 +52,7 @@ def test_average_takes_integer_and_bool_buffers_from_the_last_member():
 
 @pytest.mark.unit
 def test_average_of_a_real_model_loads_back():
-    from kdsweep.models.speech import BiLSTMCTC
+    from kdsweep.speech.models import BiLSTMCTC
 
     torch.manual_seed(0)
     models = [BiLSTMCTC(n_mels=8, hidden=4, layers=2) for _ in range(2)]
@@ -120,7 +120,7 @@ def _fake_trial(root: Path, epochs_by_dir: dict[str, int], layers: int = 1, hidd
 
     from safetensors.torch import save_file
 
-    from kdsweep.asr_teacher import build_model
+    from kdsweep.speech.teacher import build_model
 
     states = {}
     for name, epoch in epochs_by_dir.items():
@@ -137,7 +137,7 @@ def _fake_trial(root: Path, epochs_by_dir: dict[str, int], layers: int = 1, hidd
 
 @pytest.mark.unit
 def test_members_come_from_the_weights_header_not_the_dir_name(tmp_path):
-    from sweeps.decode_average import select_members
+    from driver.decode_average import select_members
 
     # Ray numbers checkpoint dirs from 0; a resumed trial can write one epoch twice
     _fake_trial(tmp_path, {"checkpoint_000000": 1, "checkpoint_000001": 2,
@@ -157,7 +157,7 @@ def test_members_come_from_the_weights_header_not_the_dir_name(tmp_path):
 
 @pytest.mark.unit
 def test_averaged_student_holds_the_mean_weights(tmp_path):
-    from sweeps.decode_average import averaged_student, select_members
+    from driver.decode_average import averaged_student, select_members
 
     states = _fake_trial(tmp_path, {"checkpoint_000001": 1, "checkpoint_000002": 2})
     model = averaged_student(select_members(tmp_path, "1,2"))
@@ -181,7 +181,7 @@ def _decode(*args: str, cache_dir: Path, cwd: Path, timeout: int = 600):
 @pytest.mark.e2e
 @needs_tts
 def test_decode_average_prints_members_and_the_average(tmp_path, cache_dir):
-    from trainables.asr import independent
+    from trainables.speech.trainable import independent
     from trainables.tune_io import local_session
 
     torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """Bad input through the sweep CLI: one clear message, exit code 2, earlier results untouched.
 
-Every case runs `sweeps.cli.main` (what `python sweeps/<name>.py ...` runs) in-process
+Every case runs `driver.cli.main` (what `python sweeps/<name>.py ...` runs) in-process
 against the storage folder and MLflow database of a finished earlier sweep, and checks:
 - it exits with code 2 before Ray starts (Ray start is made to fail the test);
 - stderr is one `error: ...` line naming the field and/or the file at fault;
@@ -113,7 +113,7 @@ def _own_models(d: Path) -> dict[str, Path]:
     fit, a pickled checkpoint and a corrupt ARPA file."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from kdsweep.models.speech import BiLSTMCTC
+    from kdsweep.speech.models import BiLSTMCTC
 
     (d / "student_no_tok").mkdir()
     (d / "student_no_tok" / "config.json").write_text(json.dumps({"model_type": "bert"}))
@@ -299,8 +299,8 @@ def test_at_least_30_cases():
 def test_bad_input_exits_2_and_keeps_earlier_results(
     case, script, argv, needles, earlier, files, cache_dir, monkeypatch, capsys
 ):
-    import sweeps.cli as cli_mod
-    import sweeps.run as run_mod
+    import driver.cli as cli_mod
+    import driver.run as run_mod
 
     def no_ray(*a, **k):
         raise AssertionError(f"{case}: bad input reached Ray")

@@ -61,7 +61,7 @@ def test_bench_modules_import_and_run_tiny(tiny, tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "plain.json").read_text())[0]["temperature"] == 4.0
 
     # asha_vs_grid: its grid YAML + the sweep overrides validate against the typed configs
-    from sweeps.space import load_space, parse_overrides
+    from driver.space import load_space, parse_overrides
 
     am = mods["asha_vs_grid"]
     space_file = am.write_space(tmp_path / "grid.yaml", am.TEMPS, am.ALPHAS, 1, 3)

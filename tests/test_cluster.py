@@ -84,7 +84,7 @@ def _stop_groups(pgids: list[int], grace: float = 10.0) -> None:
 
 # ---------------------------------------------------------------- cluster resources (fast)
 def _args(*argv: str):
-    from sweeps.cli import build_parser
+    from driver.cli import build_parser
 
     return build_parser("temperature", None).parse_args(list(argv))
 
@@ -94,8 +94,8 @@ def test_gpu_request_is_kept_on_a_cluster(monkeypatch, capsys):
     """The driver's machine may have no GPU; the cluster's nodes decide, not the local check."""
     import torch
 
-    from sweeps.space import load_space
-    from sweeps.tuner import resolve_resources
+    from driver.space import load_space
+    from driver.tuner import resolve_resources
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -116,7 +116,7 @@ def test_cluster_resources_come_from_the_cluster(monkeypatch, tmp_path, how):
     """With an address, ray.init only connects: no num_cpus/num_gpus, no PID bookkeeping."""
     import ray
 
-    from sweeps.tuner import init_ray
+    from driver.tuner import init_ray
 
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
@@ -154,7 +154,7 @@ def ray_cluster():
     ray_bin = str(Path(PY).with_name("ray"))
     root = Path(tempfile.mkdtemp(prefix="kdray-", dir="/tmp"))  # short: Ray's socket paths
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    from sweeps.ray_auth import ensure_token
+    from driver.ray_auth import ensure_token
 
     token = ensure_token(root / "auth_token")  # shared by both nodes and the sweep, 0600
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")

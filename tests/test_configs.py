@@ -6,7 +6,7 @@ import pytest
 
 from kdsweep.config import RESERVED_KEYS
 from kdsweep.errors import KDSweepError
-from kdsweep.models.text import (
+from kdsweep.text.models import (
     OLD_SHAPE_NAMES,
     build_student,
     count_parameters,
@@ -15,7 +15,7 @@ from kdsweep.models.text import (
     resolve_backbone,
 )
 from trainables import registry
-from trainables.text_config import (
+from trainables.text.config import (
     AttentionConfig,
     CascadeConfig,
     HardConfig,
@@ -245,8 +245,8 @@ def test_count_parameters_embeddings_dominate_small_students():
 def test_teacher_checkpoint_goes_only_to_conditions_with_a_teacher():
     """`sweeps/self_distill.py teacher_checkpoint=<pt>` must not hand the checkpoint to the
     independent baseline; a space of teacher-less conditions alone refuses it by name."""
-    from sweeps.space import parse_space
-    from trainables.asr_config import ASRConfig, SelfDistillConfig
+    from driver.space import parse_space
+    from trainables.speech.config import ASRConfig, SelfDistillConfig
 
     assert "teacher_checkpoint" not in ASRConfig.field_names()
     assert "teacher_checkpoint" in SelfDistillConfig.field_names()
@@ -259,7 +259,7 @@ def test_teacher_checkpoint_goes_only_to_conditions_with_a_teacher():
 def test_relative_paths_become_absolute_before_ray_changes_directory(tmp_path, monkeypatch):
     """Ray runs every trial in its own working directory: `student=runs/my-model` must reach
     the trial as an absolute path (fixed values, grid choices and cascade stages alike)."""
-    from sweeps.space import _absolute, parse_space
+    from driver.space import _absolute, parse_space
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()

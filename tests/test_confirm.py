@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from driver.confirm import confirm_seeds, n_configs, top_configs
+from driver.confirm_table import confirm_answer, format_answer, markdown_answer, verdict
 from kdsweep.errors import KDSweepError
-from sweeps.confirm import confirm_seeds, n_configs, top_configs
-from sweeps.confirm_table import confirm_answer, format_answer, markdown_answer, verdict
 
 pytestmark = pytest.mark.unit
 
@@ -110,7 +110,7 @@ def test_confirm_seeds_are_fresh():
 
 
 def test_n_configs_counts_configs_not_seeds():
-    from sweeps.space import load_space
+    from driver.space import load_space
 
     assert n_configs(load_space("temperature")) == 4
     assert n_configs(load_space("temperature", seeds=3)) == 4
@@ -127,7 +127,7 @@ def test_n_configs_counts_configs_not_seeds():
     ],
 )
 def test_bad_confirm_flags_fail_before_any_trial(flags, needle, capsys):
-    from sweeps.cli import main
+    from driver.cli import main
 
     with pytest.raises(SystemExit) as e:
         main("temperature", None, ["--smoke", "--storage", "/nonexistent/runs", *flags])
@@ -139,8 +139,8 @@ def test_bad_confirm_flags_fail_before_any_trial(flags, needle, capsys):
 def test_confirm_check_is_a_kdsweep_error():
     import argparse
 
-    from sweeps.confirm import check_confirm_args
-    from sweeps.space import load_space
+    from driver.confirm import check_confirm_args
+    from driver.space import load_space
 
     ok = argparse.Namespace(confirm=2, confirm_seeds=2)
     check_confirm_args(ok, load_space("temperature"))
@@ -153,8 +153,8 @@ def test_confirm_check_is_a_kdsweep_error():
 def test_confirm_space_is_arms_times_seeds():
     from ray.tune.search.variant_generator import generate_variants
 
-    from sweeps.confirm import ConfirmSpace
-    from sweeps.space import load_space
+    from driver.confirm import ConfirmSpace
+    from driver.space import load_space
 
     arms = [
         {"task": "text", "condition": "soft", "temperature": 4, "alpha": 0.9, "epochs": 5},
@@ -172,7 +172,7 @@ def test_confirm_space_is_arms_times_seeds():
 
 
 def test_pruned_line_says_whether_a_pruned_config_beat_a_kept_one():
-    from sweeps.confirm_table import pruned_line
+    from driver.confirm_table import pruned_line
 
     test = {"soft T=8": [0.70, 0.72, 0.71, 0.73], "soft T=4": [0.60, 0.61, 0.62, 0.60],
             "independent": [0.5, 0.5, 0.52, 0.51]}  # fmt: skip

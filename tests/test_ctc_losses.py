@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kdsweep.errors import KDSweepError
-from kdsweep.losses.ctc import (
+from kdsweep.speech.losses import (
     ctc_frame_kd_loss,
     ctc_loss,
     masked_hidden_mse,

@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from kdsweep.data.speech import CharVocab
-from kdsweep.decoding import BeamDecoder, build_lm_corpus, cer, greedy_decode, wer, write_arpa
 from kdsweep.errors import KDSweepError
+from kdsweep.speech.data import CharVocab
+from kdsweep.speech.decoding import (
+    BeamDecoder,
+    build_lm_corpus,
+    cer,
+    greedy_decode,
+    wer,
+    write_arpa,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -46,7 +46,7 @@ address, out, meet = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 
 def trial(config):
     import torch
-    from kdsweep.models.text import pick_device
+    from kdsweep.text.models import pick_device
     t0 = time.time()
     me = meet / f"{config['i']}"
     me.write_text(str(t0))

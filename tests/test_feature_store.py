@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from kdsweep.data.speech import LogMel, Utterance, feature_store, features, featurize, read_audio
-from kdsweep.data.speech.feature_store import MappedFeatures
+from kdsweep.speech.data import LogMel, Utterance, feature_store, features, featurize, read_audio
+from kdsweep.speech.data.feature_store import MappedFeatures
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kdsweep.data import fortunes
-from kdsweep.data.speech import fortune_records as speech_records
 from kdsweep.errors import KDSweepError
+from kdsweep.speech.data import fortune_records as speech_records
+from kdsweep.text import fortunes
 
 pytestmark = pytest.mark.unit
 
@@ -75,10 +75,11 @@ def test_missing_directory_names_the_field_and_the_override(tmp_path: Path) -> N
 
 
 def test_env_var_overrides_the_folder_for_text_and_speech(tmp_path: Path) -> None:
-    from kdsweep.data import speech, text
+    from kdsweep.speech import data as speech
+    from kdsweep.text import data as text
 
     assert text.FORTUNES_DIR is fortunes.FORTUNES_DIR is speech.FORTUNES_DIR
-    code = "from kdsweep.data import fortunes; print(fortunes.FORTUNES_DIR)"
+    code = "from kdsweep.text import fortunes; print(fortunes.FORTUNES_DIR)"
     env = {**os.environ, "KDSWEEP_FORTUNES_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == str(tmp_path), out.stderr

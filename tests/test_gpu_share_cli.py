@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-import sweeps.packing as packing
-import sweeps.run as run_mod
+import driver.packing as packing
+import driver.run as run_mod
+from driver.cli import build_parser, main
+from driver.space import load_space
+from driver.tuner import max_failures, resolve_resources
 from kdsweep.errors import KDSweepError
-from sweeps.cli import build_parser, main
-from sweeps.space import load_space
-from sweeps.tuner import max_failures, resolve_resources
 
 pytestmark = pytest.mark.unit
 

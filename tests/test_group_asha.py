@@ -8,8 +8,8 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from sweeps.group_asha import GroupASHA, stop_reasons
-from sweeps.seed_groups import SeedGroupSearcher, group_key
+from driver.group_asha import GroupASHA, stop_reasons
+from driver.seed_groups import SeedGroupSearcher, group_key
 
 pytestmark = pytest.mark.unit
 
@@ -356,7 +356,7 @@ def test_stalled_group_is_judged_on_the_seeds_it_has():
 
 def test_seed_group_searcher_under_tune_wrappers_with_the_seed_grid_left_in_the_space():
     """As Tune wires it (max_concurrent_trials -> ConcurrencyLimiter, SearchGenerator), with
-    the `seed` grid sweeps/space.py adds for --seeds still in the param space."""
+    the `seed` grid driver/space.py adds for --seeds still in the param space."""
     from ray import tune
     from ray.tune.experiment import Experiment
     from ray.tune.search import ConcurrencyLimiter, SearchGenerator

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from sweeps.group_asha import GroupASHA, stop_reasons
+from driver.group_asha import GroupASHA, stop_reasons
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""Live sweep status (sweeps/progress.py) and preparation progress (kdsweep/progress.py)."""
+"""Live sweep status (driver/progress.py) and preparation progress (kdsweep/progress.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
+from driver.progress import LiveProgress, RunningTrial, Snapshot, estimate_eta, render_status
 from kdsweep import progress as prep
-from sweeps.progress import LiveProgress, RunningTrial, Snapshot, estimate_eta, render_status
 
 pytestmark = pytest.mark.unit
 

@@ -19,7 +19,7 @@ DRIVER = r"""
 import sys, time
 import ray
 from ray import tune
-from sweeps.progress import LiveProgress
+from driver.progress import LiveProgress
 
 def fn(config):
     for epoch in range(1, 4):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsweep.losses.logits import (
+from kdsweep.losses import (
     attention_kd_loss,
     hard_kd_loss,
     hidden_cosine_loss,

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-import trainables.text as text_mod
+import trainables.text.trainable as text_mod
 from kdsweep.oom import STATE_FILE, OutOfMemoryAtBatchOne
 from trainables.tune_io import local_session
 
@@ -124,7 +124,7 @@ def test_oom_metrics_become_tags_of_the_trials_mlflow_run(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from sweeps.tracking import Journal, MlflowTrialCallback
+    from driver.tracking import Journal, MlflowTrialCallback
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     j = Journal(tmp_path / "sweep", uri, "kdsweep/x", (tmp_path / "art").as_uri())

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import SMALL_ASR, needs_tts
 
-import trainables.asr_loop as asr_loop
-from trainables.asr import ASR_TRAINABLES
-from trainables.asr_config import ASRConfig
-from trainables.asr_loop import prepare_asr
+import trainables.speech.loop as asr_loop
+from trainables.speech.config import ASRConfig
+from trainables.speech.loop import prepare_asr
+from trainables.speech.trainable import ASR_TRAINABLES
 from trainables.tune_io import local_session
 
 pytestmark = [pytest.mark.trial, needs_tts]

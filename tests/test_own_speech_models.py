@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from kdsweep.errors import KDSweepError
-from kdsweep.lm import check_arpa, lm_kind, resolve_lm
-from kdsweep.models.speech import BiLSTMCTC
-from kdsweep.models.speech_import import infer_shape, load_bilstm_ctc, read_state_dict
+from kdsweep.speech.checkpoint_import import infer_shape, load_bilstm_ctc, read_state_dict
+from kdsweep.speech.models import BiLSTMCTC
+from kdsweep.speech.ngram import check_arpa, lm_kind, resolve_lm
 
 pytestmark = pytest.mark.unit
 

@@ -10,13 +10,13 @@ import torch
 from conftest import SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
-from kdsweep.data.speech import CharVocab
-from kdsweep.decoding import _arpa_words
 from kdsweep.errors import KDSweepError
-from kdsweep.losses.ctc import ctc_loss, uniform_kl
-from kdsweep.models.speech import BiLSTMCTC
-from trainables.asr import ASR_TRAINABLES
-from trainables.asr_config import ASRHiddenConfig, SelfDistillConfig, layer_pairs
+from kdsweep.speech.data import CharVocab
+from kdsweep.speech.decoding import _arpa_words
+from kdsweep.speech.losses import ctc_loss, uniform_kl
+from kdsweep.speech.models import BiLSTMCTC
+from trainables.speech.config import ASRHiddenConfig, SelfDistillConfig, layer_pairs
+from trainables.speech.trainable import ASR_TRAINABLES
 from trainables.tune_io import local_session
 
 SMALL = {k: v for k, v in SMALL_ASR.items() if not k.startswith("teacher_")}
@@ -105,7 +105,7 @@ def test_bad_checkpoints_fail_as_config_input(tmp_path):
                tmp_path / "pickled.pt")  # fmt: skip
     with pytest.raises(KDSweepError, match="weights_only=True"):
         SelfDistillConfig.from_dict({**SMALL, "teacher_checkpoint": str(tmp_path / "pickled.pt")})
-    from trainables.asr_config import ASRConfig
+    from trainables.speech.config import ASRConfig
 
     with pytest.raises(KDSweepError, match="has no teacher to import"):
         ASRConfig.from_dict({**SMALL, "teacher_checkpoint": str(tmp_path / "v.pt")})
@@ -163,7 +163,7 @@ def test_self_distill_from_imported_pt_with_layers_2_3(tmp_path, cache_dir):
 def test_keep_every_marks_every_kth_epoch(tmp_path):
     from safetensors.torch import save_file
 
-    from sweeps.pruning import kept_every
+    from driver.pruning import kept_every
 
     def ckpt(epoch: int, keep_every: int):
         d = tmp_path / f"checkpoint_{epoch:06d}_{keep_every}"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from kdsweep.errors import KDSweepError
-from kdsweep.models.text import resolve_student, tokenizer_fingerprint
-from trainables.text import TEXT_TRAINABLES
-from trainables.text_config import CascadeConfig, HiddenConfig, SoftConfig, TextConfig
-from trainables.text_loop import evaluate_text_checkpoint, prepare_text
+from kdsweep.text.models import resolve_student, tokenizer_fingerprint
+from trainables.text.config import CascadeConfig, HiddenConfig, SoftConfig, TextConfig
+from trainables.text.loop import evaluate_text_checkpoint, prepare_text
+from trainables.text.trainable import TEXT_TRAINABLES
 from trainables.tune_io import local_session
 
 FAST = {"lr": 3e-3, "attribution_examples": 0, "epochs": 2}
@@ -63,7 +63,7 @@ def pretrained(tmp_path_factory, small_text) -> dict[str, Path]:
         DistilBertForSequenceClassification,
     )
 
-    from kdsweep.data.text import load_text_dataset
+    from kdsweep.text.data import load_text_dataset
 
     root = tmp_path_factory.mktemp("pretrained")
     cfg = TextConfig.from_dict(small_text)
@@ -161,7 +161,7 @@ def test_teacher_knobs_reach_the_recipe():
 def test_recipe_id_unchanged_at_the_new_fields_defaults():
     """A teacher stored before grad_accum/precision existed keeps its id (and cache entry)."""
     from kdsweep.store import content_id
-    from kdsweep.teacher_store import TeacherRecipe, TeacherStore
+    from kdsweep.text.teacher_store import TeacherRecipe, TeacherStore
 
     old = {"backbone": "minilm", "epochs": 2, "lr": 5e-5, "batch_size": 32, "max_len": 64,
            "seed": 0}  # fmt: skip
@@ -226,7 +226,7 @@ def test_hidden_kd_across_tokenizers_is_refused(pretrained, small_text):
 # ---------------------------------------------------------------- teacher as it is
 @pytest.mark.trial
 def test_teacher_epochs_0_uses_a_fine_tuned_classifier_as_is(pretrained, small_text, monkeypatch):
-    import kdsweep.teacher_store as ts
+    import kdsweep.text.teacher_store as ts
 
     def no_finetune(*a, **k):
         raise AssertionError("teacher_epochs=0 fine-tuned the teacher")
@@ -257,7 +257,7 @@ def test_teacher_with_other_labels_is_refused(pretrained, small_text, tmp_path):
 
 @pytest.mark.e2e
 def test_cli_old_shape_name_exits_2(tmp_path, capsys):
-    import sweeps.cli as cli_mod
+    import driver.cli as cli_mod
 
     with pytest.raises(SystemExit) as e:
         cli_mod.main(

@@ -1,4 +1,4 @@
-"""Checkpoint pruning waits for the saved experiment state (sweeps/pruning.py)."""
+"""Checkpoint pruning waits for the saved experiment state (driver/pruning.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sweeps.pruning import prune_checkpoints, saved_latest
+from driver.pruning import prune_checkpoints, saved_latest
 from trainables.checkpointing import checkpoint_info
 
 pytestmark = pytest.mark.unit

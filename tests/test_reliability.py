@@ -12,7 +12,7 @@ import pytest
 from sweep_helpers import sweep_cmd
 from sweep_helpers import sweep_env as _env
 
-from sweeps.tracking import Journal
+from driver.tracking import Journal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +158,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(small_text, tmp
     from safetensors.torch import load_file
 
     import trainables.checkpointing as ckpt_mod
-    import trainables.text as text_mod
+    import trainables.text.trainable as text_mod
     from kdsweep.errors import KDSweepError
     from trainables.tune_io import local_session
 
@@ -203,7 +203,7 @@ def test_half_deleted_checkpoint_falls_back_to_the_newer_complete_one(small_text
 
     import pytest
 
-    import trainables.text as text_mod
+    import trainables.text.trainable as text_mod
     from kdsweep.errors import KDSweepError
     from trainables.tune_io import local_session
 
@@ -224,7 +224,7 @@ def test_half_deleted_checkpoint_falls_back_to_the_newer_complete_one(small_text
 
     # The sweep's final answer is the trial's best checkpoint that loads, ranked by the metric
     # in each checkpoint's header: never the half-deleted one, whatever Tune recorded.
-    from sweeps.summary import _best_on_disk
+    from driver.summary import _best_on_disk
     from trainables.checkpointing import checkpoint_epoch, checkpoint_info
 
     assert checkpoint_epoch(first) is None and checkpoint_epoch(second) == 2

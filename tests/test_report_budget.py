@@ -13,10 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sweeps.reporting import budget, charts, markdown  # noqa: E402
-from sweeps.reporting.budget import Budget, budget_check, trial_budget  # noqa: E402
-from sweeps.reporting.compare import comparisons  # noqa: E402
-from sweeps.reporting.load import INCL_TEACHER, Sweep, Trial, group_trials  # noqa: E402
+from driver.reporting import budget, charts, markdown  # noqa: E402
+from driver.reporting.budget import Budget, budget_check, trial_budget  # noqa: E402
+from driver.reporting.compare import comparisons  # noqa: E402
+from driver.reporting.load import INCL_TEACHER, Sweep, Trial, group_trials  # noqa: E402
 
 pytestmark = pytest.mark.unit
 

@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
-from kdsweep.asr_store import ASRTeacherStore, StoredASRTeacher
-from kdsweep.asr_teacher import ASRTeacherRecipe
-from kdsweep.data.speech import CharVocab, FeatureSet
 from kdsweep.errors import KDSweepError
 from kdsweep.rowcache import DATA, Chain, Rows, read_rows, rows_problem, write_rows
+from kdsweep.speech.data import CharVocab, FeatureSet
+from kdsweep.speech.store import ASRTeacherStore, StoredASRTeacher
+from kdsweep.speech.teacher import ASRTeacherRecipe
 
 
 def _truncate(path, drop: int) -> None:

@@ -116,7 +116,7 @@ def test_speech_utterances_ctc_cannot_align_are_counted():
 
 
 def test_small_dev_warning_reaches_the_sweep_summary():
-    from sweeps.summary import _small_dev_warning
+    from driver.summary import _small_dev_warning
 
     rows = [
         {"label": "soft T=4", "condition": "soft", "status": "finished", "dev_accuracy": 0.62},

@@ -24,7 +24,7 @@ AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDR
 
 SERVER = """
 import sys, ray
-from sweeps import ray_auth
+from driver import ray_auth
 ray_auth.configure(None)
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
          object_store_memory=100_000_000)
@@ -58,7 +58,7 @@ def token_cluster():
     token = root / "auth_token"
     env = _env(root / "home", RAY_AUTH_TOKEN_PATH=str(token))
     subprocess.run(
-        [sys.executable, "-m", "sweeps.ray_auth", str(token)], env=env, check=True, cwd=ROOT
+        [sys.executable, "-m", "driver.ray_auth", str(token)], env=env, check=True, cwd=ROOT
     )
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER], env=env, cwd=root, text=True, start_new_session=True,
@@ -127,7 +127,7 @@ def test_smoke_sweep_runs_with_token_auth(tmp_path, cache_dir, monkeypatch):
     """The default local cluster: token on (Ray warns about nothing), the sweep finishes."""
     token = tmp_path / "auth_token"
     subprocess.run(
-        [sys.executable, "-m", "sweeps.ray_auth", str(token)], env=_env(tmp_path), check=True,
+        [sys.executable, "-m", "driver.ray_auth", str(token)], env=_env(tmp_path), check=True,
         cwd=ROOT,
     )  # fmt: skip
     for k in AUTH_VARS:

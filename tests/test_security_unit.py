@@ -1,4 +1,4 @@
-"""Token auth settings, pure pieces (sweeps/ray_auth.py) and a scan of the project's files."""
+"""Token auth settings, pure pieces (driver/ray_auth.py) and a scan of the project's files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from driver import ray_auth
 from kdsweep.errors import KDSweepError
-from sweeps import ray_auth
 
 pytestmark = pytest.mark.unit
 
@@ -79,7 +79,7 @@ def test_user_turning_auth_off_is_warned_once(clean_env, monkeypatch, capsys, mo
 def test_cli_error_for_a_missing_token_file(clean_env, monkeypatch, capsys):
     """The sweep CLI turns the KDSweepError into one `error:` line and exit 2, before anything
     is prepared or written (run_sweep checks the token first)."""
-    from sweeps.cli import main
+    from driver.cli import main
 
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(clean_env / "nope"))
     storage = clean_env / "runs"
@@ -92,7 +92,7 @@ def test_cli_error_for_a_missing_token_file(clean_env, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------- nothing turns auth off
-SCANNED = ["sweeps", "trainables", "kdsweep", "bench", "scripts", "docker", "tests"]
+SCANNED = ["sweeps", "driver", "trainables", "kdsweep", "bench", "scripts", "docker", "tests"]
 SCANNED_FILES = ["Makefile", "README.md", "pyproject.toml"]
 # RAY_AUTH_MODE given the value disabled in any syntax: env var, dict, compose, export, setdefault.
 TURNS_OFF = re.compile(r"""RAY_AUTH_MODE['"]?\s*(?:=|:|,|\?=)\s*['"]?disabled""", re.IGNORECASE)
@@ -122,7 +122,7 @@ def test_the_scan_finds_every_way_of_turning_auth_off():
 
 def test_no_project_file_turns_ray_auth_off():
     files = _project_files()
-    assert len(files) > 50 and ROOT / "sweeps" / "ray_auth.py" in files
+    assert len(files) > 50 and ROOT / "driver" / "ray_auth.py" in files
     found = [
         f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
         for p in files
@@ -137,9 +137,9 @@ def test_local_cluster_has_no_dashboard_and_token_auth_on(clean_env, monkeypatch
     """What a sweep asks of a local Ray: token mode set before ray.init, no dashboard."""
     import ray
 
-    from sweeps import ray_procs
-    from sweeps.cli import build_parser
-    from sweeps.tuner import init_ray
+    from driver import ray_procs
+    from driver.cli import build_parser
+    from driver.tuner import init_ray
 
     seen = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -175,7 +175,7 @@ def test_mlflow_binds_loopback_only():
 
 
 def test_credentials_are_not_logged_as_params():
-    from sweeps.tracking import _public
+    from driver.tracking import _public
 
     cfg = {"lr": 1e-3, "hf_token": "x", "db_password": "y", "RAY_AUTH_TOKEN": "z", "api_key": "k"}
     assert _public(cfg) == {"lr": 1e-3}

@@ -11,7 +11,8 @@ import torch
 import torchaudio
 from conftest import HAS_TTS, needs_tts
 
-from kdsweep.data.speech import (
+from kdsweep.errors import KDSweepError
+from kdsweep.speech.data import (
     CMU_DATA_DIR,
     CharVocab,
     LogMel,
@@ -29,7 +30,6 @@ from kdsweep.data.speech import (
     synthesis,
     voices_by_split,
 )
-from kdsweep.errors import KDSweepError
 
 pytestmark = pytest.mark.unit
 

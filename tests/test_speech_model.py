@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import needs_tts
 
-from kdsweep.data.speech import build_synthetic_corpus, featurize, load_manifest, pad_collate
-from kdsweep.losses.ctc import ctc_loss
-from kdsweep.models.speech import BiLSTMCTC, count_parameters, stack_frames
+from kdsweep.speech.data import build_synthetic_corpus, featurize, load_manifest, pad_collate
+from kdsweep.speech.losses import ctc_loss
+from kdsweep.speech.models import BiLSTMCTC, count_parameters, stack_frames
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,12 @@ import types
 import pytest
 import torch
 
-from sweeps.cli import build_parser, space_from_args
-from sweeps.group_asha import GroupASHA
-from sweeps.progress import LiveProgress
-from sweeps.summary import _tie_warnings
-from sweeps.tuner import make_scheduler
-from trainables.text_loop import majority_rate
+from driver.cli import build_parser, space_from_args
+from driver.group_asha import GroupASHA
+from driver.progress import LiveProgress
+from driver.summary import _tie_warnings
+from driver.tuner import make_scheduler
+from trainables.text.loop import majority_rate
 
 pytestmark = pytest.mark.unit
 

@@ -15,8 +15,8 @@ import yaml
 from sweep_helpers import run_sweep_script as _sweep
 from sweep_helpers import sweep_env as _env
 
+from driver.space import load_space, parse_overrides, parse_space
 from kdsweep.errors import KDSweepError
-from sweeps.space import load_space, parse_overrides, parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -219,7 +219,7 @@ def test_sigkill_then_same_command_resumes(tmp_path, cache_dir):
         assert c.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "epoch")]
         assert steps == [1, 2, 3, 4] or c.data.tags.get("stopped_by") == "asha"
-    # Only each trial's best and latest checkpoint are left (sweeps/pruning.py); the best
+    # Only each trial's best and latest checkpoint are left (driver/pruning.py); the best
     # trial's, evaluated on test, loads.
     from trainables.checkpointing import checkpoint_epoch
 

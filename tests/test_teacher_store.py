@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import kdsweep.teacher_store as teacher_store_mod
-from kdsweep.data.text import load_text_dataset, tokenize_splits
+import kdsweep.text.teacher_store as teacher_store_mod
 from kdsweep.errors import KDSweepError
-from kdsweep.models.text import resolve_backbone
-from kdsweep.teacher_store import StoredTeacher, TeacherRecipe, TeacherStore
+from kdsweep.text.data import load_text_dataset, tokenize_splits
+from kdsweep.text.models import resolve_backbone
+from kdsweep.text.teacher_store import StoredTeacher, TeacherRecipe, TeacherStore
 from kdsweep.train_utils import classification_metrics, predict_logits
-from trainables.text_config import SoftConfig, TextConfig
-from trainables.text_loop import prepare_text
+from trainables.text.config import SoftConfig, TextConfig
+from trainables.text.loop import prepare_text
 
 pytestmark = pytest.mark.trial
 
@@ -220,7 +220,7 @@ def test_get_or_train_miss_then_hit(tiny_backbone, tiny_data, tmp_path, monkeypa
 
 
 def test_register_is_idempotent_per_source(tiny_backbone, tiny_data, tmp_path, monkeypatch):
-    from kdsweep.models.text import load_classifier
+    from kdsweep.text.models import load_classifier
 
     splits, tokens = tiny_data
     model = load_classifier(tiny_backbone, len(splits.label_names))
@@ -248,7 +248,7 @@ def test_finetune_steps_the_optimizer_once_per_grad_accum_batches(
 ):
     """teacher_grad_accum=k: one optimizer (and LR schedule) step per k micro-batches, the last
     partial group included; teacher_precision=bf16 is accepted (plain fp32 on the CPU)."""
-    from kdsweep.models.text import load_classifier
+    from kdsweep.text.models import load_classifier
     from kdsweep.training import Stepper
 
     splits, tokens = tiny_data

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsweep.data import text as text_data
-from kdsweep.data.text import (
+from kdsweep.errors import KDSweepError
+from kdsweep.text import data as text_data
+from kdsweep.text.data import (
     FORTUNES_TOPICS,
     DataSpec,
     TextSplits,
@@ -22,8 +23,7 @@ from kdsweep.data.text import (
     load_text_dataset,
     tokenize_splits,
 )
-from kdsweep.errors import KDSweepError
-from kdsweep.models.text import resolve_backbone
+from kdsweep.text.models import resolve_backbone
 
 pytestmark = pytest.mark.unit
 

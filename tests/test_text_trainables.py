@@ -9,15 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import kdsweep.teacher_store as teacher_store_mod
-import trainables.text as text_mod
+import kdsweep.text.teacher_store as teacher_store_mod
+import trainables.text.trainable as text_mod
 from kdsweep.errors import KDSweepError
-from kdsweep.teacher_store import StoredTeacher
+from kdsweep.text.teacher_store import StoredTeacher
 from trainables import tune_io
 from trainables.registry import evaluate_checkpoint
-from trainables.text import TEXT_TRAINABLES
-from trainables.text_config import CascadeConfig, TextConfig
-from trainables.text_loop import NonFiniteLossError, prepare_text
+from trainables.text.config import CascadeConfig, TextConfig
+from trainables.text.loop import NonFiniteLossError, prepare_text
+from trainables.text.trainable import TEXT_TRAINABLES
 from trainables.tune_io import local_session
 
 pytestmark = pytest.mark.trial

@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import trainables.text as text_mod
-from kdsweep.data.transfer import augment_tokens, load_transfer_texts
+import trainables.text.trainable as text_mod
 from kdsweep.errors import KDSweepError
-from kdsweep.losses.logits import masked_cross_entropy, soft_kd_objective
-from kdsweep.teacher_store import StoredTeacher
-from trainables.text import TEXT_TRAINABLES
-from trainables.text_config import SoftConfig, TextConfig
-from trainables.text_loop import mixed_epoch_index, prepare_text, transfer_count
+from kdsweep.losses import masked_cross_entropy, soft_kd_objective
+from kdsweep.text.teacher_store import StoredTeacher
+from kdsweep.text.transfer import augment_tokens, load_transfer_texts
+from trainables.text.config import SoftConfig, TextConfig
+from trainables.text.loop import mixed_epoch_index, prepare_text, transfer_count
+from trainables.text.trainable import TEXT_TRAINABLES
 from trainables.tune_io import local_session
 
 ROOT = Path(__file__).resolve().parents[1]

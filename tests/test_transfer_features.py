@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import trainables.text as text_mod
-from kdsweep.data.transfer import tokens_key
+import trainables.text.trainable as text_mod
 from kdsweep.errors import KDSweepError
-from kdsweep.losses.logits import attention_kd_loss, hidden_mse_loss
-from kdsweep.teacher_store import StoredTeacher
-from trainables.text import TEXT_TRAINABLES
-from trainables.text_config import AttentionConfig, HiddenConfig, TextConfig
-from trainables.text_loop import FeatureRows, _append_transfer, _batch, prepare_text
+from kdsweep.losses import attention_kd_loss, hidden_mse_loss
+from kdsweep.text.teacher_store import StoredTeacher
+from kdsweep.text.transfer import tokens_key
+from trainables.text.config import AttentionConfig, HiddenConfig, TextConfig
+from trainables.text.loop import FeatureRows, _append_transfer, _batch, prepare_text
+from trainables.text.trainable import TEXT_TRAINABLES
 from trainables.tune_io import local_session
 
 FAST = {"student": "L2-H128", "student_init": "random", "lr": 3e-3, "attribution_examples": 0}

@@ -145,7 +145,7 @@ def with_siblings(ckpt: Path) -> list[Path]:
 
     The fallbacks for a recorded checkpoint that does not load: one a kill left half-deleted
     (seen with Ray's own `num_to_keep` deletion, which sweeps started before
-    `sweeps/pruning.py` still use) or half-overwritten. The newer ones belong to the same trial
+    `driver/pruning.py` still use) or half-overwritten. The newer ones belong to the same trial
     and config, and resuming from one of them is exact.
     """
     ckpt = Path(ckpt)

@@ -1,6 +1,6 @@
 """What a condition is: one record (trainable + typed config), and what it needs from its teacher.
 
-    CONDITIONS = {"soft": Condition(soft, SoftConfig), ...}   # trainables/text.py, asr.py
+    CONDITIONS = {"soft": Condition(soft, SoftConfig), ...}   # trainables/text/trainable.py, asr.py
 
 The config declares the teacher outputs it reads once, as its `needs` property (a `Needs`); the
 driver's prepare step and the trial both read it from there.

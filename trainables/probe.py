@@ -3,7 +3,7 @@
     step = probe_step(config)          # the trial's config dict (task, condition, fields)
     peak = probe_peak(config)          # kdsweep.gpu.probe_peak_memory over two such steps
 
-The student is built as the trial builds it (text: `kdsweep.models.text.build_student` with the
+The student is built as the trial builds it (text: `kdsweep.text.models.build_student` with the
 projections hidden-state KD adds; speech: the BiLSTM-CTC), on the trial's device and precision,
 with AdamW and the shared `Stepper`. The batch has the worst shapes a trial sees: batch_size x
 max_len tokens (text) or batch_size x the longest training utterance's frames (speech). The
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from kdsweep.gpu import probe_peak_memory
-from kdsweep.models.text import pick_device
+from kdsweep.text.models import pick_device
 from kdsweep.training import Precision, Stepper
 
 
@@ -54,7 +54,7 @@ def probe_step(config: dict[str, Any]) -> Callable[[], None]:
 def _text_step(cfg: Any) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
     from transformers import AutoConfig
 
-    from trainables.text_loop import _build_student, prepare_text
+    from trainables.text.loop import _build_student, prepare_text
 
     data = prepare_text(cfg, log=lambda m: None)
     teacher_config = AutoConfig.from_pretrained(data.teacher.model_dir)
@@ -86,8 +86,8 @@ def _text_step(cfg: Any) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
 
 
 def _asr_step(cfg: Any) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
-    from kdsweep.losses.ctc import ctc_loss
-    from trainables.asr_loop import _build_student, prepare_asr
+    from kdsweep.speech.losses import ctc_loss
+    from trainables.speech.loop import _build_student, prepare_asr
 
     data = prepare_asr(cfg, log=lambda m: None)
     device = pick_device(cfg.device)

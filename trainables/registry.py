@@ -6,10 +6,11 @@ from typing import Any
 
 from kdsweep.config import BaseConfig
 from kdsweep.errors import KDSweepError
-from trainables import asr, text
-from trainables.asr_loop import evaluate_asr_checkpoint
 from trainables.conditions import Condition
-from trainables.text_loop import evaluate_text_checkpoint
+from trainables.speech import trainable as asr
+from trainables.speech.loop import evaluate_asr_checkpoint
+from trainables.text import trainable as text
+from trainables.text.loop import evaluate_text_checkpoint
 
 CONDITIONS: dict[str, dict[str, Condition]] = {"text": text.CONDITIONS, "asr": asr.CONDITIONS}
 # Views of the records: the trainables and the config classes by task and condition.

@@ -1,0 +1,1 @@
+"""The speech-recognition trainable: typed configs, the epoch loop, evaluation."""

@@ -1,0 +1,1 @@
+"""The text-classification trainable: typed configs, the epoch loop, checkpoints, analysis."""
