@@ -94,6 +94,7 @@ def test_cli_error_for_a_missing_token_file(clean_env, monkeypatch, capsys):
 # ---------------------------------------------------------------- nothing turns auth off
 SCANNED = ["sweeps", "driver", "trainables", "kdsweep", "bench", "scripts", "docker", "tests"]
 SCANNED_FILES = ["Makefile", "README.md", "pyproject.toml"]
+SCANNED.append("docs")
 # RAY_AUTH_MODE given the value disabled in any syntax: env var, dict, compose, export, setdefault.
 TURNS_OFF = re.compile(r"""RAY_AUTH_MODE['"]?\s*(?:=|:|,|\?=)\s*['"]?disabled""", re.IGNORECASE)
 ALLOWED = {Path(__file__).resolve()}  # this test names the pattern it looks for
@@ -160,8 +161,10 @@ def test_mlflow_binds_loopback_only():
     make = (ROOT / "Makefile").read_text()
     (ui,) = [ln for ln in make.splitlines() if "mlflow ui" in ln]
     assert "--host 127.0.0.1" in ui
-    readme = (ROOT / "README.md").read_text()
-    servers = re.findall(r"mlflow server [^`\n]*", readme)
+    docs = "".join(
+        p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    )
+    servers = re.findall(r"mlflow server [^`\n]*", docs)
     assert servers and all("--host 127.0.0.1" in s for s in servers), servers
     import yaml
 
