@@ -198,6 +198,14 @@ def parse_space(
             space.dists[key] = _dist(key, {"choice": value}, where)
         else:
             space.fixed[key] = value
+    _settings(space, raw, where)
+    validate(space, sources)
+    return space
+
+
+def _settings(space: SweepSpace, raw: dict, where: str) -> None:
+    """The YAML's num_samples, asha, resources and (cascade) stages, checked, into `space`."""
+    task, conditions = space.task, space.conditions
     space.num_samples = _int(raw.get("num_samples", 1), "num_samples", where, minimum=1)
     asha = raw.get("asha") or {}
     if not isinstance(asha, dict) or set(asha) - ASHA_KEYS:
@@ -215,8 +223,6 @@ def parse_space(
         config_class(task, conditions[0]).from_dict(
             {"student": student}, where=f"search space {where}, stages"
         )
-    validate(space, sources)
-    return space
 
 
 def _absolute(value: Any) -> Any:
