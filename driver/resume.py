@@ -70,7 +70,7 @@ def check_saved_by_this_version(path: Path) -> None:
             ours = module.split(".")[0] in OUR_PACKAGES and "<" not in name
             if ours and not _exists(module, name):
                 old = module.split(".")[0] == "sweeps"
-                version = f"`git checkout {OLD_LAYOUT}`" if old else "a checkout of that version"
+                version = f"`git checkout {OLD_LAYOUT}`" if old else "the version that started it"
                 raise KDSweepError(
                     f"{path} was started by an older kdsweep ({pkl.name} needs {module}.{name}, "
                     f"which moved); finish it with {version} and the same command (then "

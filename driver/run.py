@@ -12,17 +12,22 @@ itself is built in driver/tuner.py (`build_tuner`), one Tune run in driver/fit.p
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from driver import ray_auth
 from driver.confirm import run_confirm
-from driver.fit import fit, trial_callback
+from driver.fit import _trial_tags, describe_trial, fit, trial_callback  # noqa: F401
 from driver.packing import fit_gpu_share
 from driver.plan import PROJECT_DIR, SweepPlan
 from driver.preparation import prepare
 from driver.resume import SPACE_FILE, check_resume
 from driver.summary import SweepOutcome, format_table, summarize, write_tables
 from driver.tuner import RAY_PIDS, init_ray, resolve_resources, shutdown_ray
+
+# Sweeps started before driver/fit.py pickled these names (in their trial callback) as
+# driver.run's: kept here so that they resume (driver/resume.py checks every pickled name).
+_describe = describe_trial
 
 
 class RaySession:
@@ -37,7 +42,10 @@ class RaySession:
     def cluster(self) -> dict:
         """The cluster's resources, Ray started on the first call."""
         if self._cluster is None:
+            t0 = time.monotonic()
             self._cluster = init_ray(self.plan, self.plan.path / RAY_PIDS, self.res)
+            where = f"cluster {self.plan.address}" if self.plan.address else "local"
+            print(f"[kdsweep] Ray ({where}) started in {time.monotonic() - t0:.1f} s")
         return self._cluster
 
     def close(self) -> None:

@@ -193,8 +193,12 @@ def test_a_sweep_of_the_old_layout_is_refused_in_one_line(tmp_path, monkeypatch)
     assert "\n" not in msg and "sweeps.group_asha.GroupASHA" in msg
     assert "git checkout 3e5179f" in msg and "--fresh" in msg
     assert sorted(p.name for p in sweep.iterdir()) == before
-    # the same state saved by this version's classes resumes
+    # the same state saved by this version's classes resumes, and so does a sweep started
+    # just before driver/fit.py (its trial callback pickled driver.run._describe)
     from driver.group_asha import GroupASHA as Current
 
     (sweep / "tuner.pkl").write_bytes(pickle.dumps({"cls": Current, "n": 3}, protocol=2))
     assert check_resume(sweep, {}, resume=False) is True
+    (sweep / "tuner.pkl").write_bytes(b"cdriver.run\n_describe\n.")  # pickle's GLOBAL opcode
+    assert check_resume(sweep, {}, resume=False) is True
+    assert pickle.loads(b"cdriver.run\n_describe\n.")({"temperature": 2}, ["temperature"])
