@@ -12,7 +12,7 @@ and logged on the sweep's MLflow parent run; confirm trials are child runs of th
 tagged kdsweep.stage=confirm.
 
     check_confirm_args(plan.confirm, plan.space)   # bad --confirm / --confirm-seeds: KDSweepError
-    confirm = run_confirm(plan, grid, outcome, ray, res, journal, prep)   # in the search's Ray
+    confirm = run_confirm(plan, grid, outcome, ray, journal, prep)   # in the search's Ray
     print(confirm.text)
 """
 
@@ -240,7 +240,7 @@ def confirm_plan(plan: SweepPlan) -> SweepPlan:
 
 
 def run_confirm(
-    plan: SweepPlan, grid, outcome, ray, res: dict[str, float], journal, prep: dict[str, Any]
+    plan: SweepPlan, grid, outcome, ray, journal, prep: dict[str, Any]
 ) -> ConfirmOutcome | None:
     """Run (or resume) the confirm stage after the search, on the search's Ray session `ray`;
     None when nothing can be confirmed."""
@@ -261,7 +261,7 @@ def run_confirm(
     cspace = ConfirmSpace(plan.space, [a.config for a in arms], seeds)
     cplan = dataclasses.replace(cplan, space=cspace, max_epochs=max_t)
     callback = trial_callback(journal, cplan, prep, extra_tags=STAGE_TAG)
-    cgrid, _ = fit(cplan, ray, res, callback, restore)
+    cgrid, _ = fit(cplan, ray, callback, restore)
     callback.close_open_runs()
     rows = confirm_rows(cgrid, plan.space.task, max_t, journal)
     done = ConfirmOutcome(path=cplan.path, arms=arms, seeds=seeds, trials=rows)

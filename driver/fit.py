@@ -1,7 +1,7 @@
 """One Tune run of a plan on the sweep's Ray session: the search, or its confirm stage.
 
-    callback = trial_callback(journal, plan, prep)          # per-trial MLflow runs
-    grid, wall = fit(plan, ray, res, callback, restore)     # ray: driver/run.py's RaySession
+    callback = trial_callback(journal, plan, prep)      # per-trial MLflow runs
+    grid, wall = fit(plan, ray, callback, restore)      # ray: driver/run.py's RaySession
 
 Ray is started once per sweep (by the first `fit` that needs it) and shut down by run_sweep.
 """
@@ -17,11 +17,13 @@ from driver.plan import SweepPlan
 from driver.tuner import build_tuner, concurrent_slots
 
 
-def fit(plan: SweepPlan, ray, res: dict[str, float], callback, restore: bool):
-    """Build the plan's Tuner on the (started) Ray session `ray`, run it. (grid, seconds)"""
+def fit(plan: SweepPlan, ray, callback, restore: bool):
+    """Build the plan's Tuner on the sweep's Ray session `ray` (`ray.cluster()` starts it once;
+    `ray.res`: each trial's CPU/GPU share), run it. (grid, seconds)"""
     from driver.progress import LiveProgress
     from driver.pruning import CheckpointPruner, prune_checkpoints
 
+    res = ray.res
     slots = concurrent_slots(ray.cluster(), res)
     progress = LiveProgress(
         plan.metric,

@@ -36,7 +36,7 @@ class RaySession:
     the search's folder, so a killed sweep's Ray is reaped by the next run)."""
 
     def __init__(self, plan: SweepPlan, res: dict[str, float]):
-        self.plan, self.res = plan, res
+        self.plan, self.res = plan, res  # res: each trial's CPU/GPU share
         self._cluster: dict | None = None
 
     def cluster(self) -> dict:
@@ -68,12 +68,12 @@ def run_sweep(plan: SweepPlan) -> SweepOutcome:
     journal, callback = open_journal(plan, prep)
     ray = RaySession(plan, res)
     try:
-        grid, wall = fit(plan, ray, res, callback, restore)
+        grid, wall = fit(plan, ray, callback, restore)
         outcome = summarize_search(plan, grid, journal, prep)
         callback.close_open_runs()
         confirmed = None
         if plan.confirm.k and not outcome.interrupted:
-            confirmed = run_confirm(plan, grid, outcome, ray, res, journal, prep)
+            confirmed = run_confirm(plan, grid, outcome, ray, journal, prep)
     finally:
         ray.close()
     if confirmed and not confirmed.complete:

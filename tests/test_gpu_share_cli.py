@@ -30,8 +30,8 @@ def sweep(monkeypatch, tmp_path):
     """run(argv, gpus=1, peak=..., free=..., total=...) -> (res handed to Ray, probes, out)."""
     seen: dict = {"probes": []}
 
-    def fake_fit(plan, ray, res, *a, **k):
-        seen["res"] = res
+    def fake_fit(plan, ray, *a, **k):
+        seen["res"] = ray.res
         raise Stop
 
     def fake_measure(config):

@@ -48,6 +48,8 @@ def local_ray():
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR")
 
     class Session:
+        res = {"cpu": 0.5, "gpu": 0.0}
+
         def cluster(self) -> dict:
             return ray.cluster_resources()
 
@@ -74,7 +76,7 @@ def test_printed_packed_and_run_trial_counts_agree(
 
     monkeypatch.setattr(tuner_mod, "run_trial", stub)
     plan = dataclasses.replace(plan_of(script, *argv, "--quiet"), storage=tmp_path)
-    grid, _ = fit(plan, local_ray, {"cpu": 0.5, "gpu": 0.0}, tune.Callback(), restore=False)
+    grid, _ = fit(plan, local_ray, tune.Callback(), restore=False)
     printed = [ln for ln in capsys.readouterr().out.splitlines() if " trial(s), " in ln]
     assert printed and printed[0].startswith(f"[kdsweep] {len(grid)} trial(s), ")
     assert plan.n_trials == len(grid) == max_trials(plan, cpu=1e-3)
