@@ -27,7 +27,6 @@ from typing import Any
 from driver.space import SweepSpace, parse_space
 from kdsweep.errors import KDSweepError
 from trainables.metrics import METRIC, MODE
-from trainables.registry import config_class
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 USER = "command line"
@@ -176,13 +175,15 @@ def scheduler_settings(
 
 
 # ------------------------------------------------------------------ the space, with provenance
-def checkpoint_fixed(task: str, conditions: list[str], values: Mapping[str, Any]) -> set[str]:
-    """The fields a given `teacher_checkpoint` fixes (its tensors' shape), for these conditions."""
-    if not values.get("teacher_checkpoint"):
+def checkpoint_fixed(space: SweepSpace) -> set[str]:
+    """The fields a `teacher_checkpoint` of the space (fixed, or among a grid's values) fixes:
+    its tensors' shape, for the space's conditions."""
+    grid = space.dists.get("teacher_checkpoint", ("", []))[1]
+    if not any([space.fixed.get("teacher_checkpoint"), *grid]):
         return set()
     fixed: set[str] = set()
-    for cond in conditions:
-        fixed.update(getattr(config_class(task, cond), "CHECKPOINT_FIXES", ()))
+    for cond in space.conditions:
+        fixed.update(getattr(space.config_class(cond), "CHECKPOINT_FIXES", ()))
     return fixed
 
 
@@ -206,7 +207,7 @@ def compose_space(
     space = parse_space(raw, where, user, seeds=seeds, sources=sources)
     if smoke is None:
         return space, _with_checkpoint(space, sources)
-    pinned = set(user) | checkpoint_fixed(space.task, space.conditions, space.fixed)
+    pinned = set(user) | checkpoint_fixed(space)
     preset = {k: v for k, v in smoke.items() if k not in pinned}
     sources.update({k: SMOKE_PRESET for k in preset})
     space = parse_space(raw, where, {**preset, **user}, seeds=seeds, sources=sources)
@@ -219,8 +220,8 @@ def compose_space(
 
 def _with_checkpoint(space: SweepSpace, sources: dict[str, str]) -> dict[str, str]:
     """`sources` + the fields the space's teacher checkpoint fixes, blamed on that checkpoint."""
-    fixed = checkpoint_fixed(space.task, space.conditions, space.fixed)
-    ckpt = checkpoint_source(space.fixed.get("teacher_checkpoint"))
+    fixed = checkpoint_fixed(space)
+    ckpt = checkpoint_source(space.fixed.get("teacher_checkpoint", "of the grid"))
     return {**sources, **{k: ckpt for k in fixed if k not in sources}}
 
 
