@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 from driver.space import SweepSpace
-from trainables.registry import config_class
 from trainables.speech.loop import prepare_asr
 from trainables.text.loop import prepare_text
 
@@ -130,7 +129,7 @@ def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
     # asr: conditions learn from different stored models (big teacher, the student's twin)
     for cond in space.conditions if space.task == "asr" else space.conditions[:1]:
         cfg_dict = {**space.fixed, **first, "task": space.task, "condition": cond}
-        cls = config_class(space.task, cond)
+        cls = space.config_class(cond)
         cfg = cls.from_dict({k: v for k, v in cfg_dict.items() if k in cls.field_names()})
         prep = PREPARERS[space.task](cfg, log)
         out = {**out, **prep, "tags": {**out.get("tags", {}), **prep.get("tags", {})}}

@@ -139,7 +139,7 @@ def test_local_cluster_has_no_dashboard_and_token_auth_on(clean_env, monkeypatch
     import ray
 
     from driver import ray_procs
-    from driver.cli import build_parser
+    from driver.cli import build_parser, build_plan
     from driver.tuner import init_ray
 
     seen = []
@@ -148,9 +148,9 @@ def test_local_cluster_has_no_dashboard_and_token_auth_on(clean_env, monkeypatch
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(ray_procs, "reap", lambda pid_file: 0)
     monkeypatch.setattr(ray_procs, "record", lambda pid_file: 0)
-    args = build_parser("temperature", None).parse_args([])
-    ray_auth.configure(args.address)  # run_sweep's first step
-    init_ray(args, clean_env / "ray_pids.json", {"cpu": 1.0, "gpu": 0.0})
+    plan = build_plan("temperature", build_parser("temperature", None).parse_args([]))
+    ray_auth.configure(plan.address)  # run_sweep's first step
+    init_ray(plan, clean_env / "ray_pids.json", {"cpu": 1.0, "gpu": 0.0})
     ((kw, mode),) = seen
     assert mode == "token" and kw["include_dashboard"] is False
     assert kw.get("dashboard_host", "127.0.0.1") == "127.0.0.1"
