@@ -104,7 +104,24 @@ def summarize(
                          if k.startswith("attr_") or k == "teacher_dev_accuracy"},
         }  # fmt: skip
         outcome.best.update(best_checkpoint(r, metric, mode, test))
+        if test and "attr_cosine" not in outcome.best["analysis"] and "checkpoint" in outcome.best:
+            # the search skips attributions (they decide nothing there): the answer has them
+            got = checkpoint_attributions(r.config, outcome.best["checkpoint"])
+            outcome.best["analysis"].update(got)
     return outcome
+
+
+def checkpoint_attributions(config: dict[str, Any], ckpt: str | Path) -> dict[str, float]:
+    """The attr_* metrics (IG similarity to the teacher on the dev probe) of a text trial's
+    checkpoint; {} for another task or a checkpoint not on this disk."""
+    if config.get("task", "text") != "text" or not Path(ckpt).is_dir():
+        return {}
+    from trainables.registry import config_class, config_for
+    from trainables.text.loop import attribute_text_checkpoint
+
+    names = config_class("text", config.get("condition", "independent")).field_names()
+    cfg = config_for({k: v for k, v in config.items() if k in names | {"task", "condition"}})
+    return attribute_text_checkpoint(cfg, Path(ckpt))  # type: ignore[arg-type]
 
 
 def _small_dev_warning(rows: list[dict], metric: str, n_dev: int) -> str | None:
@@ -145,7 +162,7 @@ def best_checkpoint(result, metric: str, mode: str, test: bool) -> dict[str, Any
     Prefers the trial's checkpoints on this disk, ranked as CheckpointPruner ranks them; Ray's
     own record only when the trial dir is elsewhere (remote storage) or from an older kdsweep."""
     out: dict[str, Any] = {}
-    local = _best_on_disk(Path(result.path), metric, mode)
+    local = best_on_disk(Path(result.path), metric, mode)
     if local is not None:
         out["checkpoint"] = str(local)
         if test:
@@ -163,7 +180,7 @@ def best_checkpoint(result, metric: str, mode: str, test: bool) -> dict[str, Any
     return out
 
 
-def _best_on_disk(trial_dir: Path, metric: str, mode: str) -> Path | None:
+def best_on_disk(trial_dir: Path, metric: str, mode: str) -> Path | None:
     """The trial's best checkpoint that loads, ranked by the metric in each checkpoint's
     header, as CheckpointPruner ranks them (Ray's own record may name one a kill cut short
     or that the pruner removed). None when the trial dir is not on this disk."""
@@ -172,6 +189,9 @@ def _best_on_disk(trial_dir: Path, metric: str, mode: str) -> Path | None:
     return next(
         (c for c in ranked_checkpoints(trial_dir, metric, mode) if checkpoint_epoch(c)), None
     )
+
+
+_best_on_disk = best_on_disk  # its earlier, private name
 
 
 def _finite(v) -> bool:

@@ -384,7 +384,7 @@ def test_text_trial_reports_analysis_at_the_final_epoch(tmp_path, small_text):
     from trainables.tune_io import local_session
 
     cfg = {**small_text, "condition": "independent", "epochs": 2, "attribution_examples": 8}
-    cfg.update(student="L2-H128", student_init="random")
+    cfg.update(student="L2-H128", student_init="random", attributions=True)
     with local_session(tmp_path) as s:
         independent(cfg)
     first, last = s.results
@@ -399,3 +399,29 @@ def test_text_trial_reports_analysis_at_the_final_epoch(tmp_path, small_text):
     with local_session(tmp_path / "again") as s2:
         independent({**cfg, "attribution_every": 1, "attribution_examples": 0})
     assert all("throughput" in r and "attr_cosine" not in r for r in s2.results)
+
+
+@pytest.mark.trial
+def test_a_search_trial_skips_attributions_and_its_checkpoint_gives_them(tmp_path, small_text):
+    """`attributions` off (a search's default): the final epoch reports efficiency and its
+    analysis seconds, no IG; the answer computes them from the checkpoint afterwards (the
+    summary's best trial, sweeps/report.py) with the values a trial would have reported."""
+    from driver.summary import checkpoint_attributions
+    from trainables.text.trainable import independent
+    from trainables.tune_io import local_session
+
+    cfg = {**small_text, "condition": "independent", "epochs": 1, "attribution_examples": 8}
+    cfg.update(student="L2-H128", student_init="random", task="text")
+    with local_session(tmp_path / "off") as off:
+        independent(cfg)
+    (last,) = off.results
+    assert "throughput" in last and last["analysis_seconds"] >= 0
+    assert not [k for k in last if k.startswith("attr_")]
+    got = checkpoint_attributions(cfg, off.last_checkpoint)
+    assert set(got) == {"attr_cosine", "attr_spearman"}
+    with local_session(tmp_path / "on") as on:
+        independent({**cfg, "attributions": True})
+    (reported,) = on.results
+    for k in got:  # same seed, same checkpoint weights: the same similarity
+        assert got[k] == pytest.approx(reported[k], abs=1e-4)
+    assert checkpoint_attributions({**cfg, "task": "asr"}, off.last_checkpoint) == {}
