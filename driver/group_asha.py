@@ -34,7 +34,7 @@ from driver.group_asha_state import STATE_FILE, SavedState
 from driver.rungs import Rungs, finite
 from driver.seed_groups import SEED_KEY, group_key
 
-__all__ = ["STATE_FILE", "GroupASHA", "stop_reasons"]
+__all__ = ["STATE_FILE", "GroupASHA", "saved_scheduler", "stop_reasons"]
 
 
 class GroupASHA(FIFOScheduler):
@@ -262,9 +262,15 @@ class GroupASHA(FIFOScheduler):
             group_asha_state.save(self._state_path, self._saved())
 
 
+def saved_scheduler(state_path: str | os.PathLike) -> GroupASHA | None:
+    """The scheduler saved at `state_path`; None without one (or from an older kdsweep)."""
+    try:
+        return GroupASHA.load(state_path)
+    except ValueError:
+        return None
+
+
 def stop_reasons(state_path: str | os.PathLike) -> dict[str, str]:
     """trial id -> why it ended, from a GroupASHA state file ({} when there is none)."""
-    if not Path(state_path).is_file():
-        return {}
-    sched = GroupASHA.load(state_path)
-    return {tid: sched.reason_for(tid) for tid in sched.trial_ids()}
+    sched = saved_scheduler(state_path)
+    return {tid: sched.reason_for(tid) for tid in sched.trial_ids()} if sched else {}

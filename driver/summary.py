@@ -54,12 +54,11 @@ def summarize(
     `grid` is Tune's ResultGrid; `ended` maps the trial ids the journal saw end to their status
     (a trial not in it was interrupted); `test`: evaluate the best checkpoint on test; `n_dev`:
     dev examples (text), for the "dev set too small for the gap claimed" warning."""
-    from driver.group_asha import STATE_FILE, GroupASHA
+    from driver.group_asha import STATE_FILE, saved_scheduler
 
     metric, mode = METRIC[space.task], MODE[space.task]
     outcome = SweepOutcome(name=sweep, path=path)
-    state = path / STATE_FILE  # seed groups (--seeds N): why each config ended
-    groups = GroupASHA.load(state) if state.is_file() else None
+    groups = saved_scheduler(path / STATE_FILE)  # seed groups (--seeds N): why each ended
     sign = 1 if mode == "max" else -1
     best_row = None
     for r in grid:
