@@ -425,3 +425,23 @@ def test_a_search_trial_skips_attributions_and_its_checkpoint_gives_them(tmp_pat
     for k in got:  # same seed, same checkpoint weights: the same similarity
         assert got[k] == pytest.approx(reported[k], abs=1e-4)
     assert checkpoint_attributions({**cfg, "task": "asr"}, off.last_checkpoint) == {}
+
+
+@pytest.mark.unit
+def test_the_confirm_stage_asks_its_text_trials_for_attributions():
+    """The search skips attributions; the confirm stage's trials (the answer) compute them,
+    and a speech arm, whose config has no such field, is left as it was."""
+    from driver.confirm import choose_arms
+    from driver.space import parse_space
+
+    raw = {"task": "text", "condition": {"grid": ["independent", "soft"]}}
+    space = parse_space(raw, "t.yaml")
+    trials = [
+        ({"task": "text", "condition": "soft", "temperature": 2.0, "seed": 0}, 0.6, "finished"),
+        ({"task": "text", "condition": "independent", "seed": 0}, 0.5, "finished"),
+    ]
+    arms = choose_arms(trials, space, k=1, epochs=3)
+    assert [a.config["attributions"] for a in arms] == [True, True]
+    speech = parse_space({"task": "asr", "condition": {"grid": ["independent", "soft"]}}, "a")
+    trials = [({**c, "task": "asr"}, v, s) for c, v, s in trials]
+    assert not any("attributions" in a.config for a in choose_arms(trials, speech, 1, 3))
