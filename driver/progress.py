@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from ray import tune
 
-from driver.eta import Costs, Tracker, estimate, estimate_eta  # noqa: F401 (re-exported)
+from driver.eta import Costs, Tracker, estimate
 from kdsweep.progress import format_duration
 from kdsweep.progress import quiet as prep_quiet
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from driver.eta import Costs, Tracker, estimate
-from driver.progress import LiveProgress, RunningTrial, Snapshot, estimate_eta, render_status
+from driver.eta import Costs, Tracker, estimate, estimate_eta
+from driver.progress import LiveProgress, RunningTrial, Snapshot, render_status
 from kdsweep import progress as prep
 
 pytestmark = pytest.mark.unit
