@@ -103,11 +103,17 @@ def summarize(
                          if k.startswith("attr_") or k == "teacher_dev_accuracy"},
         }  # fmt: skip
         outcome.best.update(best_checkpoint(r, metric, mode, test))
-        if test and "attr_cosine" not in outcome.best["analysis"] and "checkpoint" in outcome.best:
-            # the search skips attributions (they decide nothing there): the answer has them
-            got = checkpoint_attributions(r.config, outcome.best["checkpoint"])
-            outcome.best["analysis"].update(got)
+        if test:  # the search skips attributions (they decide nothing there): the answer has them
+            _add_attributions(outcome.best)
     return outcome
+
+
+def _add_attributions(best: dict[str, Any]) -> None:
+    """The best trial's attr_* from its best checkpoint, when its trial did not report them."""
+    text = best["config"].get("task", "text") == "text"
+    if text and "attr_cosine" not in best["analysis"] and "checkpoint" in best:
+        print("[kdsweep] best trial: its attribution similarity to the teacher (IG)")
+        best["analysis"].update(checkpoint_attributions(best["config"], best["checkpoint"]))
 
 
 def checkpoint_attributions(config: dict[str, Any], ckpt: str | Path) -> dict[str, float]:
