@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class Costs:
-    """Measured seconds and epochs: first reports of an attempt, middle ones, final ones."""
+    """Measured seconds and epochs: the first report of each attempt, middle ones, final
+    ones, and first reports that are final too."""
 
     first_s: float = 0.0
     first_n: int = 0  # epochs those reports covered
@@ -36,9 +37,12 @@ class Costs:
     final_s: float = 0.0
     final_n: int = 0
     final_count: int = 0
+    both_s: float = 0.0  # an attempt's first report is its final one (a seed paused at the
+    both_n: int = 0  # last rung and resumed): start and end in one interval
+    both_count: int = 0
 
     def add(self, kind: str, seconds: float, epochs: int) -> None:
-        """One report's interval: `kind` first | mid | final."""
+        """One report's interval: `kind` first | mid | final | both."""
         setattr(self, f"{kind}_s", getattr(self, f"{kind}_s") + max(0.0, seconds))
         setattr(self, f"{kind}_n", getattr(self, f"{kind}_n") + epochs)
         if kind != "mid":
@@ -47,17 +51,17 @@ class Costs:
     def rates(self) -> tuple[float, float, float | None] | None:
         """(epoch, start, end) seconds per slot; end None while no final epoch was timed;
         None while nothing was timed."""
+        ends = self.final_count + self.both_count
         if self.mid_n:
             epoch = self.mid_s / self.mid_n
             start = max(0.0, self.first_s - self.first_n * epoch) / max(1, self.first_count)
-            end = None
-            if self.final_count:
-                end = max(0.0, self.final_s - self.final_n * epoch) / self.final_count
-            return epoch, start, end
-        n = self.first_n + self.final_n
+            extra = self.final_s - self.final_n * epoch
+            extra += self.both_s - self.both_n * epoch - self.both_count * start
+            return epoch, start, (max(0.0, extra) / ends if ends else None)
+        n = self.first_n + self.final_n + self.both_n
         if not n:
             return None
-        return (self.first_s + self.final_s) / n, 0.0, (0.0 if self.final_count else None)
+        return (self.first_s + self.final_s + self.both_s) / n, 0.0, (0.0 if ends else None)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -121,7 +125,9 @@ class Tracker:
             return
         if epoch <= a.epoch:
             return
-        kind = "first" if not a.reported else ("final" if epoch >= self.max_t else "mid")
+        kind = ("final" if epoch >= self.max_t else "mid") if a.reported else "first"
+        if not a.reported and epoch >= self.max_t:
+            kind = "both"
         self.costs.add(kind, now - a.last, epoch - a.epoch)
         a.epoch, a.last, a.reported = epoch, now, True
 

@@ -242,6 +242,20 @@ def test_two_epoch_trials_spread_start_and_end_over_their_epochs():
     assert estimate(tracker.costs, [(2, False)], 1).seconds == pytest.approx(40.0)
 
 
+def test_a_seed_resumed_for_its_last_epoch_times_start_and_end_together():
+    """GroupASHA pauses seeds at rungs: a seed resumed at the last rung reports its final
+    epoch first; its interval holds a start, an epoch and the end-of-trial work."""
+    tracker = Tracker(max_t=3)
+    tracker.started("a", 0, 0.0)
+    tracker.reported("a", 1, 16.0)  # start 6 + epoch 10
+    tracker.reported("a", 2, 26.0)
+    tracker.ended("a")  # paused
+    assert tracker.costs.rates()[2] is None
+    tracker.started("a", 2, 100.0)  # resumed from its checkpoint
+    tracker.reported("a", 3, 166.0)  # start 6 + epoch 10 + analysis 50
+    assert tracker.costs.rates() == pytest.approx((10.0, 6.0, 50.0))
+
+
 def test_the_final_epochs_analysis_is_in_the_eta():
     """The `make sweep` case: 10 s epochs and a 60 s final epoch (attributions). Once one trial
     has finished, a pending one is expected to take 3 epochs + 50 s, not 3 epochs."""
