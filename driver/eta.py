@@ -4,8 +4,9 @@ A trial's time is three costs, each measured in slot-seconds on the driver's clo
 sweep's trials (and, on a resume, from those before the kill: `Costs` is saved with Tune's
 experiment state):
 
-- start: from a trial's start to its first report, less that report's epochs (worker start-up,
-  data, model, a checkpoint's restore; paid again by a trial that waits paused and resumes);
+- start: from a trial's start (Tune's on_trial_start) to its first report, less that report's
+  epochs (data, teacher outputs, model, a checkpoint's restore; paid again by a trial that
+  waits paused and resumes);
 - epoch: between two reports of one attempt, per epoch (training + dev evaluation);
 - end: the final epoch's time over an epoch (the end-of-trial analysis: efficiency, and
   Integrated-Gradients attributions when a trial asks for them, ~5 epochs' time).

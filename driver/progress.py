@@ -10,7 +10,7 @@ epoch and last metric, the best so far, elapsed time and an ETA. On a terminal t
 redrawn in place (rich Live); in a file or pipe each status is plain lines, no control codes.
 
 The ETA (driver/eta.py) counts, for every trial not ended, its epochs still possible, its
-end-of-trial work (the final epoch's analysis) and, for a trial not running, a worker's start,
+end-of-trial work (the final epoch's analysis) and, for a trial not running, its start-up,
 each timed on this sweep's trials (before a resume too: Tune saves the timings with the
 experiment). Pruning (ASHA) ends trials early, so it is an upper bound, and it says so; while
 no trial has run its final epoch, the status says that the end-of-trial work is not counted.
