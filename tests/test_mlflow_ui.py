@@ -225,7 +225,8 @@ def test_mlflow_ui_shows_the_sweep_runs_and_charts(mlflow_server, tmp_path):
     assert {"report/report.md", "report/metric_by_method.png"} <= {f["path"] for f in listed}
 
     # ---- the link the sweep prints opens the model-training runs view (MLflow 3.17 opens an
-    # experiment in its GenAI view by default: an overview of traces and token usage)
+    # experiment in its GenAI view by default: an overview of traces and token usage, and its
+    # runs page under the GenAI side bar: Observability, Traces, Sessions, Evaluation, ...)
     printed = (tmp_path / "sweep_stdout.txt").read_text()
     link = next(ln for ln in printed.splitlines() if ln.startswith("[kdsweep] MLflow UI: "))
     local = "http://127.0.0.1:5000/"
@@ -233,7 +234,7 @@ def test_mlflow_ui_shows_the_sweep_runs_and_charts(mlflow_server, tmp_path):
     view_url = link.split()[3].replace(local, base + "/")
     text = _text(_chromium(view_url, tmp_path))
     assert SWEEP in text and "5 matching runs" in text, text[:2000]
-    assert "Token Usage" not in text and "Model registry" in text, text[:2000]
+    assert "Observability" not in text and "Model registry" in text, text[:2000]
 
     # ---- the page the README points to: the sweep's parent run is listed
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
