@@ -445,3 +445,46 @@ def test_the_confirm_stage_asks_its_text_trials_for_attributions():
     speech = parse_space({"task": "asr", "condition": {"grid": ["independent", "soft"]}}, "a")
     trials = [({**c, "task": "asr"}, v, s) for c, v, s in trials]
     assert not any("attributions" in a.config for a in choose_arms(trials, speech, 1, 3))
+
+
+@pytest.mark.trial
+def test_the_report_computes_the_attributions_a_search_skipped(tmp_path, small_text):
+    """A search trial without attr_* (its MLflow run, its folder under the sweep's storage):
+    the report computes them from its checkpoint and logs them on its run, once."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from driver.reporting.attributions import fill_attributions
+    from driver.reporting.load import load_sweep
+    from trainables.text.trainable import independent
+    from trainables.tune_io import local_session
+
+    storage, tid = tmp_path / "runs", "abc12_00000"
+    cfg = {**small_text, "condition": "independent", "epochs": 1, "attribution_examples": 8}
+    cfg.update(student="L2-H128", student_init="random", task="text")
+    with local_session(storage / "s" / tid) as trial:
+        independent(cfg)
+    (storage / "s" / tid / "params.json").write_text(json.dumps(cfg))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("kdsweep/s", artifact_location=str(tmp_path / "art"))
+    parent = client.create_run(exp, tags={"task": "text"}).info.run_id
+    tags = {"mlflow.parentRunId": parent, "condition": "independent", "kdsweep.trial_id": tid}
+    run = client.create_run(exp, run_name="independent L2-H128", tags=tags).info.run_id
+    client.log_param(run, "seed", "0")
+    client.log_metric(run, "dev_accuracy", trial.results[-1]["dev_accuracy"], step=1)
+    for r in (run, parent):
+        client.set_terminated(r)
+
+    quiet = {"log": lambda m: None}
+    assert fill_attributions(client, load_sweep(client, "s"), tmp_path / "elsewhere", **quiet) == 1
+    sweep = load_sweep(client, "s")
+    assert fill_attributions(client, sweep, storage, keep=False, **quiet) == 0
+    assert -1 <= sweep.trials[0].metrics["attr_cosine"] <= 1  # in the report, not logged
+    assert "attr_cosine" not in client.get_run(run).data.metrics
+    assert fill_attributions(client, load_sweep(client, "s"), storage, **quiet) == 0
+    logged = client.get_run(run).data.metrics
+    assert logged["attr_cosine"] == pytest.approx(sweep.trials[0].metrics["attr_cosine"])
+    said: list[str] = []
+    assert fill_attributions(client, load_sweep(client, "s"), storage, log=said.append) == 0
+    assert said == []  # kept on the run: nothing computed again

@@ -3,8 +3,9 @@
 A search skips Integrated-Gradients attributions (`attributions=false`, the default: they
 decide nothing there and cost ~5 epochs' time). The report is where configs are compared, so
 it computes them for each counted trial from its best checkpoint in the sweep's folder
-(`<storage>/<sweep>/<trial id>/`) and logs them on the trial's MLflow run, so that each is
-computed once. A trial whose folder is not on this disk keeps no attr_* (said on the console).
+(`<storage>/<sweep>/<trial id>/`) and logs them on the trial's MLflow run (not with --no-log),
+so each is computed once. A trial whose folder is not on this disk keeps no attr_* (said on
+the console).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ KEY = "attr_cosine"
 
 
 def fill_attributions(
-    client, sweep: Sweep, storage: Path, log: Callable[[str], None] = print
+    client, sweep: Sweep, storage: Path, keep: bool = True, log: Callable[[str], None] = print
 ) -> int:
-    """Compute and log the attr_* metrics of `sweep`'s text trials that lack them; returns
-    how many trials lack them afterwards (no checkpoint on this disk)."""
+    """Compute the attr_* metrics of `sweep`'s text trials that lack them (`keep`: and log them
+    on the trials' runs); returns how many trials lack them afterwards (no checkpoint here)."""
     if sweep.task != "text":
         return 0
     todo = [t for t in sweep.trials if KEY not in t.metrics]
@@ -40,7 +41,7 @@ def fill_attributions(
         if not got:
             missing += 1
             continue
-        for k, v in got.items():
+        for k, v in got.items() if keep else ():
             client.log_metric(t.run_id, k, v)
         t.metrics.update(got)
     if missing:

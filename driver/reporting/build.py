@@ -44,7 +44,8 @@ def build_report(
         plots = []
     else:
         if attributions:
-            fill_attributions(client, sweep, Path(storage) if storage else PROJECT_DIR / "runs")
+            runs = Path(storage) if storage else PROJECT_DIR / "runs"
+            fill_attributions(client, sweep, runs, keep=log_artifacts)
         cost = add_teacher_cost(sweep)  # before the tables: the `train s (incl. teacher)` column
         comps = comparisons(sweep)
         plots = comparison_charts(sweep, comps, out) + make_plots(sweep, client, out)
