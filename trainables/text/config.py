@@ -41,6 +41,9 @@ class TextConfig(BaseConfig):
     dropout: float = 0.1
     attribution_every: int = 0  # analysis epochs: 0 = the final one only; k = also every k-th
     attribution_examples: int = 200  # dev probe for IG similarity to the teacher; 0 = off
+    # IG similarity to the teacher at the analysis epochs (~5x an epoch's time): off in a search
+    # (it decides nothing there); the confirm stage, the best trial and the report compute it
+    attributions: bool = False
     # Transfer set: extra text the teacher labels ("" none | unlabeled | augment | .txt/.csv/.jsonl)
     transfer_set: str = ""
     transfer_size: int = 0  # transfer texts kept (0 = all available)
