@@ -92,7 +92,15 @@ def summarize_search(plan: SweepPlan, grid, journal, prep: dict) -> SweepOutcome
     """The search's table and best trial (tested once), linked to the MLflow parent run."""
     n_dev = int(prep.get("tags", {}).get("dev_examples", 0))
     outcome = summarize(
-        grid, plan.space, plan.name, plan.path, plan.max_epochs, ended(journal), plan.test, n_dev
+        grid,
+        plan.space,
+        plan.name,
+        plan.path,
+        plan.max_epochs,
+        ended(journal),
+        plan.test,
+        n_dev,
+        attributions=not plan.confirm.k,  # the confirm stage's trials compute them: once is enough
     )
     outcome.parent_run_id = journal.state().get("parent")
     return outcome

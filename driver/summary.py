@@ -48,11 +48,13 @@ def summarize(
     ended: dict,
     test: bool = True,
     n_dev: int = 0,
+    attributions: bool = True,
 ) -> SweepOutcome:
     """Trial table (condition, varied params, best metric, epochs, status) + the best trial.
 
     `grid` is Tune's ResultGrid; `ended` maps the trial ids the journal saw end to their status
-    (a trial not in it was interrupted); `test`: evaluate the best checkpoint on test; `n_dev`:
+    (a trial not in it was interrupted); `test`: evaluate the best checkpoint on test; `attributions`:
+    IG similarity of the best checkpoint (off when a confirm stage computes it); `n_dev`:
     dev examples (text), for the "dev set too small for the gap claimed" warning."""
     from driver.group_asha import STATE_FILE, saved_scheduler
 
@@ -86,8 +88,8 @@ def summarize(
                          if k.startswith("attr_") or k == "teacher_dev_accuracy"},
         }  # fmt: skip
         outcome.best.update(best_checkpoint(r, metric, mode, test))
-        if test:  # the search skips attributions (they decide nothing there): the answer has them
-            _add_attributions(outcome.best)
+        if test and attributions:  # the search skips them (they decide nothing there); the
+            _add_attributions(outcome.best)  # answer has them (the confirm stage's, if it follows)
     return outcome
 
 
