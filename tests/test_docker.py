@@ -3,11 +3,12 @@
 smoke.sh runs a `--smoke` sweep in one container (MLflow runs in a mounted folder), then brings
 up PostgreSQL + MLflow + a Ray head + a CPU worker with compose, runs a smoke sweep through
 `--address` with token auth on, reads its runs from PostgreSQL and checks that `compose down`
-leaves nothing behind (~6 min on 2 cores once the image is built).
+leaves nothing behind (measured on 2 busy shared cores with the image built: ~6.5 min for
+each part).
 
 Runs where a container engine works AND the image is already built, or when
 KDSWEEP_DOCKER_TEST=1 asks for it (then a missing image is built first with docker/build.sh:
-a ~6 GB image, 20+ minutes; never on its own in CI). KDSWEEP_DOCKER_TEST=0 always skips.
+a ~9 GB image, ~30 min on 2 cores; never on its own in CI). KDSWEEP_DOCKER_TEST=0 always skips.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ def test_image_and_compose_smoke():
     if not _has_image(engine, IMAGE):
         if ask != "1":
             pytest.skip(
-                f"image {IMAGE} not built; building it (~6 GB, 20+ min) would exceed this "
-                "test's budget: run `bash docker/build.sh` (LOCAL_BASE=1 without an image "
-                "registry) or set KDSWEEP_DOCKER_TEST=1"
+                f"image {IMAGE} not built; building it (~9 GB, ~30 min on 2 cores) would "
+                "exceed this test's budget: run `bash docker/build.sh` (LOCAL_BASE=1 without "
+                "an image registry) or set KDSWEEP_DOCKER_TEST=1"
             )
         can_pull = (
             subprocess.run(
