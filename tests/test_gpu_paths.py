@@ -14,8 +14,7 @@ from torch import nn
 
 import trainables.text.loop as loop
 import trainables.text.trainable as text_mod
-from kdsweep import epoch_resume
-from kdsweep.oom import STATE_FILE, OutOfMemoryInPass
+from kdsweep import epoch_resume, oom
 from kdsweep.training import Precision, Stepper
 from trainables.checkpointing import checkpoint_epoch, load_state, save_state
 from trainables.registry import config_class
@@ -161,7 +160,7 @@ def test_dev_eval_oom_backs_off_on_its_own_batch(small_text, tmp_path, monkeypat
     with local_session(tmp_path / "a1", trial_dir=trial) as s:
         text_mod.soft(cfg)
     assert sizes == [128, 64, 32] and len(s.results) == 1
-    assert not (trial / STATE_FILE).exists()  # the training batch was not halved
+    assert not (trial / oom.STATE_FILE).exists()  # the training batch was not halved
     assert "oom_batch_size" not in s.results[0]
 
 
@@ -178,10 +177,10 @@ def test_eval_that_never_fits_says_so_not_out_of_memory_at_batch_size_one(
     trial = tmp_path / "trial"
     with (
         local_session(tmp_path / "a1", trial_dir=trial),
-        pytest.raises(OutOfMemoryInPass, match="out of memory in dev eval even at batch size 1"),
+        pytest.raises(oom.OutOfMemoryInPass, match="out of memory in dev eval even at batch size 1"),
     ):
         text_mod.soft(cfg)
-    assert not (trial / STATE_FILE).exists()
+    assert not (trial / oom.STATE_FILE).exists()
 
 
 class _OOMAbove(nn.Module):
