@@ -106,7 +106,7 @@ def _demand(nbytes: int, device: str, total: int) -> None:
     simulated card of `total` bytes raises the same error."""
     import torch
 
-    if device == "cuda":
+    if torch.device(device).type == "cuda":
         block = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
         del block
     elif nbytes > total:
@@ -153,10 +153,10 @@ def oom(out: Path, device: str) -> list[dict]:
 
     predict, sizes = loop.predict_logits, []
 
-    def hungry_eval(model, tokens, batch_size, dev):  # 128 rows: 4/3 of the card; 64: 2/3
+    def hungry_eval(model, tokens, batch_size, device):  # 128 rows: 4/3 of the card; 64: 2/3
         sizes.append(batch_size)
         _demand(int(total * batch_size / 96), device, total)
-        return predict(model, tokens, batch_size, dev)
+        return predict(model, tokens, batch_size, device)
 
     loop.predict_logits = hungry_eval
     try:

@@ -20,7 +20,14 @@ import os
 from typing import Any
 
 from driver.space import SweepSpace, representative_values
-from kdsweep.gpu import check_share, device_memory, gib, plan_packing, run_isolated
+from kdsweep.gpu import (
+    check_cuda_build,
+    check_share,
+    device_memory,
+    gib,
+    plan_packing,
+    run_isolated,
+)
 from trainables.registry import config_class
 
 # Dimensions whose largest value is the most memory a trial needs.
@@ -41,6 +48,7 @@ def fit_gpu_share(
         )
         gpu = "auto"
     if gpu == 0:
+        say_unusable_gpu()
         return {**res, "gpu": 0.0}
     peak, free, total = measure(probe_configs(space), precisions(space))
     if gpu == "auto":
@@ -63,6 +71,15 @@ def default_auto(space: SweepSpace, args: argparse.Namespace) -> bool:
     import torch
 
     return torch.cuda.device_count() > 0
+
+
+def say_unusable_gpu() -> None:
+    """One line when nvidia-smi sees a card that torch cannot use (a driver older than the
+    torch build's CUDA): the trials run on the CPU, said instead of silent."""
+    import torch
+
+    if torch.cuda.device_count() == 0 and (line := check_cuda_build()):
+        print(f"[kdsweep] {line}")
 
 
 def precisions(space: SweepSpace) -> list[str]:

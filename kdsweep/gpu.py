@@ -341,9 +341,10 @@ def check_cuda_build(precisions: Any = (), cuda: Any = None, has_smi: bool | Non
 
         smi = shutil.which("nvidia-smi") is not None if has_smi is None else has_smi
         if smi:
+            need = " (>= 580.65.06 for CUDA 13.0)" if _cuda_version().startswith("13") else ""
             return (
                 "warning: nvidia-smi sees a GPU but this torch build cannot use it (its CUDA "
-                f"{_cuda_version()} needs a newer NVIDIA driver?): trials run on the CPU"
+                f"{_cuda_version()} needs a newer NVIDIA driver{need}?): trials run on the CPU"
             )
         return ""
     arch_list = list(cuda.get_arch_list())

@@ -186,3 +186,15 @@ def test_pretrained_students_are_ranked_by_parameters(sweep, capsys):
     assert packing.student_parameters("L4-H256") > packing.student_parameters("L2-H128")
     res, probes = sweep("--gpus-per-trial", "0.25", peak=3 * GiB, name="pretrained")
     assert res["gpu"] == 0.25 and probes[0]["student"] == "shipped:minilm"
+
+
+def test_a_gpu_torch_cannot_use_is_said_in_one_line(sweep, capsys, monkeypatch):
+    """An NVIDIA driver older than the wheel's CUDA: torch sees no device, nvidia-smi does."""
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda n: "/usr/bin/nvidia-smi" if n == "nvidia-smi"
+                        else which(n))  # fmt: skip
+    res, _ = sweep(gpus=0)
+    assert res["gpu"] == 0.0
+    assert "nvidia-smi sees a GPU but this torch build cannot use it" in capsys.readouterr().out
