@@ -3,8 +3,8 @@
     python bench/gpu_check.py [--out gpu_check_<time>] [--full-sweep]
 
 Without a usable CUDA GPU it prints one line and exits 0. With one, in order (each part in
-its own process with a time cap, about 6 minutes in all on one card; a failing part is
-recorded and the others still run), `nvidia-smi` sampled every 0.5 s throughout:
+its own process with a time cap; the caps add up to 5:45, so under 6 minutes on one card; a
+failing part is recorded and the others still run), `nvidia-smi` sampled every 0.5 s:
 
 1. card.txt: `nvidia-smi`, torch and its CUDA, capability, `torch.cuda.get_arch_list()`, bf16
    support, and kdsweep's start-up check (`kdsweep.gpu.check_cuda_build`);
@@ -39,11 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 # (part, command, time cap in seconds)
 PARTS = [
-    ("bench", [PY, "bench/gpu.py", "--quick", "--no-sweeps"], 110),
-    ("conditions", [PY, "bench/gpu_check_trials.py", "conditions", "{out}"], 110),
+    ("bench", [PY, "bench/gpu.py", "--quick", "--no-sweeps"], 80),
+    ("conditions", [PY, "bench/gpu_check_trials.py", "conditions", "{out}"], 150),
     ("oom", [PY, "bench/gpu_check_trials.py", "oom", "{out}"], 40),
     ("sweep", [PY, "sweeps/temperature.py", "--smoke", "--no-test", "--storage", "{out}/runs"],
-     80),
+     75),
 ]  # fmt: skip
 CARD = r"""
 import json, torch
