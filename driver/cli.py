@@ -190,10 +190,17 @@ def build_plan(name: str, args: argparse.Namespace) -> SweepPlan:
         verbose=args.verbose,
         resume=args.resume,
         fresh=args.fresh,
-        sources={**sources, **({"name": USER} if args.name else {})},
+        sources={**sources, **({"name": USER} if args.name else {}), **_gpu_source(args, space)},
     )
     check_confirm_args(plan.confirm, plan.space)
     return plan
+
+
+def _gpu_source(args: argparse.Namespace, space: SweepSpace) -> dict[str, str]:
+    """Where the GPU share came from (none: packing.py's default for a visible GPU decides)."""
+    if args.gpus_per_trial is not None:
+        return {"gpu": USER}
+    return {"gpu": f"search space {space.source}"} if "gpu" in space.resources else {}
 
 
 def _gpu(given: str | float | None, space: SweepSpace) -> str | float:

@@ -2,23 +2,32 @@
 
     res = fit_gpu_share(plan, res)   # res["gpu"]: "auto" -> a share; a share: checked
 
-On a local Ray with a visible GPU, one trial's peak GPU memory is measured by a short probe
-(`trainables.probe`, in a child process so the driver holds no CUDA context), then the free and
-total memory of the card; `auto` runs as many trials at a time as fit (`kdsweep.gpu.plan_packing`),
-an explicit share that cannot fit is a KDSweepError before any trial (`check_share`). The
-probed trial is the heaviest the space holds: the largest batch_size, max_len, student and the
-condition that reads the most teacher outputs.
+On a local Ray with a visible GPU and no `--gpus-per-trial` (nor `resources: gpu` in the YAML),
+the share is `auto`: trials share the card by memory, said in one line (`--gpus-per-trial 0`
+keeps them on the CPU). The card is first checked against the torch build (kernels for its
+compute capability, native bf16 when asked for). Then one trial's peak GPU memory is measured
+by a short probe of every condition of the sweep at its heaviest shapes (the largest
+batch_size, max_len and student), the maximum taken; all of it in a child process, so the
+driver never holds a CUDA context. `auto` runs as many trials at a time as fit
+(`kdsweep.gpu.plan_packing`); an explicit share that cannot fit is a KDSweepError before any
+trial (`check_share`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
 from driver.plan import SweepPlan
 from driver.space import SweepSpace, representative_values
-from kdsweep.gpu import check_share, device_memory, gib, plan_packing, run_isolated
+from kdsweep.gpu import (
+    check_cuda_build,
+    check_share,
+    device_memory,
+    gib,
+    plan_packing,
+    run_isolated,
+)
 
 # Dimensions whose largest value is the most memory a trial needs.
 LARGEST = ("batch_size", "max_len", "hidden", "layers", "n_utterances")
@@ -27,54 +36,116 @@ LARGEST = ("batch_size", "max_len", "hidden", "layers", "n_utterances")
 def fit_gpu_share(plan: SweepPlan, res: dict[str, Any]) -> dict[str, float]:
     """`res` with the GPU share measured (`auto`) or checked (an explicit share)."""
     gpu = res["gpu"]
-    if gpu == 0 or plan.address:
+    if plan.address:
         return {**res, "gpu": float(gpu)}
-    peak, free, total = measure(probe_config(plan.space))
+    space = plan.space
+    if gpu == 0 and default_auto(plan):
+        print(
+            "[kdsweep] a GPU is visible and no --gpus-per-trial was given: trials share it by "
+            "memory (--gpus-per-trial auto; 0 keeps them on the CPU)"
+        )
+        gpu = "auto"
+    if gpu == 0:
+        say_unusable_gpu()
+        return {**res, "gpu": 0.0}
+    peak, free, total = measure(probe_configs(space), precisions(space))
     if gpu == "auto":
         cap = max_trials(plan, res["cpu"])
-        plan = plan_packing(peak, free, total, max_trials=cap)
-        print(f"[kdsweep] {plan.message}: --gpus-per-trial {plan.share:g}")
-        return {**res, "gpu": plan.share}
+        packing = plan_packing(peak, free, total, max_trials=cap)
+        print(f"[kdsweep] {packing.message}: --gpus-per-trial {packing.share:g}")
+        return {**res, "gpu": packing.share}
     n = check_share(float(gpu), peak, total, free)
     print(f"[kdsweep] {n} trial(s) x {gib(peak)} fit the card at --gpus-per-trial {gpu:g}")
     return {**res, "gpu": float(gpu)}
 
 
-def measure(config: dict[str, Any]) -> tuple[int, int, int]:
-    """(peak bytes of one trial, free bytes, total bytes) of GPU 0, each in a child process:
-    the free memory is read after the probe's process (and its memory) is gone."""
-    from trainables.probe import probe_peak
+def default_auto(plan: SweepPlan) -> bool:
+    """No share given anywhere (the plan has no source for `gpu`), trials may use a GPU
+    (`device` is not cpu), and one is visible (counted without creating a CUDA context)."""
+    if "gpu" in plan.sources:
+        return False
+    if plan.space.fixed.get("device", "auto") == "cpu":
+        return False
+    import torch
 
-    peak = run_isolated(probe_peak, config)
+    return torch.cuda.device_count() > 0
+
+
+def say_unusable_gpu() -> None:
+    """One line when nvidia-smi sees a card that torch cannot use (a driver older than the
+    torch build's CUDA): the trials run on the CPU, said instead of silent."""
+    import torch
+
+    if torch.cuda.device_count() == 0 and (line := check_cuda_build()):
+        print(f"[kdsweep] {line}")
+
+
+def precisions(space: SweepSpace) -> list[str]:
+    """Every `precision` a trial of the space may train at."""
+    if "precision" in space.dists:
+        return [str(p) for p in space.dists["precision"][1]]
+    return [str(space.fixed.get("precision", "fp32"))]
+
+
+def measure(configs: list[dict[str, Any]], precisions: list[str]) -> tuple[int, int, int]:
+    """(peak bytes of the heaviest trial, free bytes, total bytes) of GPU 0, each in a child
+    process: the card is checked and every config probed in one, the free memory is read in
+    another after the first (and its memory) is gone."""
+    from trainables.probe import check_and_probe
+
+    line, peaks = run_isolated(check_and_probe, configs, precisions)
+    if line:
+        print(f"[kdsweep] {line}")
+    for config, peak in zip(configs, peaks, strict=True):
+        print(f"[kdsweep] memory probe: {config['condition']} needs {gib(peak)}")
     free, total = run_isolated(device_memory, "cuda:0")
-    return int(peak), int(free), int(total)
+    return int(max(peaks)), int(free), int(total)
 
 
-def probe_config(space: SweepSpace) -> dict[str, Any]:
-    """The trial config of the space that needs the most memory (see the module doc)."""
-    from kdsweep.text.models import parse_size
-
+def probe_configs(space: SweepSpace) -> list[dict[str, Any]]:
+    """One trial config per condition of the space, each at the space's heaviest shapes (the
+    largest batch_size, max_len, ..., the student with the most parameters): the probe takes
+    the maximum over them (conditions differ in what they keep alive: attention maps, hidden
+    states and their projections, teacher tensors)."""
     cfg: dict[str, Any] = dict(space.fixed)
     for key, (kind, args) in space.dists.items():
         values = representative_values(kind, args)
         if key in LARGEST:
             cfg[key] = max(values)
         elif key == "student":
-            cfg[key] = max(values, key=lambda s: parse_size(s)[0] * parse_size(s)[1])
+            teacher = str(cfg.get("teacher") or space.fixed.get("teacher") or "minilm")
+            cfg[key] = max(values, key=lambda s: student_parameters(str(s), teacher))
         else:
             cfg[key] = values[0]
     if space.dists.get("batch_size", ("", []))[0] == "randint":
         cfg["batch_size"] = int(cfg["batch_size"])
-    best, score = space.conditions[0], -1
+    out = []
     for cond in space.conditions:
-        cls = space.config_class(cond)
-        needs = cls.from_dict({k: v for k, v in cfg.items() if k in cls.field_names()}).needs
-        n = sum(bool(getattr(needs, f.name)) for f in dataclasses.fields(needs))
-        if n > score:
-            best, score = cond, n
-    cls = space.config_class(best)
-    out = {k: v for k, v in cfg.items() if k in cls.field_names()}
-    return {**out, "task": space.task, "condition": best}
+        names = space.config_class(cond).field_names()
+        out.append({**{k: v for k, v in cfg.items() if k in names}, "task": space.task,
+                    "condition": cond})  # fmt: skip
+    return out
+
+
+def student_parameters(student: str, teacher: str = "minilm") -> int:
+    """Parameters of a text student, counted from its config on the meta device (no weights
+    read): a shape `L<n>-H<h>` on the teacher's vocabulary, or a pretrained model (a
+    directory, `shipped:minilm` or a hub name)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+
+    from kdsweep.text.models import is_shape, parse_size, resolve_backbone, resolve_student
+
+    if is_shape(student):
+        layers, hidden, heads = parse_size(student)
+        vocab = AutoConfig.from_pretrained(resolve_backbone(teacher)).vocab_size
+        config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=4 * hidden)  # fmt: skip
+    else:
+        config = AutoConfig.from_pretrained(resolve_student(student))
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def max_trials(plan: SweepPlan, cpu: float) -> int:

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from driver.space import SweepSpace
+from kdsweep.gpu import run_isolated
 from trainables.speech.loop import prepare_asr
 from trainables.text.loop import prepare_text
 
@@ -123,7 +124,30 @@ PREPARERS: dict[str, Any] = {"text": _prepare_text, "asr": _prepare_asr}
 
 
 def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
-    """Driver-side preparation before any trial: data, teacher (trained once), checks."""
+    """Driver-side preparation before any trial: data, teacher (trained once), checks.
+
+    When it will use a GPU (one is visible and `device` is not cpu) it runs in a child process:
+    the teacher's fine-tune and passes leave no CUDA context and no cached memory in the
+    driver, which holds neither for the rest of the sweep (the memory probe and the trials
+    find the card as free as it was)."""
+    if _on_gpu(space):
+        return run_isolated(prepare_here, space, timeout=PREPARE_TIMEOUT)
+    return prepare_here(space, log)
+
+
+PREPARE_TIMEOUT = 7 * 24 * 3600.0  # a teacher fine-tune may take long; Ctrl-C still stops it
+
+
+def _on_gpu(space: SweepSpace) -> bool:
+    if space.fixed.get("device", "auto") == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.device_count() > 0  # counts without creating a CUDA context
+
+
+def prepare_here(space: SweepSpace, log=print) -> dict[str, Any]:
+    """`prepare` in this process."""
     first = {k: (args[0]) for k, (kind, args) in space.dists.items()}
     out: dict[str, Any] = {}
     # asr: conditions learn from different stored models (big teacher, the student's twin)

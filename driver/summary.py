@@ -53,9 +53,9 @@ def summarize(
     """Trial table (condition, varied params, best metric, epochs, status) + the best trial.
 
     `grid` is Tune's ResultGrid; `ended` maps the trial ids the journal saw end to their status
-    (a trial not in it was interrupted); `test`: evaluate the best checkpoint on test; `attributions`:
-    IG similarity of the best checkpoint (off when a confirm stage computes it); `n_dev`:
-    dev examples (text), for the "dev set too small for the gap claimed" warning."""
+    (a trial not in it was interrupted); `test`: evaluate the best checkpoint on test;
+    `attributions`: IG similarity of the best checkpoint (off when a confirm stage computes
+    it); `n_dev`: dev examples (text), for the "dev set too small for the gap claimed" warning."""
     from driver.group_asha import STATE_FILE, saved_scheduler
 
     metric, mode = METRIC[space.task], MODE[space.task]

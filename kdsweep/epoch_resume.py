@@ -32,16 +32,19 @@ KEEP = 2
 
 
 def rng_state() -> dict[str, Any]:
-    """torch's CPU (and CUDA, when present) generator states, as tensors."""
+    """torch's CPU (and CUDA, when this process uses it) generator states, as tensors.
+
+    Only an initialised CUDA is asked: `get_rng_state_all` would otherwise create a CUDA
+    context on the card in a process that trains on the CPU."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_initialized():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -1,4 +1,4 @@
-"""CUDA out-of-memory recovery: halve the batch, double the accumulation, resume from a checkpoint.
+"""CUDA out-of-memory recovery: halve the batch, keep the effective batch, resume from a checkpoint.
 
 A trial that runs out of GPU memory does not end as an error at once. Wiring (trial side, in the
 training kernel; `trial_dir` is the trial's own directory, stable across Tune's retries and across
@@ -28,19 +28,27 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kdsweep.errors import KDSweepError
 
+T = TypeVar("T")
 STATE_FILE = "oom_state.json"
 _OOM_MESSAGES = ("cuda out of memory", "cuda error: out of memory", "cublas_status_alloc_failed")
 
 
 class OutOfMemoryAtBatchOne(RuntimeError):
     """The trial ran out of GPU memory at batch size 1: nothing left to halve."""
+
+
+class OutOfMemoryInPass(RuntimeError):
+    """A pass with its own batch size (evaluation, attributions, teacher outputs) ran out of
+    GPU memory even at batch size 1 (`backoff`): not the training batch's fault."""
 
 
 def is_cuda_oom(exc: BaseException) -> bool:
@@ -51,11 +59,13 @@ def is_cuda_oom(exc: BaseException) -> bool:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
+        if isinstance(cur, OutOfMemoryInPass):  # its own back-off is spent: halving the
+            return False  # training batch would not help, and its message says so
         if _oom_type(cur):
             return True
         if isinstance(cur, RuntimeError) and any(m in str(cur).lower() for m in _OOM_MESSAGES):
             return True
-        cur = cur.__cause__ or cur.__context__
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
     return False
 
 
@@ -68,8 +78,11 @@ def _oom_type(exc: BaseException) -> bool:
 
 
 def halve_batch(batch_size: int, grad_accum: int) -> tuple[int, int]:
-    """(batch_size // 2, grad_accum * 2): the same effective batch (for an even batch size).
+    """At least half the batch with the same effective batch (batch_size x grad_accum).
 
+    The new batch size is the largest divisor of the effective batch that is at most half the
+    batch size (32 x 1 -> 16 x 2 -> 8 x 4; 24 x 1 -> 12 x 2 -> 6 x 4 -> 3 x 8 -> 1 x 24), so
+    memory at least halves each retry and never more retries are needed than log2(batch_size).
     Raises OutOfMemoryAtBatchOne at batch size 1, KDSweepError for a batch size below 1."""
     _check(batch_size, grad_accum)
     if batch_size == 1:
@@ -78,7 +91,9 @@ def halve_batch(batch_size: int, grad_accum: int) -> tuple[int, int]:
             "one example do not fit this GPU share; use a larger --gpus-per-trial share, fewer "
             "trials at a time, a smaller student or max_len, or precision=bf16"
         )
-    return batch_size // 2, grad_accum * 2
+    effective = batch_size * grad_accum
+    new = max(d for d in range(1, batch_size // 2 + 1) if effective % d == 0)
+    return new, effective // new
 
 
 def _check(batch_size: int, grad_accum: int) -> None:
@@ -204,3 +219,38 @@ def release_gpu_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.ipc_collect()
+
+
+def backoff(run: Callable[[int], T], batch_size: int, what: str) -> T:
+    """`run(batch_size)`, halving `batch_size` after each CUDA out-of-memory error until it fits.
+
+    For a pass that has its own batch size (dev evaluation, Integrated Gradients, a teacher's
+    logits or features, hidden states): the training batch is not what failed there, so the
+    trial's OOM recovery (`record_oom`) must not halve it. Cached blocks are released between
+    tries (outside the `except` block: until it is left, the traceback keeps the failed try's
+    tensors alive). At batch size 1 it raises OutOfMemoryInPass naming `what`, which the
+    trial's recovery does not take for a training-batch OOM."""
+    bs = max(1, int(batch_size))
+    while True:
+        failed: BaseException | None = None
+        try:
+            return run(bs)
+        except Exception as exc:
+            if not is_cuda_oom(exc):
+                raise
+            failed = _first_line(exc)  # type: ignore[assignment]
+        release_gpu_memory()
+        if bs == 1:
+            raise OutOfMemoryInPass(
+                f"out of memory in {what} even at batch size 1 ({failed}); the model does not "
+                "fit this GPU share: use a larger --gpus-per-trial share or a smaller model"
+            )
+        print(
+            f"[kdsweep] CUDA out of memory in {what} at batch size {bs}; retrying at {bs // 2}",
+            file=sys.stderr,
+        )
+        bs //= 2
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

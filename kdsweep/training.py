@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kdsweep.errors import NonFiniteLossError
+from kdsweep.errors import KDSweepError, NonFiniteLossError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,6 +40,11 @@ class Precision:
     def of(cls, precision: str, device: torch.device) -> Precision:
         """fp32 | bf16 | fp16; mixed precision only on CUDA (on the CPU it is plain fp32)."""
         dtype = AMP_DTYPES.get(precision) if device.type == "cuda" else None
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise KDSweepError(
+                "field 'precision': bf16 needs a card with native bf16 (compute capability 8.0 "
+                "or newer); this card only emulates it: use fp16 or fp32"
+            )
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
         return cls(device.type, dtype, scaler)
 
@@ -130,9 +135,13 @@ class Stepper:
         if self.grad_clip > 0:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.sched.step()
+        # fp16: the scaler skips the optimizer step when the gradients overflowed (and lowers
+        # its scale); the schedule must not advance for a step that was not taken.
+        if scale is None or self.scaler.get_scale() >= scale:
+            self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.pending = 0
 

@@ -29,4 +29,13 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -n
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi
+# Older NVIDIA cards: the pinned torch wheel (CUDA 13.0, kernels sm_75..sm_120, NVIDIA driver
+# >= 580) has no kernels for Pascal/Volta (GTX 10xx, Titan V); PyTorch's CUDA 12.6 builds do
+# (sm_50..sm_90). `KDSWEEP_TORCH_INDEX=https://download.pytorch.org/whl/cu126 make setup` puts
+# that build of the pinned version in place (pip says so if the index has none of it).
+if [ -n "${KDSWEEP_TORCH_INDEX:-}" ]; then
+  torch_pin=$(grep -E '^torch==' requirements.txt)
+  "$VENV/bin/pip" install -q --disable-pip-version-check --index-url "$KDSWEEP_TORCH_INDEX" \
+    "$torch_pin+$(basename "$KDSWEEP_TORCH_INDEX")"
+fi
 echo "setup: ok ($("$VENV/bin/python" -c 'import torch, ray; print("torch", torch.__version__, "ray", ray.__version__)'))"

@@ -34,9 +34,13 @@ def sweep(monkeypatch, tmp_path):
         seen["res"] = ray.res
         raise Stop
 
-    def fake_measure(config):
-        seen["probes"].append(config)
-        return seen["memory"]
+    def fake_measure(configs, precisions):
+        seen["probes"].extend(configs)
+        seen["precisions"] = precisions
+        peak, free, total = seen["memory"]
+        if isinstance(peak, dict):  # a peak per condition: the heaviest counts
+            peak = max(peak[c["condition"]] for c in configs)
+        return peak, free, total
 
     def no_ray(*a, **k):
         raise AssertionError("Ray was started")
@@ -50,12 +54,14 @@ def sweep(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
-    def run(*argv: str, gpus: int = 1, peak=2 * GiB, free=24 * GiB, total=24 * GiB):
+    def run(*argv: str, gpus: int = 1, peak=2 * GiB, free=24 * GiB, total=24 * GiB,
+            name: str = "temperature"):  # fmt: skip
         monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
         seen["memory"] = (peak, free, total)
         seen.pop("res", None)
+        seen["probes"] = []
         with pytest.raises(Stop):
-            main("temperature", None, [*argv, "--storage", str(tmp_path / "runs")])
+            main(name, None, [*argv, "--storage", str(tmp_path / "runs")])
         return seen["res"], seen["probes"]
 
     return run
@@ -134,14 +140,14 @@ def test_flag_values(monkeypatch, capsys):
     assert res["gpu"] == 1.0 and "auto on a cluster" in capsys.readouterr().out
 
 
-def test_probe_config_is_the_heaviest_trial():
+def test_probe_configs_are_every_condition_at_the_heaviest_shapes():
     space = load_space("temperature")
     space.dists["batch_size"] = ("grid", [8, 64, 16])
     space.dists["student"] = ("grid", ["L4-H256", "L2-H128"])
-    space.conditions = ["soft", "attention"]
-    cfg = packing.probe_config(space)
-    assert cfg["batch_size"] == 64 and cfg["student"] == "L4-H256"
-    assert cfg["condition"] == "attention"  # reads attention maps: more memory than soft KD
+    space.conditions = ["soft", "hidden", "attention"]
+    cfgs = packing.probe_configs(space)
+    assert [c["condition"] for c in cfgs] == ["soft", "hidden", "attention"]
+    assert all(c["batch_size"] == 64 and c["student"] == "L4-H256" for c in cfgs)
 
 
 def test_retries_allow_every_halving_of_the_batch():
@@ -149,3 +155,50 @@ def test_retries_allow_every_halving_of_the_batch():
     assert max_failures(space) == 1 + 5
     space.dists["batch_size"] = ("grid", [8, 64])
     assert max_failures(space) == 1 + 6
+
+
+# ---------------------------------------------------------------- issue 22 (first contact)
+def test_no_flag_on_a_gpu_machine_packs_by_memory_said_in_one_line(sweep, capsys):
+    res, probes = sweep(peak=6 * GiB)  # no --gpus-per-trial, no resources: gpu in the YAML
+    out = capsys.readouterr().out
+    assert "a GPU is visible and no --gpus-per-trial was given: trials share it by memory" in out
+    assert res["gpu"] == pytest.approx(0.3333) and len(probes) == 1
+    res, probes = sweep("--gpus-per-trial", "0", peak=6 * GiB)  # asked for the CPU: kept
+    assert res["gpu"] == 0.0 and probes == []
+    res, probes = sweep(gpus=0)  # no GPU: CPU, nothing said about packing
+    assert res["gpu"] == 0.0 and "share it by memory" not in capsys.readouterr().out
+
+
+def test_the_heaviest_condition_sets_the_share(sweep, capsys):
+    """strategy.yaml: soft, hidden and attention need as many teacher outputs, but attention
+    trials hold eager attention maps; the plan is made for the heaviest one probed."""
+    peaks = dict.fromkeys(load_space("strategy").conditions, 2 * GiB)
+    peaks.update(hidden=4 * GiB, attention=7 * GiB)
+    res, probes = sweep("--gpus-per-trial", "auto", peak=peaks, name="strategy")
+    assert {p["condition"] for p in probes} == set(load_space("strategy").conditions)
+    assert "3 trials x 7.0 GiB on a 24 GiB card" in capsys.readouterr().out
+    assert res["gpu"] == pytest.approx(0.3333)
+
+
+def test_pretrained_students_are_ranked_by_parameters(sweep, capsys):
+    """sweeps/pretrained.py --gpus-per-trial 0.25 crashed: parse_size('shipped:minilm')."""
+    space = load_space("pretrained")
+    space.dists["student"] = ("grid", ["L2-H128", "shipped:minilm", "L4-H256"])
+    assert packing.probe_configs(space)[0]["student"] == "shipped:minilm"  # 22.7M parameters
+    # the 22,713,216 of its BertModel + a 2-label head (the count ranks; the head is noise)
+    assert packing.student_parameters("shipped:minilm") == 22_713_216 + 384 * 2 + 2
+    assert packing.student_parameters("L4-H256") > packing.student_parameters("L2-H128")
+    res, probes = sweep("--gpus-per-trial", "0.25", peak=3 * GiB, name="pretrained")
+    assert res["gpu"] == 0.25 and probes[0]["student"] == "shipped:minilm"
+
+
+def test_a_gpu_torch_cannot_use_is_said_in_one_line(sweep, capsys, monkeypatch):
+    """An NVIDIA driver older than the wheel's CUDA: torch sees no device, nvidia-smi does."""
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda n: "/usr/bin/nvidia-smi" if n == "nvidia-smi"
+                        else which(n))  # fmt: skip
+    res, _ = sweep(gpus=0)
+    assert res["gpu"] == 0.0
+    assert "nvidia-smi sees a GPU but this torch build cannot use it" in capsys.readouterr().out

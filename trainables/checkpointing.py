@@ -65,7 +65,9 @@ def save_state(
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # only when this process uses CUDA: asking for it would initialise CUDA (a context
+            # on the card) in a CPU trial
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         }
         torch.save(state, ckpt / "state.pt")
         (ckpt / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -86,7 +88,7 @@ def load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:
     try:
         weights, header = _read_weights(ckpt)
         model.load_state_dict(weights)
-        state = torch.load(ckpt / "state.pt", weights_only=True)
+        state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
         _same_epoch(header, state)
     except Exception as e:  # corrupt/foreign checkpoint: say which file
         raise KDSweepError(f"checkpoint {ckpt}: cannot load ({type(e).__name__}: {e})") from e
@@ -95,7 +97,7 @@ def load_state(ckpt: Path, model, opt, sched, scaler) -> tuple[int, float]:
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available():
+    if state.get("cuda_rng") and torch.cuda.is_initialized():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["epoch"]), float(state["train_seconds"])
 
@@ -132,7 +134,7 @@ def checkpoint_epoch(ckpt: Path) -> int | None:
     ckpt = Path(ckpt)
     try:
         _, header = _read_weights(ckpt)
-        state = torch.load(ckpt / "state.pt", weights_only=True)
+        state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
         _same_epoch(header, state)
         json.loads((ckpt / "config.json").read_text())
         return int(state["epoch"])

@@ -10,6 +10,10 @@ An OOM is recorded in the trial's folder and re-raised: Tune's FailureConfig ret
 from its last checkpoint, and the retry reads the halved batch. At batch size 1 the trial ends
 as an error (`OutOfMemoryAtBatchOne`) with that reason. GPU memory is released when the loop
 returns or fails (a reused Ray actor starts its next trial with an empty CUDA cache).
+
+Before all that the trial's device is set up from its GPU share (`kdsweep.gpu.
+setup_trial_device`): no share, no CUDA (the devices are hidden); a share, the allocator capped
+at it, so a trial over its share runs out of memory itself instead of its neighbour.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kdsweep.gpu import setup_trial_device
 from kdsweep.oom import (
     is_cuda_oom,
     load_oom_state,
@@ -38,6 +43,7 @@ def recover_oom(run: F) -> F:
 
     @functools.wraps(run)
     def guarded(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        setup_trial_device(tune_io.gpu_share())  # before anything touches CUDA
         where = tune_io.trial_dir()
         try:
             if where is None:  # outside Tune: no state to retry with

@@ -9,7 +9,8 @@ with AdamW and the shared `Stepper`. The batch has the worst shapes a trial sees
 max_len tokens (text) or batch_size x the longest training utterance's frames (speech). The
 losses are stand-ins that keep what a KD loss keeps alive (hidden states, attention maps, the
 teacher tensors of a batch); the packing margin covers the rest. Run it in a child process
-(`kdsweep.gpu.run_isolated`), so the sweep's driver never holds a CUDA context.
+(`kdsweep.gpu.run_isolated`), so the sweep's driver never holds a CUDA context; `check_and_probe`
+probes every condition of a sweep there, one after the other.
 """
 
 from __future__ import annotations
@@ -19,14 +20,29 @@ from typing import Any
 
 import torch
 
-from kdsweep.gpu import probe_peak_memory
+from kdsweep.gpu import check_cuda_build, probe_peak_memory
+from kdsweep.oom import release_gpu_memory
 from kdsweep.text.models import pick_device
 from kdsweep.training import Precision, Stepper
 
 
 def probe_peak(config: dict[str, Any]) -> int:
-    """Bytes one trial of `config` needs on the card (allocator peak + CUDA context)."""
-    return probe_peak_memory(probe_step(config), pick_device("cuda"))
+    """Bytes one trial of `config` needs on the card (allocator peak + CUDA context): its steps
+    run until the optimizer holds its state (fp16 steps the GradScaler skipped do not count)."""
+    step = probe_step(config)
+    return probe_peak_memory(step, pick_device("cuda"), ready=step.ready)  # type: ignore[attr-defined]
+
+
+def check_and_probe(configs: list[dict[str, Any]], precisions: list[str]) -> tuple[str, list[int]]:
+    """The card checked against the torch build (`kdsweep.gpu.check_cuda_build`: its line),
+    then the peak of each config, one after the other with the memory freed between them.
+    Run in a child process (`kdsweep.gpu.run_isolated`)."""
+    line = check_cuda_build(precisions)
+    peaks = []
+    for config in configs:
+        peaks.append(probe_peak(config))
+        release_gpu_memory()
+    return line, peaks
 
 
 def probe_step(config: dict[str, Any]) -> Callable[[], None]:
@@ -48,6 +64,7 @@ def probe_step(config: dict[str, Any]) -> Callable[[], None]:
         stepper.backward(loss)
 
     step.model = model  # type: ignore[attr-defined]  # what it trains (for checks)
+    step.ready = lambda: len(opt.state) > 0  # type: ignore[attr-defined]  # AdamW's moments exist
     return step
 
 

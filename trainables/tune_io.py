@@ -30,6 +30,8 @@ class LocalSession:
     cpus: float = 1.0
     # Where OOM-recovery state is kept (stable across the attempts of one trial); None: not kept.
     trial_dir: Path | None = None
+    # The GPU share a Tune trial would have been given; None: not a trial (nothing changes).
+    gpus: float | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
 
@@ -44,13 +46,14 @@ def local_session(
     restore_from: Path | None = None,
     cpus: float = 1.0,
     trial_dir: Path | None = None,
+    gpus: float | None = None,
 ) -> Iterator[LocalSession]:
     """Run trainables outside Ray: `with local_session(tmp) as s: soft(config)`.
 
     `trial_dir` stands for the trial's own folder (OOM-recovery state); share it between two
     sessions to simulate Tune's retry of one trial."""
     global _LOCAL
-    prev, _LOCAL = _LOCAL, LocalSession(Path(root), restore_from, cpus, trial_dir)
+    prev, _LOCAL = _LOCAL, LocalSession(Path(root), restore_from, cpus, trial_dir, gpus)
     try:
         yield _LOCAL
     finally:
@@ -73,6 +76,18 @@ def cpu_share() -> float:
 
     res = tune.get_context().get_trial_resources().required_resources
     return float(res.get("CPU", 1.0))
+
+
+def gpu_share() -> float | None:
+    """GPUs granted to this trial (0 for a CPU trial); None outside Tune (not a trial)."""
+    if _LOCAL is not None:
+        return _LOCAL.gpus
+    if not _in_tune():
+        return None
+    from ray import tune
+
+    res = tune.get_context().get_trial_resources().required_resources
+    return float(res.get("GPU", 0.0))
 
 
 def trial_id() -> str:

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from kdsweep.epoch_resume import EpochResume
 from kdsweep.errors import KDSweepError
+from kdsweep.oom import release_gpu_memory
 from kdsweep.rowcache import read_rows, rows_problem, write_rows
 from kdsweep.speech import teacher as asr_teacher
 from kdsweep.speech.data import FeatureSet
@@ -94,8 +95,10 @@ class StoredASRTeacher:
         `posteriors_transfer_<key>.rows`, then read like a split's posteriors."""
 
         def write(tmp: Path) -> None:
-            logits, _ = predict(self.load_model(device), fs, torch.device(device))
+            what = "the teacher's transfer-set posteriors"
+            logits, _ = predict(self.load_model(device), fs, torch.device(device), what=what)
             write_rows(tmp, logits, fs.ids)
+            release_gpu_memory()
 
         return self._cached(f"posteriors_transfer_{key}", "logits", write, fs)
 
@@ -116,8 +119,11 @@ class StoredASRTeacher:
 
         def write(tmp: Path) -> None:
             model = self.load_model(device)
-            _, hidden = predict(model, fs, torch.device(device), hidden_layers=layers)
+            what = "the teacher's hidden states"
+            _, hidden = predict(model, fs, torch.device(device), hidden_layers=layers, what=what)
             write_rows(tmp, hidden, fs.ids)
+            del model
+            release_gpu_memory()  # the teacher's cached blocks go back to the card
 
         name = f"hidden_{split}_{'-'.join(map(str, layers))}"
         return self._cached(name, "hidden", write, fs, (len(layers), 2 * self.recipe.hidden))
@@ -274,7 +280,7 @@ def _migrate(path: Path, key: str) -> None:
         return
 
     def write(tmp: Path) -> None:
-        blob = torch.load(legacy, weights_only=True)
+        blob = torch.load(legacy, weights_only=True, map_location="cpu")
         off = blob["offsets"].tolist()
         rows = [blob[key][off[i] : off[i + 1]] for i in range(len(off) - 1)]
         write_rows(tmp, rows, blob["ids"])

@@ -8,6 +8,7 @@ this module, never the other way round). No ray, no mlflow.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 from kdsweep.epoch_resume import EpochResume
 from kdsweep.errors import KDSweepError
 from kdsweep.errors import NonFiniteLossError as NonFiniteLossError  # re-exported
+from kdsweep.oom import backoff
 from kdsweep.progress import Progress
 from kdsweep.speech.data import CharVocab, FeatureSet, SpecAugment, bucket_batches, pad_collate
 from kdsweep.speech.decoding import cer, greedy_decode, wer
@@ -147,16 +149,29 @@ def ctc_only(out: CTCOutput, batch: dict[str, Any], aux: nn.ModuleDict):
     return loss, {"loss_ctc": loss}
 
 
-@torch.no_grad()
 def predict(
     model: BiLSTMCTC,
     fs: FeatureSet,
     device: torch.device,
     batch_size: int = 32,
     hidden_layers: Sequence[int] = (),
+    what: str = "a speech model's outputs",
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Per-utterance logits [T'_i, V] (float32, CPU, in `fs` order) and, for `hidden_layers`
-    (1-based), hidden states [T'_i, L, 2H]."""
+    (1-based), hidden states [T'_i, L, 2H]. The batch size backs off on CUDA out-of-memory on
+    its own (`kdsweep.oom.backoff`; `what` names the pass in its messages)."""
+    run = functools.partial(_predict, model, fs, device, hidden_layers=hidden_layers)
+    return backoff(run, batch_size, what)
+
+
+@torch.no_grad()
+def _predict(
+    model: BiLSTMCTC,
+    fs: FeatureSet,
+    device: torch.device,
+    batch_size: int,
+    hidden_layers: Sequence[int] = (),
+) -> tuple[list[Tensor], list[Tensor]]:
     model.eval()
     logits: list[Tensor | None] = [None] * len(fs)
     hidden: list[Tensor | None] = [None] * len(fs)

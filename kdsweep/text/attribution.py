@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdsweep.oom import backoff
 from kdsweep.train_utils import trim_padding
 
 DEFAULT_EXAMPLES = 200
@@ -70,25 +71,30 @@ def token_attributions(
         return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
 
     lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
-    out = torch.zeros(ids_all.shape, dtype=torch.float32)
+
+    def run(bs: int) -> torch.Tensor:  # all examples, `bs` at a time (x `steps` inside)
+        out = torch.zeros(ids_all.shape, dtype=torch.float32)
+        for start in range(0, len(ids_all), bs):
+            sl = slice(start, start + bs)
+            ids, mask = trim_padding(ids_all[sl], mask_all[sl])
+            ids, mask = ids.long(), mask.long()
+            real = real_token_mask(mask)
+            baseline = torch.where(real, torch.full_like(ids, pad_id), ids)
+            attr = lig.attribute(
+                inputs=ids.to(device),
+                baselines=baseline.to(device),
+                target=targets[sl].long().to(device),
+                additional_forward_args=(mask.to(device),),
+                n_steps=steps,
+                internal_batch_size=len(ids) * steps,
+            )
+            per_token = attr.sum(dim=-1).detach().float().cpu() * real
+            out[sl, : per_token.shape[1]] = per_token
+        return out
+
     try:
-        with torch.enable_grad():
-            for start in range(0, len(ids_all), batch_size):
-                sl = slice(start, start + batch_size)
-                ids, mask = trim_padding(ids_all[sl], mask_all[sl])
-                ids, mask = ids.long(), mask.long()
-                real = real_token_mask(mask)
-                baseline = torch.where(real, torch.full_like(ids, pad_id), ids)
-                attr = lig.attribute(
-                    inputs=ids.to(device),
-                    baselines=baseline.to(device),
-                    target=targets[sl].long().to(device),
-                    additional_forward_args=(mask.to(device),),
-                    n_steps=steps,
-                    internal_batch_size=len(ids) * steps,
-                )
-                per_token = attr.sum(dim=-1).detach().float().cpu() * real
-                out[sl, : per_token.shape[1]] = per_token
+        with torch.enable_grad():  # its own batch size backs off on CUDA out-of-memory
+            out = backoff(run, batch_size, "Integrated Gradients attributions")
     finally:
         model.train(was_training)
     return out

@@ -283,10 +283,10 @@ def tokenize_splits(
     key = hashlib.sha256(f"{splits.fingerprint()}|tok={fp}|{max_len}".encode()).hexdigest()[:16]
     path = Path(cache_dir) / "tokens" / f"{key}.pt"
     if path.is_file():
-        return torch.load(path, weights_only=True)
+        return torch.load(path, weights_only=True, map_location="cpu")
     with locked(path.with_suffix(".lock")):
         if path.is_file():
-            return torch.load(path, weights_only=True)
+            return torch.load(path, weights_only=True, map_location="cpu")
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)

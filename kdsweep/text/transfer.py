@@ -101,7 +101,7 @@ def tokenize_texts(
         h.update(b"\0")
     path = Path(cache_dir) / "tokens" / f"transfer_{h.hexdigest()[:16]}.pt"
     if path.is_file():
-        return torch.load(path, weights_only=True)
+        return torch.load(path, weights_only=True, map_location="cpu")
     with locked(path.with_suffix(".lock")):
         if not path.is_file():
             from transformers import AutoTokenizer
@@ -122,7 +122,7 @@ def tokenize_texts(
             tmp = path.with_suffix(".tmp")
             torch.save(out, tmp)
             os.replace(tmp, path)
-    return torch.load(path, weights_only=True)
+    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def augment_tokens(

@@ -141,4 +141,4 @@ def _teacher_attributions(
             tmp = path.with_suffix(".tmp")
             torch.save(attr, tmp)
             os.replace(tmp, path)
-    return torch.load(path, weights_only=True)
+    return torch.load(path, weights_only=True, map_location="cpu")

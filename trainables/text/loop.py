@@ -8,6 +8,7 @@ run the teacher.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsweep.errors import KDSweepError, NonFiniteLossError
+from kdsweep.oom import backoff
 from kdsweep.paths import cache_root
 from kdsweep.text.data import TextSplits, load_text_dataset, tokenize_splits
 from kdsweep.text.feature_rows import FeatureRows
@@ -113,7 +115,7 @@ def prepare_text(cfg: TextConfig, log: Callable[[str], None] = print) -> TextDat
     student_dir = resolve_student(cfg.student) if not is_shape(cfg.student) else ""
     tokenizer_dir = resolve_backbone(cfg.teacher)
     tokens = tokenize_splits(splits, tokenizer_dir, cfg.max_len, cache)
-    store = TeacherStore(cache / "teachers")
+    store = TeacherStore(cache / "teachers", cfg.device)
     teacher, hit = store.get_or_train(
         cfg.teacher_recipe(), splits.fingerprint(), splits.label_names, tokens, log=log
     )
@@ -240,7 +242,7 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or not last_dev:
-            dev_m = classification_metrics(predict_logits(student, dev, 128, device), dev["labels"])
+            dev_m = classification_metrics(_dev_logits(student, dev, device), dev["labels"])
             last_dev = {"dev_accuracy": dev_m["accuracy"], "dev_f1": dev_m["f1"]}
         # Between evaluations the last dev values are repeated: ASHA needs the metric every epoch.
         metrics.update(last_dev)
@@ -256,6 +258,12 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
         ckpt_dir = tune_io.new_checkpoint_dir()
         save_state(ckpt_dir, model, opt, sched, amp.scaler, epoch + 1, train_seconds, cfg, metrics)
         tune_io.report(metrics, ckpt_dir)
+
+
+def _dev_logits(student: nn.Module, dev: dict, device: torch.device) -> torch.Tensor:
+    """The student's dev logits at batch 128, backing off on CUDA out-of-memory on its own
+    (halving the training batch would not change this pass)."""
+    return backoff(functools.partial(predict_logits, student, dev, device=device), 128, "dev eval")
 
 
 def _analysis(cfg: TextConfig, student: nn.Module, data: TextData, cache: dict) -> dict:
@@ -343,6 +351,7 @@ def _build_student(
         dropout=cfg.dropout,
         eager_attention=needs.attention,
         teacher=teacher_model,
+        attention_dropout=0.0 if needs.attention else None,  # like the teacher's eval maps
     )
     del teacher_model
     aux = nn.ModuleDict()
