@@ -1,4 +1,8 @@
-"""Conditions by task (one `Condition` record each), and the single entry point Tune runs."""
+"""Conditions by task (one `Condition` declaration each), and the single entry point Tune runs.
+
+`run_trial` builds the trial's typed config (the condition's config class, `from_dict`) and hands
+it to the condition's training function: a trainable never parses Tune's dict itself.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,9 @@ from trainables.text import trainable as text
 from trainables.text.loop import evaluate_text_checkpoint
 
 CONDITIONS: dict[str, dict[str, Condition]] = {"text": text.CONDITIONS, "asr": asr.CONDITIONS}
-# Views of the records: the trainables and the config classes by task and condition.
-TRAINABLES: dict[str, dict[str, Any]] = {
-    task: {name: c.trainable for name, c in conds.items()} for task, conds in CONDITIONS.items()
-}
+# Views of the records: the function trainables (dict -> typed config -> training) and the
+# config classes, by task and condition.
+TRAINABLES: dict[str, dict[str, Any]] = {task: dict(conds) for task, conds in CONDITIONS.items()}
 CONFIGS: dict[str, dict[str, type[BaseConfig]]] = {
     task: {name: c.config for name, c in conds.items()} for task, conds in CONDITIONS.items()
 }
@@ -48,7 +51,7 @@ def run_trial(config: dict[str, Any]) -> None:
     """
     task, condition = config.get("task", "text"), config.get("condition", "independent")
     names = config_class(task, condition).field_names() | {"task", "condition"}
-    CONDITIONS[task][condition].trainable({k: v for k, v in config.items() if k in names})
+    CONDITIONS[task][condition]({k: v for k, v in config.items() if k in names})
 
 
 def evaluate_checkpoint(config: dict[str, Any], ckpt: Any, split: str = "test") -> dict:
