@@ -43,20 +43,28 @@ def config_for(config: dict[str, Any]) -> BaseConfig:
     return cls.from_dict(config)
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """The function trainable handed to Tune: dispatch on (task, condition).
+def trial_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a trial's dict that its condition's config takes.
 
     A sweep over several conditions shares one param space, so a trial drops the keys its own
-    condition does not have (the space was validated key by key before the sweep started).
+    condition does not have (the space was validated key by key before the sweep started), and
+    a condition-scoped key `<condition>.<field>` (a search space's own params of a condition,
+    under Optuna) is its condition's value of that field; other conditions' are dropped.
     """
     task, condition = config.get("task", "text"), config.get("condition", "independent")
     names = config_class(task, condition).field_names() | {"task", "condition"}
-    CONDITIONS[task][condition]({k: v for k, v in config.items() if k in names})
+    own = {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith(f"{condition}.")}
+    return {k: v for k, v in (config | own).items() if k in names}
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The function trainable handed to Tune: dispatch on (task, condition)."""
+    task, condition = config.get("task", "text"), config.get("condition", "independent")
+    config_class(task, condition)  # an unknown task or condition, named
+    CONDITIONS[task][condition](trial_fields(config))
 
 
 def evaluate_checkpoint(config: dict[str, Any], ckpt: Any, split: str = "test") -> dict:
     """Metrics of a trial checkpoint on a split (the sweep's final answer uses 'test')."""
     task = config.get("task", "text")
-    names = config_class(task, config.get("condition", "independent")).field_names()
-    cfg = config_for({k: v for k, v in config.items() if k in names | {"task", "condition"}})
-    return EVALUATORS[task](cfg, ckpt, split)
+    return EVALUATORS[task](config_for(trial_fields(config)), ckpt, split)
