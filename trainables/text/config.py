@@ -212,6 +212,18 @@ class AttentionConfig(SoftConfig):
 
 
 @dataclass
+class DKDConfig(Temperature, TextConfig):
+    """Decoupled KD (Zhao et al., 2022): CE + alpha * TCKD + beta * NCKD on cached logits."""
+
+    alpha: float = param(1.0, "weight of TCKD (target vs non-target mass; T^2-scaled)", WEIGHT)
+    beta: float = param(8.0, "weight of NCKD (among the non-target classes; T^2-scaled)", WEIGHT)
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(logits=True)
+
+
+@dataclass
 class CascadeConfig(SoftConfig):
     """A cascade stage: soft KD whose teacher is a previously trained student checkpoint."""
 

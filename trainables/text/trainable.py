@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from kdsweep.losses import (
     attention_kd_loss,
+    decoupled_kd_loss,
     hard_kd_loss,
     hidden_cosine_loss,
     hidden_mse_loss,
@@ -23,6 +24,7 @@ from trainables.text.config import (
     AttentionConfig,
     CascadeConfig,
     CosineConfig,
+    DKDConfig,
     HardConfig,
     HiddenConfig,
     SoftConfig,
@@ -71,6 +73,19 @@ def hard(cfg: HardConfig) -> None:
             out.logits, batch.teacher_logits, batch.labels, cfg.alpha, batch.labeled
         )
         return total, {"loss_ce": ce, "loss_kd": kd}
+
+    run_text_trial(cfg, loss_fn)
+
+
+def dkd(cfg: DKDConfig) -> None:
+    """Decoupled KD: the target-class and non-target-class parts of KD, weighted apart."""
+
+    def loss_fn(out, batch: TextBatch, aux):
+        ce = F.cross_entropy(out.logits.float(), batch.labels)
+        tckd, nckd = decoupled_kd_loss(out.logits, batch.teacher_logits, batch.labels,
+                                       cfg.temperature)  # fmt: skip
+        total = ce + cfg.alpha * tckd + cfg.beta * nckd
+        return total, {"loss_ce": ce, "loss_tckd": tckd, "loss_nckd": nckd}
 
     run_text_trial(cfg, loss_fn)
 
@@ -151,6 +166,7 @@ CONDITIONS: dict[str, Condition] = {
     "cosine": Condition(cosine),
     "attention": Condition(attention),
     "cascade": Condition(cascade),
+    "dkd": Condition(dkd),
 }
 # Views of the records (by name): Tune's function trainables (dict -> typed config -> train)
 # and the config classes.
