@@ -428,3 +428,13 @@ def test_sweep_scripts_list_the_fields_with_help_fields(capsys):
     assert "shared by every text condition" in out and "soft (SoftConfig)" in out
     assert "temperature (float, default 2.0, in (0.0, 100.0])" in out
     assert "hard (HardConfig)" not in out  # only this sweep's conditions
+
+
+def test_shipped_per_condition_space_counts_each_trial_once():
+    from driver.space import grid_points, load_space
+
+    space = load_space("decoupled")
+    assert space.conditions == ["independent", "soft", "dkd"]
+    assert grid_points(space) == 1 + 2 + 2 * 2  # independent, soft x T, dkd x T x beta
+    assert grid_points(load_space("decoupled", seeds=3)) == 3 * 7
+    assert len(_trials(space)) == 7
