@@ -58,10 +58,10 @@ def trial_fields(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """The function trainable handed to Tune: dispatch on (task, condition)."""
-    task, condition = config.get("task", "text"), config.get("condition", "independent")
-    config_class(task, condition)  # an unknown task or condition, named
-    CONDITIONS[task][condition](trial_fields(config))
+    """The function trainable handed to Tune: the trial's typed config, handed to its
+    condition's training function."""
+    cfg = config_for(trial_fields(config))  # an unknown task or condition fails here, named
+    CONDITIONS[config.get("task", "text")][config.get("condition", "independent")].train(cfg)
 
 
 def evaluate_checkpoint(config: dict[str, Any], ckpt: Any, split: str = "test") -> dict:
