@@ -223,6 +223,34 @@ def _optuna_dim(kind: str, args: list) -> Any:
     return tune.uniform(*args) if kind == "uniform" else tune.loguniform(*args)
 
 
+def _condition_spec(raw: dict, overrides: dict[str, Any], where: str) -> Any:
+    """The YAML's (or the command line's) `condition`; with `conditions:`, a grid of its keys."""
+    own_raw = raw.get("conditions")
+    if own_raw is not None and ("condition" in raw or "condition" in overrides):
+        raise KDSweepError(
+            f"search space {where}: give 'condition' or 'conditions' (per-condition params), "
+            "not both"
+        )
+    cond_raw = overrides.pop("condition", raw.get("condition", "independent"))
+    return cond_raw if own_raw is None else {"grid": _own_names(own_raw, where)}
+
+
+def _own_params(raw: dict, overrides: dict[str, Any], where: str) -> dict[str, OwnParams]:
+    """Each condition's own params (`conditions:`); a command-line override wins over them."""
+    out = {}
+    for cond, own in raw.items():
+        if not isinstance(own, dict | None):
+            raise KDSweepError(
+                f"search space {where}: conditions.{cond} must be a mapping of params"
+            )
+        fixed, dists = _split({k: _absolute(v) for k, v in (own or {}).items()}, where)
+        out[str(cond)] = OwnParams(
+            {k: v for k, v in fixed.items() if k not in overrides},
+            {k: v for k, v in dists.items() if k not in overrides},
+        )
+    return out
+
+
 def _own_names(raw: Any, where: str) -> list[str]:
     if not isinstance(raw, dict) or not raw:
         raise KDSweepError(
@@ -281,14 +309,7 @@ def parse_space(
     overrides = dict(overrides or {})
     task = overrides.pop("task", task)
     own_raw = raw.get("conditions")
-    if own_raw is not None and ("condition" in raw or "condition" in overrides):
-        raise KDSweepError(
-            f"search space {where}: give 'condition' or 'conditions' (per-condition params), "
-            "not both"
-        )
-    cond_raw = overrides.pop("condition", raw.get("condition", "independent"))
-    if own_raw is not None:
-        cond_raw = {"grid": _own_names(own_raw, where)}
+    cond_raw = _condition_spec(raw, overrides, where)
     conditions, cond_grid = _conditions(cond_raw, where)
     for c in conditions:
         try:
@@ -306,15 +327,7 @@ def parse_space(
 
     space = SweepSpace(source=where, task=task, conditions=conditions, condition_is_grid=cond_grid)
     space.fixed, space.dists = _split(params, where)
-    for cond, own in (own_raw or {}).items():
-        if not isinstance(own, dict | None):
-            raise KDSweepError(
-                f"search space {where}: conditions.{cond} must be a mapping of params"
-            )
-        own_fixed, own_dists = _split({k: _absolute(v) for k, v in (own or {}).items()}, where)
-        for key in overrides:  # the command line wins over every condition's own value
-            own_fixed.pop(key, None), own_dists.pop(key, None)
-        space.own[str(cond)] = OwnParams(own_fixed, own_dists)
+    space.own = _own_params(own_raw or {}, overrides, where)
     space.num_samples = _int(raw.get("num_samples", 1), "num_samples", where, minimum=1)
     asha = raw.get("asha") or {}
     if not isinstance(asha, dict) or set(asha) - ASHA_KEYS:
