@@ -1,6 +1,6 @@
 """The command line every sweeps/<name>.py shares: flags, overrides, the smoke preset, main().
 
-    main("temperature", __doc__)     # parse, build the space, run_sweep (driver/run.py)
+    main("temperature", __doc__)     # parse, build_plan (driver/plan.py), run_sweep (driver/run.py)
 
 Bad input raises KDSweepError anywhere before the first trial; main() turns it into one line
 `error: ...` and exit status 2.
@@ -11,13 +11,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from driver.confirm import check_confirm_args
 from driver.docs import HelpFields
-from driver.run import PROJECT_DIR, run_sweep
-from driver.space import SPACES_DIR, SweepSpace, parse_overrides, parse_space, read_space
-from driver.summary import SweepOutcome
+from driver.plan import (
+    PROJECT_DIR,
+    SMOKE_PRESET,
+    USER,
+    Confirm,
+    SweepPlan,
+    compose_space,
+    max_epochs,
+    max_failures,
+    scheduler_settings,
+)
+from driver.run import run_sweep
+from driver.space import SPACES_DIR, SweepSpace, parse_overrides, read_space
 from kdsweep.errors import KDSweepError
 from kdsweep.paths import cache_root
 
@@ -45,8 +58,9 @@ SMOKE = {
         "beam_width": 8,
     },
 }
-# Smoke keeps these asr sizes fixed even where the YAML varies them (like `student` for text).
-ASR_SIZES = ("n_utterances", "layers", "hidden", "teacher_layers", "teacher_hidden")
+# Smoke fixes what would make it slow even where the YAML varies it (unless the user gave it).
+SMOKE_FIXED = ("epochs", "student", "per_class", "max_len", "teacher_epochs", "n_utterances")
+SMOKE_FIXED += ("layers", "hidden", "teacher_layers", "teacher_hidden")
 
 
 def gpu_share(text: str) -> str | float:
@@ -116,51 +130,113 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     return p
 
 
-def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
-    """YAML (read once) + smoke preset + CLI flags/overrides -> a validated space."""
+def user_values(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """The config values the user gave: --dataset/--teacher/--student/--max-epochs + key=value."""
+    given: dict[str, Any] = {"task": args.task} if args.task else {}
+    flags = {"dataset": args.dataset, "teacher": args.teacher, "student": args.student}
+    for flag, value in flags.items():
+        if value:
+            given["corpus" if task == "asr" and flag == "dataset" else flag] = value
+    if args.max_epochs:
+        given["epochs"] = args.max_epochs
+    return {**given, **parse_overrides(args.overrides)}
+
+
+def space_from_args(name: str, args: argparse.Namespace) -> tuple[SweepSpace, dict[str, str]]:
+    """YAML (read once) + smoke preset + CLI flags/overrides -> (validated space, sources)."""
     ref = args.space
     if args.task == "asr" and ref == name and (SPACES_DIR / f"asr_{name}.yaml").is_file():
         ref = f"asr_{name}"  # `--task asr` picks the speech version of the sweep
-    cli = parse_overrides(args.overrides)
-    cache_dir = str(cache_root(cli.get("cache_dir", "")))
     raw, where = read_space(ref)
     task = args.task or (raw.get("task", "text") if isinstance(raw, dict) else "text")
-    overrides: dict[str, Any] = {"task": args.task} if args.task else {}
-    for flag in ("dataset", "teacher", "student"):
-        if getattr(args, flag):
-            key = "corpus" if task == "asr" and flag == "dataset" else flag
-            overrides[key] = getattr(args, flag)
-    if args.max_epochs:
-        overrides["epochs"] = args.max_epochs
-    overrides.update(cli)
-    overrides["cache_dir"] = cache_dir
-    if args.smoke:
-        # The real sweep's space is validated too: a smoke run must not hide a bad YAML value
-        # that its preset happens to replace (e.g. `lr: abc`).
-        parse_space(raw, where, overrides, seeds=args.seeds)
-        overrides = {**SMOKE.get(task, {}), **overrides}
-    space = parse_space(raw, where, overrides, seeds=args.seeds)
-    if args.smoke:
-        # Smoke fixes what would make it slow even if the YAML varies it.
-        for k in ("epochs", "student", "per_class", "max_len", "teacher_epochs", *ASR_SIZES):
-            if k in space.dists and k in SMOKE.get(task, {}) and k not in cli:
-                del space.dists[k]
-                space.fixed[k] = SMOKE[task][k]
+    user = user_values(args, task)
+    user["cache_dir"] = str(cache_root(user.get("cache_dir", "")))
+    smoke = SMOKE.get(task, {}) if args.smoke else None
+    space, sources = compose_space(raw, where, user, smoke, SMOKE_FIXED, seeds=args.seeds)
+    if args.seeds:
+        sources["seed"] = USER
     if args.num_samples:
         space.num_samples = args.num_samples
+        sources["num_samples"] = USER
     elif args.smoke:
         space.num_samples = min(space.num_samples, 2 if space.uses_optuna else 1)
-    check_confirm_args(args, space)
-    return space
+        sources["num_samples"] = SMOKE_PRESET
+    return space, sources
 
 
-def main(name: str, doc: str | None, argv: list[str] | None = None) -> SweepOutcome | None:
-    """Entry point of every sweep script: clear one-line errors (exit 2) for bad input."""
+def build_plan(name: str, args: argparse.Namespace) -> SweepPlan:
+    """The one `SweepPlan` of this command line: everything below reads the plan, not `args`."""
+    from driver.tracking import default_tracking_uri  # imports Ray: not for --help
+
+    space, sources = space_from_args(name, args)
+    epochs = max_epochs(space)
+    plan = SweepPlan(
+        script=name,
+        name=sweep_name(name, space, args),
+        space=space,
+        storage=Path(args.storage).expanduser().resolve(),
+        tracking_uri=args.mlflow_uri or default_tracking_uri(PROJECT_DIR),
+        seeds=args.seeds,
+        max_epochs=epochs,
+        max_failures=max_failures(space),
+        scheduler=scheduler_settings(
+            space, epochs, not args.no_asha, args.grace_period, args.reduction_factor
+        ),
+        cpu=float(args.cpus_per_trial or space.resources.get("cpu", 1.0)),
+        gpu=_gpu(args.gpus_per_trial, space),
+        confirm=Confirm(args.confirm, args.confirm_seeds),
+        optuna_storage=args.optuna_storage,
+        address=args.address or os.environ.get("RAY_ADDRESS") or None,
+        searcher_seed=args.seed,
+        smoke=args.smoke,
+        test=not args.no_test,
+        quiet=args.quiet,
+        verbose=args.verbose,
+        resume=args.resume,
+        fresh=args.fresh,
+        sources={**sources, **({"name": USER} if args.name else {})},
+    )
+    check_confirm_args(plan.confirm, plan.space)
+    return plan
+
+
+def _gpu(given: str | float | None, space: SweepSpace) -> str | float:
+    gpu = given if given is not None else space.resources.get("gpu", 0.0)
+    return gpu if gpu == "auto" or not isinstance(gpu, int | float) else float(gpu)
+
+
+def sweep_name(name: str, space: SweepSpace, args: argparse.Namespace) -> str:
+    """`--name`, or '<sweep>-<task>-<dataset>[-smoke]' (+ a time stamp with --fresh)."""
+    if args.name:
+        return args.name
+    data = space.fixed.get("corpus", "commands") if space.task == "asr" else None
+    dataset = Path(str(data or space.fixed.get("dataset", "fortunes"))).stem
+    suffix = "-smoke" if args.smoke else ""
+    stem = Path(str(args.space)).stem  # `--space other.yaml` is another sweep: its own folder
+    label = name if stem in (name, f"asr_{name}") else stem
+    base = f"{label}-{space.task}-{dataset}{suffix}"
+    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}" if args.fresh else base
+
+
+def parse(name: str, doc: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line (`--quiet` also reaches the preparation's progress bars)."""
     args = build_parser(name, doc).parse_args(argv)
     if args.quiet:  # preparation progress bars (kdsweep.progress) read it too
         os.environ["KDSWEEP_QUIET"] = "1"
+    return args
+
+
+def main(
+    name: str,
+    doc: str | None,
+    argv: list[str] | None = None,
+    run: Callable[[SweepPlan], Any] = run_sweep,
+) -> Any:
+    """Entry point of every sweep script: parse, build the plan, `run` it (a sweep, or the
+    cascade's stages); clear one-line errors (exit 2) for bad input."""
+    args = parse(name, doc, argv)
     try:
-        return run_sweep(name, args, space_from_args(name, args))
+        return run(build_plan(name, args))
     except KDSweepError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -11,14 +11,14 @@ evaluated on test exactly once (the result is kept in its trial folder). The ans
 and logged on the sweep's MLflow parent run; confirm trials are child runs of that parent run,
 tagged kdsweep.stage=confirm.
 
-    check_confirm_args(args, space)        # bad --confirm / --confirm-seeds: KDSweepError
-    confirm = run_confirm(grid, outcome, space, args, storage, res, journal, prep, uri)
+    check_confirm_args(plan.confirm, plan.space)   # bad --confirm / --confirm-seeds: KDSweepError
+    confirm = run_confirm(plan, grid, outcome, ray, journal, prep)   # in the search's Ray
     print(confirm.text)
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from driver.confirm_table import confirm_answer, format_answer, markdown_answer, pruned_line
+from driver.fit import fit, trial_callback
 from driver.labels import describe
+from driver.plan import Confirm, SweepPlan, derive
+from driver.resume import check_resume
 from driver.space import SweepSpace
 from kdsweep.errors import KDSweepError
 from trainables.metrics import METRIC, MODE, TEST_METRIC
@@ -75,16 +78,16 @@ def n_configs(space: SweepSpace) -> int:
     return space.grid_size() // max(1, len(seeds))
 
 
-def check_confirm_args(args: argparse.Namespace, space: SweepSpace) -> None:
+def check_confirm_args(confirm: Confirm, space: SweepSpace) -> None:
     """`--confirm K` needs 1 <= K <= the configs of the search, `--confirm-seeds` >= 2."""
-    k = getattr(args, "confirm", None)
+    k = confirm.k
     if k is None:
         return
     if k < 1:
         raise KDSweepError(f"--confirm {k}: give the number of top configs to confirm (>= 1)")
-    if args.confirm_seeds < 2:
+    if confirm.seeds < 2:
         raise KDSweepError(
-            f"--confirm-seeds {args.confirm_seeds}: a confidence interval needs >= 2 seeds"
+            f"--confirm-seeds {confirm.seeds}: a confidence interval needs >= 2 seeds"
         )
     n = n_configs(space)
     if k > n:
@@ -134,8 +137,6 @@ def choose_arms(
     """The top `k` configs and the baseline: the best independent config of the search (it may
     be one of the top k), or one built from the best config's fields an independent run has.
     Every arm runs `epochs` (the most any search trial was allowed: fair budgets)."""
-    from trainables.registry import config_class
-
     mode = MODE[space.task]
     varied = [v for v in space.varied if v != "seed"]
     arms = [Arm(cfg, _label(cfg, varied), dev, st) for cfg, dev, st in top_configs(trials, k, mode)]
@@ -147,7 +148,7 @@ def choose_arms(
         cfg, dev, st = base[0]
         arms.append(Arm(cfg, _label(cfg, varied), dev, st, baseline=True))
     elif arms:
-        names = config_class(space.task, BASELINE).field_names() | {"task"}
+        names = space.config_class(BASELINE).field_names() | {"task"}
         cfg = {k: v for k, v in arms[0].config.items() if k in names}
         cfg["condition"] = BASELINE
         arms.append(Arm(cfg, _label(cfg, varied), math.nan, "added", baseline=True))
@@ -211,66 +212,65 @@ def _finite(v: Any) -> bool:
 
 
 # ---------------------------------------------------------------- the stage (Ray + files)
-def _arms_and_seeds(path: Path, grid, outcome, space: SweepSpace, args) -> tuple[list, list, bool]:
-    """(arms, seeds, restore): those the confirm run at `path` started with when it can be
+def _arms_and_seeds(plan: SweepPlan, grid, outcome) -> tuple[list, list, bool]:
+    """(arms, seeds, restore) of the confirm run `plan`: those it started with when it can be
     restored, else chosen from the search's results."""
-    from ray.tune import Tuner
-
-    from driver.run import max_epochs
-
-    arms_file = path / ARMS_FILE
-    restore = Tuner.can_restore(str(path)) and arms_file.is_file()
+    arms_file = plan.path / ARMS_FILE
+    restore = arms_file.is_file() and check_resume(plan.path, plan.space.to_dict(), False)
     if restore:
         saved = json.loads(arms_file.read_text())
         return [Arm(**a) for a in saved["arms"]], saved["seeds"], True
-    metric = METRIC[space.task]
+    metric = METRIC[plan.space.task]
     trials = [(r.config or {}, row[metric], row["status"]) for r, row in zip(grid, outcome.rows)]
     used = {int(cfg.get("seed", 0)) for cfg, _, _ in trials}
-    seeds = confirm_seeds(args.confirm_seeds, used)
-    return choose_arms(trials, space, args.confirm, max_epochs(space)), seeds, False
+    seeds = confirm_seeds(plan.confirm.seeds, used)
+    return choose_arms(trials, plan.space, plan.confirm.k, plan.max_epochs), seeds, False
+
+
+def confirm_plan(plan: SweepPlan) -> SweepPlan:
+    """The confirm run's plan: its own folder beside the search's, no early stopping, no seed
+    groups (the arms x seeds grid is explicit)."""
+    k, m = plan.confirm.k, plan.confirm.seeds
+    return derive(
+        plan,
+        name=f"{plan.name}-confirm-k{k}-s{m}",
+        seeds=0,
+        scheduler=dataclasses.replace(plan.scheduler, asha=False),
+    )
 
 
 def run_confirm(
-    grid,
-    outcome,
-    space: SweepSpace,
-    args: argparse.Namespace,
-    storage: Path,
-    res: dict[str, float],
-    journal,
-    prep: dict[str, Any],
-    tracking_uri: str,
+    plan: SweepPlan, grid, outcome, ray, journal, prep: dict[str, Any]
 ) -> ConfirmOutcome | None:
-    """Run (or resume) the confirm stage after the search; None when nothing can be confirmed."""
-    from driver import run
-
-    name = f"{outcome.name}-confirm-k{args.confirm}-s{args.confirm_seeds}"
-    path = storage / name
-    arms, seeds, restore = _arms_and_seeds(path, grid, outcome, space, args)
+    """Run (or resume) the confirm stage after the search, on the search's Ray session `ray`;
+    None when nothing can be confirmed."""
+    cplan = confirm_plan(plan)
+    arms, seeds, restore = _arms_and_seeds(cplan, grid, outcome)
     if not arms:
         print("[kdsweep] confirm: no finished config to confirm")
         return None
-    path.mkdir(parents=True, exist_ok=True)
+    cplan.path.mkdir(parents=True, exist_ok=True)
     saved = {"arms": [asdict(a) for a in arms], "seeds": seeds}
-    (path / ARMS_FILE).write_text(json.dumps(saved, default=str, indent=1))
+    (cplan.path / ARMS_FILE).write_text(json.dumps(saved, default=str, indent=1))
     max_t = int(arms[0].config["epochs"])
     print(
         f"[kdsweep] confirm stage: {len(arms)} config(s) x {len(seeds)} fresh seed(s) {seeds}, "
-        f"{max_t} epochs each, no early stopping; {'resuming' if restore else 'starting'} ({path})"
+        f"{max_t} epochs each, no early stopping; {'resuming' if restore else 'starting'} "
+        f"({cplan.path})"
     )
-    cspace = ConfirmSpace(space, [a.config for a in arms], seeds)
-    cargs = argparse.Namespace(**{**vars(args), "no_asha": True, "seeds": 0})
-    callback = run.trial_callback(journal, cspace, prep, max_t, extra_tags=STAGE_TAG)
-    cgrid, _ = run.fit(cspace, cargs, name, storage, res, max_t, callback, restore, tracking_uri)
+    cspace = ConfirmSpace(plan.space, [a.config for a in arms], seeds)
+    cplan = dataclasses.replace(cplan, space=cspace, max_epochs=max_t)
+    callback = trial_callback(journal, cplan, prep, extra_tags=STAGE_TAG)
+    cgrid, _ = fit(cplan, ray, callback, restore)
     callback.close_open_runs()
-    rows = confirm_rows(cgrid, space.task, max_t, journal)
-    done = ConfirmOutcome(path=path, arms=arms, seeds=seeds, trials=rows)
-    varied = [k for k in space.varied if k != "seed"]
+    rows = confirm_rows(cgrid, plan.space.task, max_t, journal)
+    done = ConfirmOutcome(path=cplan.path, arms=arms, seeds=seeds, trials=rows)
+    varied = [k for k in plan.space.varied if k != "seed"]
     pruned = {(r["condition"], *(str(r.get(k)) for k in varied))
               for r in outcome.rows if r["status"] == "pruned"}  # fmt: skip
     done.search_pruned = len(pruned)
     done.complete = len(rows) == cspace.grid_size() and all(r["done"] for r in rows)
-    write_answer(done, space.task, Path(outcome.path))
+    write_answer(done, plan.space.task, Path(outcome.path))
     return done
 
 

@@ -114,32 +114,3 @@ def header(splits: list[str]) -> str:
 def format_row(row: dict[str, Any], splits: list[str]) -> str:
     cols = "".join(f"  {row[f'{s}_wer']:>15.4f}  {row[f'{s}_wer_beam']:>13.4f}" for s in splits)
     return f"{row['name']:<24}{cols}"
-
-
-def log_average(client, exp_id: str, params: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """One MLflow parent run (kind=average) + one child run per row (member or average)."""
-    import time
-
-    from mlflow.entities import Metric, Param
-
-    now = int(time.time() * 1000)
-    trial = Path(params["trial"]).name
-    parent = client.create_run(
-        exp_id,
-        run_name=f"average {trial} {params['average']}",
-        tags={"task": "asr", "kind": "average", "checkpoint": params["trial"]},
-    ).info.run_id
-    client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
-    for row in rows:
-        child = client.create_run(
-            exp_id, run_name=row["name"], tags={"mlflow.parentRunId": parent, "task": "asr"}
-        ).info.run_id
-        scores = [Metric(k, v, now, 0) for k, v in row.items() if isinstance(v, float)]
-        used = ",".join(map(str, row["epochs"]))
-        averaged = str(row["name"].startswith("average"))
-        client.log_batch(
-            child, params=[Param("epochs", used), Param("averaged", averaged)], metrics=scores
-        )
-        client.set_terminated(child, "FINISHED")
-    client.set_terminated(parent, "FINISHED")
-    return parent

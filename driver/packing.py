@@ -1,6 +1,6 @@
 """GPU packing by memory, driver side: after preparation, before Ray starts.
 
-    res = fit_gpu_share(space, args, res)   # res["gpu"]: "auto" -> a share; a share: checked
+    res = fit_gpu_share(plan, res)   # res["gpu"]: "auto" -> a share; a share: checked
 
 On a local Ray with a visible GPU, one trial's peak GPU memory is measured by a short probe
 (`trainables.probe`, in a child process so the driver holds no CUDA context), then the free and
@@ -12,29 +12,26 @@ condition that reads the most teacher outputs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from typing import Any
 
+from driver.plan import SweepPlan
 from driver.space import SweepSpace, representative_values
 from kdsweep.gpu import check_share, device_memory, gib, plan_packing, run_isolated
-from trainables.registry import config_class
 
 # Dimensions whose largest value is the most memory a trial needs.
 LARGEST = ("batch_size", "max_len", "hidden", "layers", "n_utterances")
 
 
-def fit_gpu_share(
-    space: SweepSpace, args: argparse.Namespace, res: dict[str, Any]
-) -> dict[str, float]:
+def fit_gpu_share(plan: SweepPlan, res: dict[str, Any]) -> dict[str, float]:
     """`res` with the GPU share measured (`auto`) or checked (an explicit share)."""
     gpu = res["gpu"]
-    if gpu == 0 or args.address or os.environ.get("RAY_ADDRESS"):
+    if gpu == 0 or plan.address:
         return {**res, "gpu": float(gpu)}
-    peak, free, total = measure(probe_config(space))
+    peak, free, total = measure(probe_config(plan.space))
     if gpu == "auto":
-        cap = max_trials(space, res["cpu"], getattr(args, "seeds", 0) or 1)
+        cap = max_trials(plan, res["cpu"])
         plan = plan_packing(peak, free, total, max_trials=cap)
         print(f"[kdsweep] {plan.message}: --gpus-per-trial {plan.share:g}")
         return {**res, "gpu": plan.share}
@@ -70,17 +67,16 @@ def probe_config(space: SweepSpace) -> dict[str, Any]:
         cfg["batch_size"] = int(cfg["batch_size"])
     best, score = space.conditions[0], -1
     for cond in space.conditions:
-        cls = config_class(space.task, cond)
+        cls = space.config_class(cond)
         needs = cls.from_dict({k: v for k, v in cfg.items() if k in cls.field_names()}).needs
         n = sum(bool(getattr(needs, f.name)) for f in dataclasses.fields(needs))
         if n > score:
             best, score = cond, n
-    cls = config_class(space.task, best)
+    cls = space.config_class(best)
     out = {k: v for k, v in cfg.items() if k in cls.field_names()}
     return {**out, "task": space.task, "condition": best}
 
 
-def max_trials(space: SweepSpace, cpu: float, seeds: int = 1) -> int:
-    """At most as many trials at a time as the sweep has, and the CPUs allow."""
-    n = space.num_samples * (1 if space.uses_optuna else space.grid_size()) * seeds
-    return max(1, min(n, int((os.cpu_count() or 1) // cpu)))
+def max_trials(plan: SweepPlan, cpu: float) -> int:
+    """At most as many trials at a time as the sweep has (`plan.n_trials`), and the CPUs allow."""
+    return max(1, min(plan.n_trials, int((os.cpu_count() or 1) // cpu)))

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 from driver.space import SweepSpace
-from trainables.registry import config_class
 from trainables.speech.loop import prepare_asr
 from trainables.text.loop import prepare_text
 
@@ -133,7 +132,7 @@ def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
         if cond in space.own:  # a condition's own params (`conditions:` in the YAML) win
             own = space.own[cond]
             cfg_dict |= own.fixed | {k: args[0] for k, (_, args) in own.dists.items()}
-        cls = config_class(space.task, cond)
+        cls = space.config_class(cond)
         cfg = cls.from_dict({k: v for k, v in cfg_dict.items() if k in cls.field_names()})
         prep = PREPARERS[space.task](cfg, log)
         out = {**out, **prep, "tags": {**out.get("tags", {}), **prep.get("tags", {})}}

@@ -91,7 +91,7 @@ def configure(address: str | None, log=print) -> Path | None:
         if not default.exists():
             raise KDSweepError(
                 f"--address {address}: no Ray token; set {PATH_ENV} to the cluster's token "
-                f"file (or {TOKEN_ENV}), see README 'Outgrowing one machine'"
+                f"file (or {TOKEN_ENV}), see docs/cluster.md"
             )
         path = check_token_file(default, log)
     else:

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ray.tune.search import Searcher
-from ray.tune.search.util import _set_search_properties_backwards_compatible
 
 SEED_KEY = "seed"
 
@@ -72,9 +71,7 @@ class SeedGroupSearcher(Searcher):
     ) -> bool:
         """Pass the properties on, without the seed key (it is ours to set, not Optuna's)."""
         config = {k: v for k, v in (config or {}).items() if k != self.seed_key}
-        ok = _set_search_properties_backwards_compatible(
-            self.searcher.set_search_properties, metric, mode, config, **spec
-        )
+        ok = self.searcher.set_search_properties(metric, mode, config, **spec)  # Searcher API
         self._metric = metric or self.searcher.metric
         self._mode = mode or self.searcher.mode
         return ok

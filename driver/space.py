@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,15 @@ class SweepSpace:
             if kind == "grid":
                 n *= len(args)
         return n
+
+    def config_class(self, condition: str) -> type:
+        """The typed config class of one of the space's conditions."""
+        return config_class(self.task, condition)
+
+    def default(self, key: str) -> Any:
+        """A config field's default (of the first condition): the one place the driver asks
+        the trainables' configs for defaults."""
+        return getattr(self.config_class(self.conditions[0])(), key)
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical form, stored with a sweep so `--resume` can detect a changed space."""
@@ -292,9 +302,14 @@ def read_space(name_or_path: str) -> tuple[Any, str]:
 
 
 def parse_space(
-    raw: Any, where: str, overrides: dict[str, Any] | None = None, seeds: int = 0
+    raw: Any,
+    where: str,
+    overrides: dict[str, Any] | None = None,
+    seeds: int = 0,
+    sources: dict[str, str] | None = None,
 ) -> SweepSpace:
-    """Validate a loaded YAML document (see the module docstring for the format)."""
+    """Validate a loaded YAML document (see the module docstring for the format); `sources`
+    (key -> where its value came from, driver/plan.py) names the source a bad value blames."""
     if not isinstance(raw, dict):
         raise KDSweepError(f"search space {where}: expected a mapping at the top level")
     unknown = set(raw) - TOP_KEYS
@@ -328,6 +343,14 @@ def parse_space(
     space = SweepSpace(source=where, task=task, conditions=conditions, condition_is_grid=cond_grid)
     space.fixed, space.dists = _split(params, where)
     space.own = _own_params(own_raw or {}, overrides, where)
+    _settings(space, raw, where)
+    validate(space, sources)
+    return space
+
+
+def _settings(space: SweepSpace, raw: dict, where: str) -> None:
+    """The YAML's num_samples, asha, resources and (cascade) stages, checked, into `space`."""
+    task, conditions = space.task, space.conditions
     space.num_samples = _int(raw.get("num_samples", 1), "num_samples", where, minimum=1)
     asha = raw.get("asha") or {}
     if not isinstance(asha, dict) or set(asha) - ASHA_KEYS:
@@ -345,8 +368,6 @@ def parse_space(
         config_class(task, conditions[0]).from_dict(
             {"student": student}, where=f"search space {where}, stages"
         )
-    validate(space)
-    return space
 
 
 def _absolute(value: Any) -> Any:
@@ -427,9 +448,10 @@ def representative_values(kind: str, args: list) -> list:
     return list(args) if kind in ("grid", "choice") else [args[0], args[1]]
 
 
-def validate(space: SweepSpace) -> None:
+def validate(space: SweepSpace, sources: dict[str, str] | None = None) -> None:
     """Every key must be a field of some condition's config, and every value must pass that
-    config's checks (each dimension's values tried one at a time on top of the fixed ones)."""
+    config's checks (each dimension's values tried one at a time on top of the fixed ones).
+    A bad value's error names its source (`sources`; default: the YAML)."""
     classes = {c: config_class(space.task, c) for c in space.conditions}
     all_fields = set().union(*(cls.field_names() for cls in classes.values()))
     for key in [*space.fixed, *space.dists]:
@@ -453,12 +475,27 @@ def validate(space: SweepSpace) -> None:
                     f"{cls.__name__} has no such field"
                 )
         fixed = {k: v for k, v in space.fixed.items() if k in names} | own.fixed
-        cls.from_dict(fixed, where=where)
-        for key, (kind, args) in (space.dists | own.dists).items():
-            if key not in names:
-                continue
-            for value in representative_values(kind, args):
-                cls.from_dict({**fixed, key: value}, where=f"{where}, {key}={value!r}")
+        try:
+            cls.from_dict(fixed, where=where)
+            for key, (kind, args) in (space.dists | own.dists).items():
+                if key not in names:
+                    continue
+                for value in representative_values(kind, args):
+                    where = f"search space {space.source} (condition {cond}), {key}={value!r}"
+                    cls.from_dict({**fixed, key: value}, where=where)
+        except KDSweepError as e:
+            raise _blamed(e, where, cond, sources or {}) from None
+
+
+def _blamed(e: KDSweepError, where: str, cond: str, sources: dict[str, str]) -> KDSweepError:
+    """The error with its `where` naming the source of the field it is about (the command
+    line, the --smoke preset, a checkpoint), not the YAML, where the value came from there."""
+    text = str(e)
+    found = re.search(r"(?:field|key|parameter) '(\w+)'", text)
+    source = sources.get(found.group(1), "") if found else ""
+    if not text.startswith(f"{where}: ") or not source or source.startswith("search space"):
+        return e
+    return KDSweepError(f"{source} (condition {cond}): {text[len(where) + 2 :]}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -63,28 +63,11 @@ def summarize(
     sign = 1 if mode == "max" else -1
     best_row = None
     for r in grid:
-        cfg = r.config or {}
-        df = r.metrics_dataframe
-        values = [] if df is None or metric not in df else [v for v in df[metric] if _finite(v)]
-        best_v = (max(values) if mode == "max" else min(values)) if values else math.nan
-        epochs = int((r.metrics or {}).get("epoch", 0))
-        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
-        pruned = groups.is_stopped(trial_id) if groups else epochs < max_t
-        status = "error" if r.error else ("pruned" if pruned else "finished")
-        if not r.error and trial_id not in ended:
-            status, outcome.interrupted = "interrupted", True
-        row = {
-            "trial_id": trial_id,
-            "label": describe(cfg, space.varied),
-            "condition": cfg.get("condition"),
-            **{k: cfg.get(k) for k in space.varied if k != "condition"},
-            metric: best_v,
-            "epochs": epochs,
-            "status": status,
-            "error": str(r.error).splitlines()[0][:200] if r.error else "",
-            **({"why": groups.reason_for(trial_id)} if groups else {}),
-        }
+        row = _row(r, space, max_t, groups, ended)
+        if row["status"] == "interrupted":
+            outcome.interrupted = True
         outcome.rows.append(row)
+        best_v = row[metric]
         if _finite(best_v) and (best_row is None or sign * best_v > sign * best_row[0][metric]):
             best_row = (row, r)
     outcome.warnings = _tie_warnings(outcome.rows, space, metric)
@@ -105,6 +88,32 @@ def summarize(
         }  # fmt: skip
         outcome.best.update(best_checkpoint(r, metric, mode, test))
     return outcome
+
+
+def _row(r, space: SweepSpace, max_t: int, groups, ended: dict) -> dict[str, Any]:
+    """One trial's table row: its varied params, best metric, epochs and how it ended."""
+    metric, mode = METRIC[space.task], MODE[space.task]
+    cfg = r.config or {}
+    df = r.metrics_dataframe
+    values = [] if df is None or metric not in df else [v for v in df[metric] if _finite(v)]
+    best_v = (max(values) if mode == "max" else min(values)) if values else math.nan
+    epochs = int((r.metrics or {}).get("epoch", 0))
+    trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
+    pruned = groups.is_stopped(trial_id) if groups else epochs < max_t
+    status = "error" if r.error else ("pruned" if pruned else "finished")
+    if not r.error and trial_id not in ended:
+        status = "interrupted"
+    return {
+        "trial_id": trial_id,
+        "label": describe(cfg, space.varied),
+        "condition": cfg.get("condition"),
+        **{k: cfg.get(k) for k in space.varied if k != "condition"},
+        metric: best_v,
+        "epochs": epochs,
+        "status": status,
+        "error": str(r.error).splitlines()[0][:200] if r.error else "",
+        **({"why": groups.reason_for(trial_id)} if groups else {}),
+    }
 
 
 def _small_dev_warning(rows: list[dict], metric: str, n_dev: int) -> str | None:

@@ -31,6 +31,9 @@ RETRY_AFTER_S = 20.0
 MIN_INTERVAL_S = 2.0
 
 
+JOURNAL_FILE = "mlflow_journal.jsonl"  # in the sweep folder
+
+
 def default_tracking_uri(project_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir / 'mlruns.db'}"
 
@@ -46,7 +49,7 @@ class Journal:
     def __init__(self, sweep_dir: Path, tracking_uri: str, experiment: str, artifact_root: str):
         self.dir = Path(sweep_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / "mlflow_journal.jsonl"
+        self.path = self.dir / JOURNAL_FILE
         # Not *.json: on restore Ray Tune copies every *.json/*.pkl of the experiment folder to
         # its staging dir and later uploads that stale copy back over ours (seen as an empty or
         # rewound cursor after a SIGKILL + resume, i.e. events sent twice).

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from driver.tracking import Journal, default_tracking_uri
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+from driver.sync import sync_sweep  # noqa: E402
+from kdsweep.errors import KDSweepError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,20 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep_dir", type=Path, help="runs/<sweep name>")
     p.add_argument("--mlflow-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")
     args = p.parse_args(argv)
-    journal_file = args.sweep_dir / "mlflow_journal.jsonl"
-    if not journal_file.is_file():
-        print(f"error: {journal_file} not found (not a kdsweep sweep directory?)", file=sys.stderr)
+    try:
+        sent, pending = sync_sweep(args.sweep_dir, args.mlflow_uri)
+    except KDSweepError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    first = json.loads(journal_file.read_text().splitlines()[0])
-    name = first.get("name", args.sweep_dir.name)
-    uri = args.mlflow_uri or default_tracking_uri(PROJECT_DIR)
-    journal = Journal(
-        args.sweep_dir, uri, f"kdsweep/{name}", (PROJECT_DIR / "mlartifacts").as_uri()
-    )
-    before = journal.pending()
-    ok = journal.sync(force=True)
-    print(f"{before - journal.pending()} event(s) sent, {journal.pending()} pending")
-    return 0 if ok else 1
+    print(f"{sent} event(s) sent, {pending} pending")
+    return 0 if pending == 0 else 1
 
 
 if __name__ == "__main__":

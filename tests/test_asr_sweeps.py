@@ -56,7 +56,7 @@ def test_task_asr_picks_the_speech_spaces():
         ("compression", ["independent", "soft"]),
     ]:
         args = build_parser(name, None).parse_args(["--task", "asr"])
-        space = space_from_args(name, args)
+        space = space_from_args(name, args)[0]
         assert space.task == "asr" and space.conditions == conditions
         assert space.source.endswith(f"asr_{name}.yaml")
     sd = load_space("self_distill")
@@ -69,7 +69,7 @@ def test_smoke_fixes_asr_sizes():
     from driver.cli import build_parser, space_from_args
 
     args = build_parser("compression", None).parse_args(["--task", "asr", "--smoke"])
-    space = space_from_args("compression", args)
+    space = space_from_args("compression", args)[0]
     assert "hidden" not in space.dists and space.fixed["hidden"] == 32
     assert space.fixed["n_utterances"] == 40 and space.fixed["epochs"] == 2
 

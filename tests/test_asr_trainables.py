@@ -10,9 +10,11 @@ import torch
 from conftest import SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
+import kdsweep.speech.store as asr_store
 import kdsweep.speech.teacher as asr_teacher
 from kdsweep.errors import KDSweepError
-from kdsweep.speech.teacher import ASRTeacherRecipe, ASRTeacherStore, NonFiniteLossError
+from kdsweep.speech.store import ASRTeacherStore
+from kdsweep.speech.teacher import ASRTeacherRecipe, NonFiniteLossError
 from trainables.registry import evaluate_checkpoint
 from trainables.speech.config import ASRConfig, ASRHiddenConfig, ASRSoftConfig, SelfDistillConfig
 from trainables.speech.loop import prepare_asr, run_asr_trial
@@ -93,7 +95,7 @@ def test_teacher_store_hit_and_kd_trials_never_run_the_teacher(tmp_path, small_a
     def no_teacher(*a, **k):
         raise AssertionError("the teacher model must not run in soft/hard trials")
 
-    monkeypatch.setattr(asr_teacher.StoredASRTeacher, "load_model", no_teacher)
+    monkeypatch.setattr(asr_store.StoredASRTeacher, "load_model", no_teacher)
     monkeypatch.setattr(asr_teacher, "train_model", no_teacher)
     for condition in ("soft", "hard"):
         s = _run(condition, small_asr, tmp_path / condition)

@@ -16,6 +16,7 @@ import torch
 from conftest import HAS_TTS, SMALL_ASR, needs_tts
 from safetensors.torch import load_file
 
+import kdsweep.speech.store as asr_store
 import kdsweep.speech.teacher as asr_teacher
 import trainables.speech.loop as asr_loop
 import trainables.speech.trainable as asr_mod
@@ -225,13 +226,13 @@ def small_asr(cache_dir) -> dict:
 
 def _counting_load_model(monkeypatch) -> list[int]:
     calls: list[int] = []
-    real = asr_teacher.StoredASRTeacher.load_model
+    real = asr_store.StoredASRTeacher.load_model
 
     def counted(self, *a, **k):
         calls.append(1)
         return real(self, *a, **k)
 
-    monkeypatch.setattr(asr_teacher.StoredASRTeacher, "load_model", counted)
+    monkeypatch.setattr(asr_store.StoredASRTeacher, "load_model", counted)
     return calls
 
 
@@ -259,7 +260,7 @@ def test_transfer_outputs_come_from_the_cache(small_asr, monkeypatch):
     def no_teacher(*a, **k):
         raise AssertionError("a prepared transfer set must not run the teacher again")
 
-    monkeypatch.setattr(asr_teacher.StoredASRTeacher, "load_model", no_teacher)
+    monkeypatch.setattr(asr_store.StoredASRTeacher, "load_model", no_teacher)
     again = prepare_asr(ASRSoftConfig.from_dict(config), log=lambda m: None)
     assert again.transfer.key == tr.key
     assert all(torch.equal(a, b) for a, b in zip(again.transfer.logits, tr.logits))
@@ -304,7 +305,7 @@ def test_trial_with_a_transfer_set(tmp_path, small_asr, monkeypatch, condition):
         raise AssertionError("trials read the teacher's cached outputs, never run it")
 
     monkeypatch.setattr(asr_loop, "train_epoch", spy)
-    monkeypatch.setattr(asr_teacher.StoredASRTeacher, "load_model", no_teacher)
+    monkeypatch.setattr(asr_store.StoredASRTeacher, "load_model", no_teacher)
     with local_session(tmp_path) as s:
         run_trial(config)
     # Every epoch: the 32 labeled rows + 8 of the 12 transfer rows (0.25 per labeled row).
@@ -334,7 +335,7 @@ def test_transfer_sweep_task_asr_picks_the_speech_space_and_smoke_stays_small():
     from driver.cli import build_parser, space_from_args
 
     args = build_parser("transfer", None).parse_args(["--task", "asr", "--smoke"])
-    space = space_from_args("transfer", args)
+    space = space_from_args("transfer", args)[0]
     assert space.source.endswith("asr_transfer.yaml") and space.conditions == ["soft"]
     assert space.dists["transfer_ratio"] == ("grid", [0.0, 0.5, 1.0])
     # transfer_size 0 = n_utterances: the smoke preset's 40, so synthesis takes seconds
@@ -344,4 +345,4 @@ def test_transfer_sweep_task_asr_picks_the_speech_space_and_smoke_stays_small():
         args = build_parser("transfer", None).parse_args(
             ["--task", "asr", f"condition={condition}"]
         )
-        assert space_from_args("transfer", args).conditions == [condition]
+        assert space_from_args("transfer", args)[0].conditions == [condition]

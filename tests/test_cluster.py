@@ -84,9 +84,9 @@ def _stop_groups(pgids: list[int], grace: float = 10.0) -> None:
 
 # ---------------------------------------------------------------- cluster resources (fast)
 def _args(*argv: str):
-    from driver.cli import build_parser
+    from driver.cli import build_parser, build_plan
 
-    return build_parser("temperature", None).parse_args(list(argv))
+    return build_plan("temperature", build_parser("temperature", None).parse_args(list(argv)))
 
 
 @pytest.mark.unit
@@ -94,19 +94,17 @@ def test_gpu_request_is_kept_on_a_cluster(monkeypatch, capsys):
     """The driver's machine may have no GPU; the cluster's nodes decide, not the local check."""
     import torch
 
-    from driver.space import load_space
     from driver.tuner import resolve_resources
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    space = load_space("temperature")
-    res = resolve_resources(space, _args("--address", "127.0.0.1:6379", "--gpus-per-trial", "0.25"))
+    res = resolve_resources(_args("--address", "127.0.0.1:6379", "--gpus-per-trial", "0.25"))
     assert res == {"cpu": 1.0, "gpu": 0.25}
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    assert resolve_resources(space, _args("--gpus-per-trial", "1"))["gpu"] == 1.0
+    assert resolve_resources(_args("--gpus-per-trial", "1"))["gpu"] == 1.0
     assert "no GPU found" not in capsys.readouterr().out
     monkeypatch.delenv("RAY_ADDRESS")  # local: no GPU here -> CPU, said in one line
-    assert resolve_resources(space, _args("--gpus-per-trial", "0.25"))["gpu"] == 0.0
+    assert resolve_resources(_args("--gpus-per-trial", "0.25"))["gpu"] == 0.0
     assert "no GPU found" in capsys.readouterr().out
 
 

@@ -137,17 +137,13 @@ def test_bad_confirm_flags_fail_before_any_trial(flags, needle, capsys):
 
 
 def test_confirm_check_is_a_kdsweep_error():
-    import argparse
-
     from driver.confirm import check_confirm_args
+    from driver.plan import Confirm
     from driver.space import load_space
 
-    ok = argparse.Namespace(confirm=2, confirm_seeds=2)
-    check_confirm_args(ok, load_space("temperature"))
+    check_confirm_args(Confirm(k=2, seeds=2), load_space("temperature"))
     with pytest.raises(KDSweepError):
-        check_confirm_args(
-            argparse.Namespace(confirm=2, confirm_seeds=0), load_space("temperature")
-        )
+        check_confirm_args(Confirm(k=2, seeds=0), load_space("temperature"))
 
 
 def test_confirm_space_is_arms_times_seeds():

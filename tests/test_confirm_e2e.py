@@ -42,6 +42,7 @@ def test_confirm_stage_end_to_end_and_rerun_reuses_it(tmp_path, cache_dir):
     assert "confirm stage: 2 config(s) x 2 fresh seed(s) [1000, 1001]" in out
     assert "test accuracy (95% CI)" in out and "independent L2-H128 [baseline]" in out
     assert "vs independent L2-H128 | pairs" in out and "Holm p" in out
+    assert out.count("[kdsweep] Ray (local) started") == 1  # one Ray for search and confirm
 
     sweep_dir = tmp_path / "runs" / SWEEP
     saved = json.loads((sweep_dir / "confirm.json").read_text())

@@ -10,9 +10,10 @@ import torch
 
 import driver.packing as packing
 import driver.run as run_mod
-from driver.cli import build_parser, main
+from driver.cli import build_parser, build_plan, main
+from driver.plan import max_failures
 from driver.space import load_space
-from driver.tuner import max_failures, resolve_resources
+from driver.tuner import resolve_resources
 from kdsweep.errors import KDSweepError
 
 pytestmark = pytest.mark.unit
@@ -29,8 +30,8 @@ def sweep(monkeypatch, tmp_path):
     """run(argv, gpus=1, peak=..., free=..., total=...) -> (res handed to Ray, probes, out)."""
     seen: dict = {"probes": []}
 
-    def fake_fit(space, args, sweep, storage, res, *a, **k):
-        seen["res"] = res
+    def fake_fit(plan, ray, *a, **k):
+        seen["res"] = ray.res
         raise Stop
 
     def fake_measure(config):
@@ -112,21 +113,24 @@ def _args(*argv: str):
     return build_parser("temperature", None).parse_args(list(argv))
 
 
+def _plan(*argv: str):
+    return build_plan("temperature", _args(*argv))
+
+
 def test_flag_values(monkeypatch, capsys):
     assert _args("--gpus-per-trial", "auto").gpus_per_trial == "auto"
     assert _args("--gpus-per-trial", "0.25").gpus_per_trial == 0.25
     assert _args("--gpus-per-trial", "2").gpus_per_trial == 2.0
     with pytest.raises(SystemExit):
         _args("--gpus-per-trial", "half")
-    space = load_space("temperature")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for bad in ("1.5", "-1"):
         with pytest.raises(KDSweepError, match="gpu must be auto, a share <= 1 or whole GPUs"):
-            resolve_resources(space, _args("--gpus-per-trial", bad))
-    assert resolve_resources(space, _args("--gpus-per-trial", "auto"))["gpu"] == "auto"
+            resolve_resources(_plan("--gpus-per-trial", bad))
+    assert resolve_resources(_plan("--gpus-per-trial", "auto"))["gpu"] == "auto"
     # On a cluster the driver cannot measure the nodes' cards: one GPU per trial, said once.
-    res = resolve_resources(space, _args("--gpus-per-trial", "auto", "--address", "h:6379"))
+    res = resolve_resources(_plan("--gpus-per-trial", "auto", "--address", "h:6379"))
     assert res["gpu"] == 1.0 and "auto on a cluster" in capsys.readouterr().out
 
 

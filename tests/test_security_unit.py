@@ -94,6 +94,7 @@ def test_cli_error_for_a_missing_token_file(clean_env, monkeypatch, capsys):
 # ---------------------------------------------------------------- nothing turns auth off
 SCANNED = ["sweeps", "driver", "trainables", "kdsweep", "bench", "scripts", "docker", "tests"]
 SCANNED_FILES = ["Makefile", "README.md", "pyproject.toml"]
+SCANNED.append("docs")
 # RAY_AUTH_MODE given the value disabled in any syntax: env var, dict, compose, export, setdefault.
 TURNS_OFF = re.compile(r"""RAY_AUTH_MODE['"]?\s*(?:=|:|,|\?=)\s*['"]?disabled""", re.IGNORECASE)
 ALLOWED = {Path(__file__).resolve()}  # this test names the pattern it looks for
@@ -138,7 +139,7 @@ def test_local_cluster_has_no_dashboard_and_token_auth_on(clean_env, monkeypatch
     import ray
 
     from driver import ray_procs
-    from driver.cli import build_parser
+    from driver.cli import build_parser, build_plan
     from driver.tuner import init_ray
 
     seen = []
@@ -147,9 +148,9 @@ def test_local_cluster_has_no_dashboard_and_token_auth_on(clean_env, monkeypatch
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(ray_procs, "reap", lambda pid_file: 0)
     monkeypatch.setattr(ray_procs, "record", lambda pid_file: 0)
-    args = build_parser("temperature", None).parse_args([])
-    ray_auth.configure(args.address)  # run_sweep's first step
-    init_ray(args, clean_env / "ray_pids.json", {"cpu": 1.0, "gpu": 0.0})
+    plan = build_plan("temperature", build_parser("temperature", None).parse_args([]))
+    ray_auth.configure(plan.address)  # run_sweep's first step
+    init_ray(plan, clean_env / "ray_pids.json", {"cpu": 1.0, "gpu": 0.0})
     ((kw, mode),) = seen
     assert mode == "token" and kw["include_dashboard"] is False
     assert kw.get("dashboard_host", "127.0.0.1") == "127.0.0.1"
@@ -160,8 +161,10 @@ def test_mlflow_binds_loopback_only():
     make = (ROOT / "Makefile").read_text()
     (ui,) = [ln for ln in make.splitlines() if "mlflow ui" in ln]
     assert "--host 127.0.0.1" in ui
-    readme = (ROOT / "README.md").read_text()
-    servers = re.findall(r"mlflow server [^`\n]*", readme)
+    docs = "".join(
+        p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    )
+    servers = re.findall(r"mlflow server [^`\n]*", docs)
     assert servers and all("--host 127.0.0.1" in s for s in servers), servers
     import yaml
 

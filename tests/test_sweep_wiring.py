@@ -3,6 +3,7 @@ the live status surviving Tune's pickling of its callbacks, the scheduler chosen
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import types
@@ -10,7 +11,7 @@ import types
 import pytest
 import torch
 
-from driver.cli import build_parser, space_from_args
+from driver.cli import build_parser, build_plan
 from driver.group_asha import GroupASHA
 from driver.progress import LiveProgress
 from driver.summary import _tie_warnings
@@ -49,8 +50,8 @@ def test_live_progress_survives_tunes_pickling_of_callbacks():
 
 def test_seeds_choose_the_group_scheduler(tmp_path):
     args = build_parser("temperature", None).parse_args(["--smoke", "--seeds", "3"])
-    space = space_from_args("temperature", args)
-    sched = make_scheduler(space, args, 4, tmp_path)
+    plan = build_plan("temperature", args)
+    sched = make_scheduler(dataclasses.replace(plan, storage=tmp_path))
     assert isinstance(sched, GroupASHA)
     one = build_parser("temperature", None).parse_args(["--smoke"])
-    assert not isinstance(make_scheduler(space, one, 4, tmp_path), GroupASHA)
+    assert not isinstance(make_scheduler(build_plan("temperature", one)), GroupASHA)

@@ -2,8 +2,8 @@
 
 The training code here is also the epoch loop of the student trials (`train_epoch`), so a stored
 "twin" (the student's architecture and recipe) is exactly an independent trial of its seed.
-The store of trained teachers and their cached outputs is `kdsweep.speech.store` (its names are
-re-exported here for existing imports). No ray, no mlflow.
+The store of trained teachers and their cached outputs is `kdsweep.speech.store` (which imports
+this module, never the other way round). No ray, no mlflow.
 """
 
 from __future__ import annotations
@@ -258,16 +258,3 @@ def train_model(
 def frames_needed(lengths: Sequence[int], stack: int) -> list[int]:
     """Frames after stacking for feature lengths (ceil(T / stack))."""
     return [math.ceil(n / stack) for n in lengths]
-
-
-_STORE_NAMES = ("ASRTeacherStore", "StoredASRTeacher", "STORE_VERSION")
-
-
-def __getattr__(name: str):
-    """The store moved to `kdsweep.speech.store`; its names are still importable from here
-    (lazily, as asr_store imports this module's training code)."""
-    if name in _STORE_NAMES:
-        from kdsweep.speech import store as asr_store
-
-        return getattr(asr_store, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

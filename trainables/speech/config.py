@@ -34,6 +34,8 @@ class ASRConfig(BaseConfig):
     teacher_kind: ClassVar[str] = ""
     # Which conditions can learn from teacher-labeled transfer utterances (no transcripts there).
     TRANSFER_OK: ClassVar[bool] = False
+    # The fields a `teacher_checkpoint`'s tensors fix (a sweep's --smoke preset leaves them).
+    CHECKPOINT_FIXES: ClassVar[tuple[str, ...]] = ("teacher_layers", "teacher_hidden")
 
     # ---- corpus: synthetic TTS domain, a manifest CSV/TSV, or a LibriSpeech-style folder
     corpus: str = param(
@@ -137,7 +139,8 @@ class ASRConfig(BaseConfig):
             )
         where = f"field 'teacher_checkpoint': {self.teacher_checkpoint}"
         shape = _imported_shape(*_file_key(self.teacher_checkpoint, "teacher_checkpoint"))
-        for name, got in (("teacher_layers", shape.layers), ("teacher_hidden", shape.hidden)):
+        got_of = {"teacher_layers": shape.layers, "teacher_hidden": shape.hidden}
+        for name, got in ((n, got_of[n]) for n in self.CHECKPOINT_FIXES):
             value, default = getattr(self, name), type(self).__dataclass_fields__[name].default
             if value not in (default, got):
                 raise KDSweepError(

@@ -40,11 +40,10 @@ from kdsweep.speech.data import (
 from kdsweep.speech.decoding import build_lm_corpus, write_arpa
 from kdsweep.speech.models import count_parameters
 from kdsweep.speech.ngram import resolve_lm
+from kdsweep.speech.store import ASRTeacherStore, StoredASRTeacher
 from kdsweep.speech.teacher import (
-    ASRTeacherStore,
     LossFn,
     SpeechBatch,
-    StoredASRTeacher,
     build_model,
     make_optimizer,
     pad_frames,
