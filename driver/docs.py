@@ -78,14 +78,15 @@ def text(task: str, conditions: list[str] | None = None) -> str:
 
 
 class HelpFields(argparse.Action):
-    """`--help-fields`: print the config fields of this sweep's task and conditions, exit."""
+    """`--help-fields`: print the config fields of this sweep's task and conditions (of its
+    YAML, or of a `--space` given before it), exit."""
 
     def __init__(self, option_strings: list[str], dest: str, space: str = "", **kw: Any):
         self.space = space
         super().__init__(option_strings, dest, nargs=0, help=kw.get("help"))
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        task, conditions = _space_conditions(self.space)
+        task, conditions = _space_conditions(getattr(namespace, "space", None) or self.space)
         print(text(task, conditions))
         parser.exit()
 

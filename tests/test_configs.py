@@ -428,6 +428,10 @@ def test_sweep_scripts_list_the_fields_with_help_fields(capsys):
     assert "shared by every text condition" in out and "soft (SoftConfig)" in out
     assert "temperature (float, default 2.0, in (0.0, 100.0])" in out
     assert "hard (HardConfig)" not in out  # only this sweep's conditions
+    with pytest.raises(SystemExit):  # another space's conditions (their own params included)
+        build_parser("strategy", "doc").parse_args(["--space", "decoupled", "--help-fields"])
+    out = capsys.readouterr().out
+    assert "dkd (DKDConfig)" in out and "beta (float, default 8.0" in out
 
 
 def test_shipped_per_condition_space_counts_each_trial_once():
