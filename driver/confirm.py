@@ -154,6 +154,8 @@ def choose_arms(
         arms.append(Arm(cfg, _label(cfg, varied), math.nan, "added", baseline=True))
     for a in arms:
         a.config["epochs"] = epochs
+        if "attributions" in space.config_class(a.config["condition"]).field_names():
+            a.config["attributions"] = True  # the answer's trials: attribution similarity too
     return arms
 
 

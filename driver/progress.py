@@ -9,9 +9,11 @@ it prints trials running / pending / finished / pruned / errored, each running t
 epoch and last metric, the best so far, elapsed time and an ETA. On a terminal the block is
 redrawn in place (rich Live); in a file or pipe each status is plain lines, no control codes.
 
-The ETA is the epochs still possible (max_t minus the epochs done, for every trial not ended)
-times the observed seconds per epoch per slot, divided by the slots: pruning (ASHA) ends trials
-early, so it is an upper bound, and it says so.
+The ETA (driver/eta.py) counts, for every trial not ended, its epochs still possible, its
+end-of-trial work (the final epoch's analysis) and, for a trial not running, its start-up,
+each timed on this sweep's trials (before a resume too: Tune saves the timings with the
+experiment). Pruning (ASHA) ends trials early, so it is an upper bound, and it says so; while
+no trial has run its final epoch, the status says that the end-of-trial work is not counted.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 from ray import tune
 
+from driver.eta import Costs, Tracker, estimate
 from kdsweep.progress import format_duration
 from kdsweep.progress import quiet as prep_quiet
 
@@ -52,6 +55,7 @@ class Snapshot:
     errored: int = 0
     best: tuple[str, float] | None = None  # (label, value)
     eta_s: float | None = None
+    eta_end_known: bool = True  # False: eta_s leaves out end-of-trial work not timed yet
 
 
 def _value(v: float | None) -> str:
@@ -66,7 +70,9 @@ def render_status(snap: Snapshot) -> str:
         f"[kdsweep] {format_duration(snap.elapsed_s)}  {n_run} running, {snap.pending} pending, "
         f"{snap.finished} finished, {snap.pruned} pruned, {snap.errored} errored"
     )
-    if snap.eta_s is not None:
+    if snap.eta_s is not None and not snap.eta_end_known:
+        head += f"  ETA ~{format_duration(snap.eta_s)} + end-of-trial work (not timed yet)"
+    elif snap.eta_s is not None:
         head += f"  ETA ~{format_duration(snap.eta_s)} (upper bound: pruning)"
     elif n_run or snap.pending:
         head += "  ETA ~? (no epoch done yet)"
@@ -82,79 +88,10 @@ def render_status(snap: Snapshot) -> str:
     return "\n".join(lines)
 
 
-def estimate_eta(
-    epochs_left: int, seconds_per_epoch_slot: float | None, slots: int
-) -> float | None:
-    """Seconds for `epochs_left` epochs on `slots` parallel slots (None: no rate known yet)."""
-    if seconds_per_epoch_slot is None:
-        return None
-    return epochs_left * seconds_per_epoch_slot / max(1, slots)
-
-
-@dataclass
-class _Seen:
-    """One trial's observed running time, to measure slot-seconds per epoch."""
-
-    start: float | None = None  # when this attempt was seen starting
-    epoch_at_start: int = 0  # a restored trial starts from its checkpoint's epoch
-    last_report: float | None = None  # when this attempt last reported an epoch
-    epoch: int = 0  # last epoch seen
-    busy_s: float = 0.0  # earlier attempts: start -> last report
-    busy_epochs: int = 0  # earlier attempts: epochs reported
-
-
 def _epoch(result: dict | None) -> int:
     if not result:
         return 0
     return int(result.get("epoch", result.get("training_iteration", 0)) or 0)
-
-
-@dataclass
-class _Tracker:
-    """Slot-seconds per epoch: each attempt's time from its start to its last report (worker
-    start-up included: every trial still to come pays it too), over the epochs it reported."""
-
-    seen: dict[str, _Seen] = field(default_factory=dict)
-
-    def started(self, trial_id: str, epoch: int, now: float) -> None:
-        s = self.seen.setdefault(trial_id, _Seen())
-        if s.start is None:
-            s.start, s.epoch_at_start, s.last_report, s.epoch = now, epoch, None, epoch
-
-    def reported(self, trial_id: str, epoch: int, now: float) -> None:
-        s = self.seen.setdefault(trial_id, _Seen())
-        if s.start is None:
-            self.started(trial_id, max(0, epoch - 1), now)
-        if epoch > s.epoch:
-            s.epoch, s.last_report = epoch, now
-
-    def ended(self, trial_id: str) -> None:
-        s = self.seen.get(trial_id)
-        if s is None or s.start is None:
-            return
-        if s.last_report is not None:
-            s.busy_s += s.last_report - s.start
-            s.busy_epochs += max(0, s.epoch - s.epoch_at_start)
-        s.start = s.last_report = None
-
-    def seconds_per_epoch_slot(self) -> float | None:
-        busy, epochs = 0.0, 0
-        for s in self.seen.values():
-            busy, epochs = busy + s.busy_s, epochs + s.busy_epochs
-            if s.start is not None and s.last_report is not None:
-                busy += s.last_report - s.start
-                epochs += max(0, s.epoch - s.epoch_at_start)
-        return busy / epochs if epochs else None
-
-    def sync(self, trials: list, now: float) -> None:
-        """Catch up from the trials' states (a start or an end no hook reported)."""
-        for t in trials:
-            epoch = _epoch(getattr(t, "last_result", None))
-            if t.status == "RUNNING":
-                self.started(t.trial_id, epoch, now)
-                self.reported(t.trial_id, epoch, now)
-            else:
-                self.ended(t.trial_id)
 
 
 class LiveProgress(tune.Callback):
@@ -185,7 +122,7 @@ class LiveProgress(tune.Callback):
         self._t0: float | None = start
         self._last_print: float | None = None
         self._last_key: Any = None
-        self._tracker = _Tracker()
+        self._tracker = Tracker(self.max_t)
         self._live = None
         self._max_running = 0
 
@@ -194,7 +131,7 @@ class LiveProgress(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(stream=None, _live=None, _t0=None, _last_print=None, _last_key=None)
-        state.update(_tracker=_Tracker(), clock=None)
+        state.update(_tracker=Tracker(self.max_t), clock=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -202,6 +139,14 @@ class LiveProgress(tune.Callback):
         self.stream, self.clock = sys.stdout, time.monotonic
         self.tty = _isatty(self.stream)
         self.quiet = self.quiet or prep_quiet()  # the resuming command's --quiet
+
+    # Tune saves this with the experiment and hands it back on Tuner.restore: a resumed sweep's
+    # ETA uses what was timed before the kill (the attempts themselves start afresh).
+    def get_state(self) -> dict[str, Any] | None:
+        return {"costs": self._tracker.costs.to_dict()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._tracker.costs = Costs.from_dict(state.get("costs", {}))
 
     # ---- Tune hooks (driver side)
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -237,10 +182,11 @@ class LiveProgress(tune.Callback):
         """The current state of `trials` as a Snapshot (pure apart from the clock)."""
         self._begin()
         now = self.clock()
-        self._tracker.sync(trials, now)
+        epochs = {t.trial_id: _epoch(getattr(t, "last_result", None)) for t in trials}
+        self._tracker.sync(trials, epochs, now)
         running, pending, finished, pruned, errored = [], 0, 0, 0, 0
         best: tuple[str, float] | None = None
-        epochs_left = 0
+        left: list[tuple[int, bool]] = []  # (epochs left, running) of the trials not ended
         sign = 1 if self.mode == "max" else -1
         for t in trials:
             res = getattr(t, "last_result", None) or {}
@@ -258,14 +204,15 @@ class LiveProgress(tune.Callback):
             else:  # PENDING, PAUSED
                 pending += 1
             if t.status not in ENDED:
-                epochs_left += max(0, self.max_t - epoch)
+                left.append((max(0, self.max_t - epoch), t.status == "RUNNING"))
             if isinstance(value, int | float) and (best is None or sign * value > sign * best[1]):
                 best = (label, float(value))
         self._max_running = max(self._max_running, len(running))
         slots = self.slots or self._max_running or 1
-        eta = estimate_eta(epochs_left, self._tracker.seconds_per_epoch_slot(), slots)
-        if not epochs_left:
-            eta = 0.0 if finished + pruned + errored else eta
+        est = estimate(self._tracker.costs, left, slots)
+        eta, end_known = est.seconds, est.end_known
+        if not any(n for n, _ in left):
+            eta, end_known = (0.0 if finished + pruned + errored else eta), True
         return Snapshot(
             metric=self.metric,
             max_t=self.max_t,
@@ -277,6 +224,7 @@ class LiveProgress(tune.Callback):
             errored=errored,
             best=best,
             eta_s=eta,
+            eta_end_known=end_known,
         )
 
     def maybe_print(self, trials: list, force: bool = False) -> bool:

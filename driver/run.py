@@ -168,6 +168,7 @@ def print_outcome(
     for w in outcome.warnings:
         print(f"[kdsweep] warning: {w}")
     print(f"[kdsweep] wall time {wall:.0f} s; table: {artifacts[1]}")
+    print(f"[kdsweep] MLflow UI: {journal.ui_link()}")
     if not synced:
         pending = journal.pending()
         print(

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ray.tune.search import Searcher
+
+from driver.rungs import better, finite
 
 SEED_KEY = "seed"
 
@@ -29,20 +30,6 @@ def group_key(
     drop = {seed_key, *ignore}
     rest = {k: v for k, v in config.items() if k not in drop}
     return json.dumps(rest, sort_keys=True, default=str)
-
-
-def better(mode: str, a: float, b: float | None) -> bool:
-    """Whether `a` improves on `b` (None: nothing yet) in direction `mode`."""
-    return b is None or (a > b if mode == "max" else a < b)
-
-
-def finite(value: Any) -> float | None:
-    """The value as a float, or None when it is missing, not a number, NaN or infinite."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 class SeedGroupSearcher(Searcher):

@@ -54,12 +54,11 @@ def summarize(
     `grid` is Tune's ResultGrid; `ended` maps the trial ids the journal saw end to their status
     (a trial not in it was interrupted); `test`: evaluate the best checkpoint on test; `n_dev`:
     dev examples (text), for the "dev set too small for the gap claimed" warning."""
-    from driver.group_asha import STATE_FILE, GroupASHA
+    from driver.group_asha import STATE_FILE, saved_scheduler
 
     metric, mode = METRIC[space.task], MODE[space.task]
     outcome = SweepOutcome(name=sweep, path=path)
-    state = path / STATE_FILE  # seed groups (--seeds N): why each config ended
-    groups = GroupASHA.load(state) if state.is_file() else None
+    groups = saved_scheduler(path / STATE_FILE)  # seed groups (--seeds N): why each ended
     sign = 1 if mode == "max" else -1
     best_row = None
     for r in grid:
@@ -87,6 +86,8 @@ def summarize(
                          if k.startswith("attr_") or k == "teacher_dev_accuracy"},
         }  # fmt: skip
         outcome.best.update(best_checkpoint(r, metric, mode, test))
+        if test:  # the search skips attributions (they decide nothing there): the answer has them
+            _add_attributions(outcome.best)
     return outcome
 
 
@@ -114,6 +115,27 @@ def _row(r, space: SweepSpace, max_t: int, groups, ended: dict) -> dict[str, Any
         "error": str(r.error).splitlines()[0][:200] if r.error else "",
         **({"why": groups.reason_for(trial_id)} if groups else {}),
     }
+
+
+def _add_attributions(best: dict[str, Any]) -> None:
+    """The best trial's attr_* from its best checkpoint, when its trial did not report them."""
+    text = best["config"].get("task", "text") == "text"
+    if text and "attr_cosine" not in best["analysis"] and "checkpoint" in best:
+        print("[kdsweep] best trial: its attribution similarity to the teacher (IG)")
+        best["analysis"].update(checkpoint_attributions(best["config"], best["checkpoint"]))
+
+
+def checkpoint_attributions(config: dict[str, Any], ckpt: str | Path) -> dict[str, float]:
+    """The attr_* metrics (IG similarity to the teacher on the dev probe) of a text trial's
+    checkpoint; {} for another task or a checkpoint not on this disk."""
+    if config.get("task", "text") != "text" or not Path(ckpt).is_dir():
+        return {}
+    from trainables.registry import config_class, config_for
+    from trainables.text.loop import attribute_text_checkpoint
+
+    names = config_class("text", config.get("condition", "independent")).field_names()
+    cfg = config_for({k: v for k, v in config.items() if k in names | {"task", "condition"}})
+    return attribute_text_checkpoint(cfg, Path(ckpt))  # type: ignore[arg-type]
 
 
 def _small_dev_warning(rows: list[dict], metric: str, n_dev: int) -> str | None:
@@ -154,7 +176,7 @@ def best_checkpoint(result, metric: str, mode: str, test: bool) -> dict[str, Any
     Prefers the trial's checkpoints on this disk, ranked as CheckpointPruner ranks them; Ray's
     own record only when the trial dir is elsewhere (remote storage) or from an older kdsweep."""
     out: dict[str, Any] = {}
-    local = _best_on_disk(Path(result.path), metric, mode)
+    local = best_on_disk(Path(result.path), metric, mode)
     if local is not None:
         out["checkpoint"] = str(local)
         if test:
@@ -172,7 +194,7 @@ def best_checkpoint(result, metric: str, mode: str, test: bool) -> dict[str, Any
     return out
 
 
-def _best_on_disk(trial_dir: Path, metric: str, mode: str) -> Path | None:
+def best_on_disk(trial_dir: Path, metric: str, mode: str) -> Path | None:
     """The trial's best checkpoint that loads, ranked by the metric in each checkpoint's
     header, as CheckpointPruner ranks them (Ray's own record may name one a kill cut short
     or that the pruner removed). None when the trial dir is not on this disk."""
@@ -181,6 +203,9 @@ def _best_on_disk(trial_dir: Path, metric: str, mode: str) -> Path | None:
     return next(
         (c for c in ranked_checkpoints(trial_dir, metric, mode) if checkpoint_epoch(c)), None
     )
+
+
+_best_on_disk = best_on_disk  # its earlier, private name
 
 
 def _finite(v) -> bool:

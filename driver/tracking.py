@@ -29,6 +29,13 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 SECRET_MARKERS = ("token", "password", "secret", "key", "credential")
 RETRY_AFTER_S = 20.0
 MIN_INTERVAL_S = 2.0
+# What kind of experiment a sweep is, for MLflow's UI: model training, not GenAI (the tag's
+# values are the UI's `ExperimentKind`s). MLflow 3.17's UI opens a view by its workflow switch
+# (the `workflowType` URL parameter, else the browser's last choice, GenAI at first), so the
+# links kdsweep prints name the model-training view as well (`ui_link`).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # `make mlflow-ui` over a local sqlite store
 
 
 JOURNAL_FILE = "mlflow_journal.jsonl"  # in the sweep folder
@@ -36,6 +43,14 @@ JOURNAL_FILE = "mlflow_journal.jsonl"  # in the sweep folder
 
 def default_tracking_uri(project_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir / 'mlruns.db'}"
+
+
+def ui_link(tracking_uri: str, experiment_id: str | None) -> str:
+    """The sweep's runs table in MLflow's model-training view (for an http(s) tracking server,
+    on that server; otherwise on the `make mlflow-ui` server)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else ""
+    page = f"#/experiments/{experiment_id}/runs" if experiment_id else "#/experiments"
+    return f"{base or LOCAL_UI}/{page}?{UI_VIEW}"
 
 
 def _public(d: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +132,12 @@ class Journal:
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.state_path)
 
+    def ui_link(self) -> str:
+        """Where the sweep's runs are in MLflow's UI (see `ui_link`)."""
+        link = ui_link(self.tracking_uri, self.state()["experiment_id"])
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        return link if remote else f"{link} (make mlflow-ui)"
+
     def pending(self) -> int:
         return max(0, len(self.events()) - self.state()["line"])
 
@@ -176,9 +197,14 @@ class Journal:
             return state["experiment_id"]
         exp = client.get_experiment_by_name(self.experiment)
         if exp is None:
-            exp_id = client.create_experiment(self.experiment, artifact_location=self.artifact_root)
+            exp_id = client.create_experiment(
+                self.experiment, artifact_location=self.artifact_root, tags=EXPERIMENT_KIND
+            )
         else:
             exp_id = exp.experiment_id
+            for k, v in EXPERIMENT_KIND.items():  # an experiment made by an older kdsweep
+                if exp.tags.get(k) != v:
+                    client.set_experiment_tag(exp_id, k, v)
         state["experiment_id"] = exp_id
         return exp_id
 

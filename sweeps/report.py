@@ -7,7 +7,8 @@
 
 Per config (condition, student, varied params), aggregated over seeds (`--seeds N`): the mean
 and the 95% t-interval of the dev metric (accuracy and F1, or WER and CER for `task: asr`),
-beam + LM WER/CER next to the greedy ones for speech, attribution similarity to the teacher,
+beam + LM WER/CER next to the greedy ones for speech, attribution similarity to the teacher
+(computed here from each trial's best checkpoint when the search skipped it, its default),
 training time (also with the teacher's training amortised over the trials that used it),
 inference speed and size, and a row for the teacher (speech: and the twin). A budget check says
 whether every config and its baseline ran the same epochs and optimizer steps. Each distilled
@@ -48,12 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="output dir (default runs/<sweep>/report)")
     p.add_argument("--include-pruned", action="store_true", help="count ASHA-pruned trials")
     p.add_argument("--no-log", action="store_true", help="do not log on the parent run")
-    p.add_argument(
-        "--baseline",
-        action="append",
-        default=[],
-        help="another sweep whose trials join this one (e.g. its `independent` arm): repeatable",
-    )
+    p.add_argument("--storage", type=Path, help="the sweeps' folder (default runs/)")
+    no_attr = "do not compute the attribution similarity the trials lack (from checkpoints)"
+    p.add_argument("--no-attributions", action="store_true", help=no_attr)
+    joins = "another sweep whose trials join this one (e.g. its `independent` arm): repeatable"
+    p.add_argument("--baseline", action="append", default=[], help=joins)
     args = p.parse_args(argv)
     md = build_report(
         args.sweep,
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         args.include_pruned,
         not args.no_log,
         tuple(args.baseline),
+        args.storage,
+        not args.no_attributions,
     )
     print(md.read_text())
     print(f"[kdsweep] report: {md}" + ("" if args.no_log else " (logged on the parent run)"))

@@ -384,7 +384,7 @@ def test_text_trial_reports_analysis_at_the_final_epoch(tmp_path, small_text):
     from trainables.tune_io import local_session
 
     cfg = {**small_text, "condition": "independent", "epochs": 2, "attribution_examples": 8}
-    cfg.update(student="L2-H128", student_init="random")
+    cfg.update(student="L2-H128", student_init="random", attributions=True)
     with local_session(tmp_path) as s:
         independent(cfg)
     first, last = s.results
@@ -399,3 +399,92 @@ def test_text_trial_reports_analysis_at_the_final_epoch(tmp_path, small_text):
     with local_session(tmp_path / "again") as s2:
         independent({**cfg, "attribution_every": 1, "attribution_examples": 0})
     assert all("throughput" in r and "attr_cosine" not in r for r in s2.results)
+
+
+@pytest.mark.trial
+def test_a_search_trial_skips_attributions_and_its_checkpoint_gives_them(tmp_path, small_text):
+    """`attributions` off (a search's default): the final epoch reports efficiency and its
+    analysis seconds, no IG; the answer computes them from the checkpoint afterwards (the
+    summary's best trial, sweeps/report.py) with the values a trial would have reported."""
+    from driver.summary import checkpoint_attributions
+    from trainables.text.trainable import independent
+    from trainables.tune_io import local_session
+
+    cfg = {**small_text, "condition": "independent", "epochs": 1, "attribution_examples": 8}
+    cfg.update(student="L2-H128", student_init="random", task="text")
+    with local_session(tmp_path / "off") as off:
+        independent(cfg)
+    (last,) = off.results
+    assert "throughput" in last and last["analysis_seconds"] >= 0
+    assert not [k for k in last if k.startswith("attr_")]
+    got = checkpoint_attributions(cfg, off.last_checkpoint)
+    assert set(got) == {"attr_cosine", "attr_spearman"}
+    with local_session(tmp_path / "on") as on:
+        independent({**cfg, "attributions": True})
+    (reported,) = on.results
+    for k in got:  # same seed, same checkpoint weights: the same similarity
+        assert got[k] == pytest.approx(reported[k], abs=1e-4)
+    assert checkpoint_attributions({**cfg, "task": "asr"}, off.last_checkpoint) == {}
+
+
+@pytest.mark.unit
+def test_the_confirm_stage_asks_its_text_trials_for_attributions():
+    """The search skips attributions; the confirm stage's trials (the answer) compute them,
+    and a speech arm, whose config has no such field, is left as it was."""
+    from driver.confirm import choose_arms
+    from driver.space import parse_space
+
+    raw = {"task": "text", "condition": {"grid": ["independent", "soft"]}}
+    space = parse_space(raw, "t.yaml")
+    trials = [
+        ({"task": "text", "condition": "soft", "temperature": 2.0, "seed": 0}, 0.6, "finished"),
+        ({"task": "text", "condition": "independent", "seed": 0}, 0.5, "finished"),
+    ]
+    arms = choose_arms(trials, space, k=1, epochs=3)
+    assert [a.config["attributions"] for a in arms] == [True, True]
+    speech = parse_space({"task": "asr", "condition": {"grid": ["independent", "soft"]}}, "a")
+    trials = [({**c, "task": "asr"}, v, s) for c, v, s in trials]
+    assert not any("attributions" in a.config for a in choose_arms(trials, speech, 1, 3))
+
+
+@pytest.mark.trial
+def test_the_report_computes_the_attributions_a_search_skipped(tmp_path, small_text):
+    """A search trial without attr_* (its MLflow run, its folder under the sweep's storage):
+    the report computes them from its checkpoint and logs them on its run, once."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from driver.reporting.attributions import fill_attributions
+    from driver.reporting.load import load_sweep
+    from trainables.text.trainable import independent
+    from trainables.tune_io import local_session
+
+    storage, tid = tmp_path / "runs", "abc12_00000"
+    cfg = {**small_text, "condition": "independent", "epochs": 1, "attribution_examples": 8}
+    cfg.update(student="L2-H128", student_init="random", task="text")
+    with local_session(storage / "s" / tid) as trial:
+        independent(cfg)
+    (storage / "s" / tid / "params.json").write_text(json.dumps(cfg))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("kdsweep/s", artifact_location=str(tmp_path / "art"))
+    parent = client.create_run(exp, tags={"task": "text"}).info.run_id
+    tags = {"mlflow.parentRunId": parent, "condition": "independent", "kdsweep.trial_id": tid}
+    run = client.create_run(exp, run_name="independent L2-H128", tags=tags).info.run_id
+    client.log_param(run, "seed", "0")
+    client.log_metric(run, "dev_accuracy", trial.results[-1]["dev_accuracy"], step=1)
+    for r in (run, parent):
+        client.set_terminated(r)
+
+    quiet = {"log": lambda m: None}
+    assert fill_attributions(client, load_sweep(client, "s"), tmp_path / "elsewhere", **quiet) == 1
+    sweep = load_sweep(client, "s")
+    assert fill_attributions(client, sweep, storage, keep=False, **quiet) == 0
+    assert -1 <= sweep.trials[0].metrics["attr_cosine"] <= 1  # in the report, not logged
+    assert "attr_cosine" not in client.get_run(run).data.metrics
+    assert fill_attributions(client, load_sweep(client, "s"), storage, **quiet) == 0
+    logged = client.get_run(run).data.metrics
+    assert logged["attr_cosine"] == pytest.approx(sweep.trials[0].metrics["attr_cosine"])
+    said: list[str] = []
+    assert fill_attributions(client, load_sweep(client, "s"), storage, log=said.append) == 0
+    assert said == []  # kept on the run: nothing computed again

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from driver.progress import LiveProgress, RunningTrial, Snapshot, estimate_eta, render_status
+from driver.eta import Costs, Tracker, estimate, estimate_eta
+from driver.progress import LiveProgress, RunningTrial, Snapshot, render_status
 from kdsweep import progress as prep
 
 pytestmark = pytest.mark.unit
@@ -37,12 +38,12 @@ def label(config: dict) -> str:
 
 def make(stream=None, **kw) -> tuple[LiveProgress, Clock]:
     clock = Clock()
+    kw = {"slots": 2, **kw}
     cb = LiveProgress(
         "dev_accuracy",
         "max",
         max_t=3,
         describe=label,
-        slots=2,
         stream=stream if stream is not None else io.StringIO(),
         tty=False,
         clock=clock,
@@ -204,6 +205,100 @@ def test_restored_trial_counts_only_its_new_epochs():
     clock.t += 8
     cb.on_trial_result(0, [t], t, {"epoch": 3, "dev_accuracy": 0.5})
     assert cb._tracker.seconds_per_epoch_slot() == pytest.approx(8.0)
+
+
+# ---------------------------------------------------------------- the estimate (pure)
+def test_estimate_counts_start_epochs_and_the_end_of_trial_work():
+    """Epochs of 10 s, a worker start of 6 s, a final epoch of 10 + 50 s (its analysis)."""
+    costs = Costs()
+    costs.add("first", 16.0, 1)  # start 6 + epoch 10
+    costs.add("mid", 20.0, 2)
+    costs.add("final", 60.0, 1)  # epoch 10 + analysis 50
+    assert costs.rates() == pytest.approx((10.0, 6.0, 50.0))
+    # running, 2 epochs left: 20 + 50; pending, 4 epochs: 6 + 40 + 50; ended/0 left: nothing
+    est = estimate(costs, [(2, True), (4, False), (0, True)], slots=2)
+    assert est.seconds == pytest.approx((70 + 96) / 2) and est.end_known
+
+
+def test_estimate_before_any_final_epoch_says_the_end_is_not_timed():
+    costs = Costs()
+    assert estimate(costs, [(3, False)], 1).seconds is None  # nothing timed
+    costs.add("first", 12.0, 1)
+    costs.add("mid", 10.0, 1)
+    est = estimate(costs, [(2, True)], 1)
+    assert est.seconds == pytest.approx(20.0) and not est.end_known
+    text = render_status(Snapshot("m", 3, 5.0, pending=1, eta_s=20.0, eta_end_known=False))
+    assert "ETA ~20s + end-of-trial work (not timed yet)" in text
+    assert "upper bound" not in text  # it is not one while the end is missing
+    assert estimate(costs, [(0, True)], 1).end_known  # no trial has its end still to come
+
+
+def test_two_epoch_trials_spread_start_and_end_over_their_epochs():
+    tracker = Tracker(max_t=2)
+    tracker.started("a", 0, 0.0)
+    tracker.reported("a", 1, 15.0)  # start + epoch
+    tracker.reported("a", 2, 40.0)  # epoch + analysis
+    assert tracker.costs.rates() == pytest.approx((20.0, 0.0, 0.0))
+    assert estimate(tracker.costs, [(2, False)], 1).seconds == pytest.approx(40.0)
+
+
+def test_a_seed_resumed_for_its_last_epoch_times_start_and_end_together():
+    """GroupASHA pauses seeds at rungs: a seed resumed at the last rung reports its final
+    epoch first; its interval holds a start, an epoch and the end-of-trial work."""
+    tracker = Tracker(max_t=3)
+    tracker.started("a", 0, 0.0)
+    tracker.reported("a", 1, 16.0)  # start 6 + epoch 10
+    tracker.reported("a", 2, 26.0)
+    tracker.ended("a")  # paused
+    assert tracker.costs.rates()[2] is None
+    tracker.started("a", 2, 100.0)  # resumed from its checkpoint
+    tracker.reported("a", 3, 166.0)  # start 6 + epoch 10 + analysis 50
+    assert tracker.costs.rates() == pytest.approx((10.0, 6.0, 50.0))
+
+
+def test_the_final_epochs_analysis_is_in_the_eta():
+    """The `make sweep` case: 10 s epochs and a 60 s final epoch (attributions). Once one trial
+    has finished, a pending one is expected to take 3 epochs + 50 s, not 3 epochs."""
+    cb, clock = make(slots=1)
+    a, b = FakeTrial("a", 1), FakeTrial("b", 2)
+    trials = [a, b]
+    a.status = "RUNNING"
+    cb.on_trial_start(0, trials, a)
+    for epoch, seconds in ((1, 10), (2, 10)):
+        clock.t += seconds
+        a.last_result = {"epoch": epoch, "dev_accuracy": 0.5}
+        cb.on_trial_result(0, trials, a, a.last_result)
+    snap = cb.snapshot(trials)
+    assert snap.eta_s == pytest.approx(10 + 30) and not snap.eta_end_known  # a: 1, b: 3 left
+    clock.t += 60
+    a.last_result = {"epoch": 3, "dev_accuracy": 0.6}
+    cb.on_trial_result(0, trials, a, a.last_result)
+    a.status = "TERMINATED"
+    cb.on_trial_complete(0, trials, a)
+    snap = cb.snapshot(trials)
+    assert snap.eta_s == pytest.approx(30 + 50) and snap.eta_end_known
+    assert "ETA ~1m20s (upper bound: pruning)" in render_status(snap)
+
+
+def test_a_resumed_sweep_keeps_what_was_timed_before_the_kill():
+    """Tune pickles the callback into tuner.pkl at the start and saves get_state() with the
+    experiment; Tuner.restore revives the pickle and hands it the saved state."""
+    import pickle
+
+    cb, clock = make()
+    at_build = pickle.dumps(cb)
+    trials = run_sweep_events(cb, clock)
+    saved = cb.get_state()
+    before = cb.snapshot(trials).eta_s
+
+    resumed = pickle.loads(at_build)
+    resumed.clock = clock
+    d = next(t for t in trials if t.trial_id == "d")
+    assert resumed.snapshot([d]).eta_s is None  # nothing timed in this process: no guess
+    assert "ETA ~? (no epoch done yet)" in render_status(resumed.snapshot([d]))
+    resumed.set_state(pickle.loads(pickle.dumps(saved)))
+    resumed.slots = cb.slots
+    assert resumed.snapshot([d]).eta_s == pytest.approx(before)
 
 
 # ---------------------------------------------------------------- preparation progress

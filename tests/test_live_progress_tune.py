@@ -40,6 +40,10 @@ try:
 finally:
     cb.close()
     ray.shutdown()
+# what Tune saved with the experiment, for Tuner.restore to hand back (set_state)
+import glob, pickle
+(saved,) = glob.glob(sys.argv[1] + "/live/callback-states-*.pkl")
+print("saved timings:", [s for s in pickle.load(open(saved, "rb")).values() if s])
 """
 
 
@@ -64,3 +68,6 @@ def test_live_status_during_a_real_tune_run(tmp_path):
     assert "best acc=0.9000  q=0.3" in res.stdout
     assert re.search(r"  > q=0\.\d  epoch [1-3]/3  acc=", res.stdout)
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", res.stdout)  # plain lines in a pipe
+    # the ETA's timings go with the experiment state: a resumed sweep's estimate starts from them
+    saved = re.search(r"saved timings: \[\{'costs': \{(.*)\}\}\]", res.stdout)
+    assert saved and "'final_count': 3" in saved.group(1) and "'mid_n': 3" in saved.group(1)

@@ -133,10 +133,12 @@ def mlflow_server(tmp_path, cache_dir):
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stdout.decode()[-3000:] + res.stderr.decode()[-3000:]
+    (tmp_path / "sweep_stdout.txt").write_bytes(res.stdout)
     # the analysis report, logged on the parent run: the UI should serve it as an artifact
+    # (it computes the attribution similarity the search's trials skipped)
     res = _run_group(
         [PY, str(ROOT / "sweeps" / "report.py"), SWEEP, "--mlflow-uri", f"sqlite:///{db}"]
-        + ["--out", str(tmp_path / "report")],
+        + ["--out", str(tmp_path / "report"), "--storage", str(tmp_path / "runs")],
         timeout=300,
         env=_env(cache_dir),
         cwd=tmp_path,
@@ -195,6 +197,8 @@ def test_mlflow_ui_shows_the_sweep_runs_and_charts(mlflow_server, tmp_path):
     # ---- structure through the REST API the UI itself uses
     exp = _api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=kdsweep/" + SWEEP)
     exp_id = exp["experiment"]["experiment_id"]
+    exp_tags = {t["key"]: t["value"] for t in exp["experiment"].get("tags", [])}
+    assert exp_tags.get("mlflow.experimentKind") == "custom_model_development"  # not GenAI
     runs = _api(
         base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 100}
     )["runs"]
@@ -207,14 +211,30 @@ def test_mlflow_ui_shows_the_sweep_runs_and_charts(mlflow_server, tmp_path):
     for c in children:
         assert tags[c["info"]["run_id"]]["mlflow.parentRunId"] == parent_id
         metrics = {m["key"] for m in c["data"]["metrics"]}
-        # per-epoch dev metrics, and the final epoch's attribution + efficiency metrics
+        # per-epoch dev metrics, the final epoch's efficiency metrics, and the attribution
+        # similarity the search skipped, computed and logged by the report from checkpoints
         assert {"dev_accuracy", "attr_cosine", "attr_spearman", "throughput", "latency_ms"} <= (
             metrics
         )
+        history = _api(base, f"/api/2.0/mlflow/metrics/get-history?run_id={c['info']['run_id']}"
+                       "&metric_key=analysis_seconds")["metrics"]  # fmt: skip
+        assert len(history) == 1  # the final epoch's analysis only
     listed = _api(base, f"/api/2.0/mlflow/artifacts/list?run_id={parent_id}&path=report").get(
         "files", []
     )
     assert {"report/report.md", "report/metric_by_method.png"} <= {f["path"] for f in listed}
+
+    # ---- the link the sweep prints opens the model-training runs view (MLflow 3.17 opens an
+    # experiment in its GenAI view by default: an overview of traces and token usage, and its
+    # runs page under the GenAI side bar: Observability, Traces, Sessions, Evaluation, ...)
+    printed = (tmp_path / "sweep_stdout.txt").read_text()
+    link = next(ln for ln in printed.splitlines() if ln.startswith("[kdsweep] MLflow UI: "))
+    local = "http://127.0.0.1:5000/"
+    assert f"{local}#/experiments/{exp_id}/runs?workflowType=machine_learning" in link, link
+    view_url = link.split()[3].replace(local, base + "/")
+    text = _text(_chromium(view_url, tmp_path))
+    assert SWEEP in text and "5 matching runs" in text, text[:2000]
+    assert "Observability" not in text and "Model registry" in text, text[:2000]
 
     # ---- the page the README points to: the sweep's parent run is listed
     runs_url = f"{base}/#/experiments/{exp_id}/runs"

@@ -201,6 +201,7 @@ def test_pretrained_student_soft_kd_across_tokenizers(arch, pretrained, small_te
         "student": str(pretrained[arch]),
         "student_init": "random",
         "attribution_examples": 4 if arch == "bert" else 0,
+        "attributions": arch == "bert",
     }
     with local_session(tmp_path) as session:
         TEXT_TRAINABLES["soft"](cfg)
@@ -277,7 +278,7 @@ def test_cascade_from_a_pretrained_stage(pretrained, small_text, tmp_path):
     with local_session(tmp_path / "s1") as s1:
         TEXT_TRAINABLES["cascade"]({**base, "student": str(pretrained["distilbert"])})
     stage2 = {**base, "student": "L1-H32-A2", "teacher_checkpoint": str(s1.last_checkpoint),
-              "attribution_examples": 4}  # fmt: skip
+              "attribution_examples": 4, "attributions": True}  # fmt: skip
     data = prepare_text(CascadeConfig.from_dict(stage2), log=lambda m: None)
     assert tokenizer_fingerprint(data.teacher.model_dir) == tokenizer_fingerprint(
         str(pretrained["distilbert"])

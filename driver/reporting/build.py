@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from driver.reporting.attributions import fill_attributions
 from driver.reporting.budget import add_teacher_cost
 from driver.reporting.charts import comparison_charts
 from driver.reporting.compare import comparisons
@@ -22,8 +23,12 @@ def build_report(
     include_pruned: bool = False,
     log_artifacts: bool = True,
     baselines: tuple[str, ...] = (),
+    storage: Path | None = None,
+    attributions: bool = True,
 ) -> Path:
-    """Write report.md (+ report.csv, PNGs) for a sweep; returns the report.md path."""
+    """Write report.md (+ report.csv, PNGs) for a sweep; returns the report.md path.
+    `attributions`: compute the attr_* metrics the trials lack, from their checkpoints under
+    `storage` (default runs/; see driver/reporting/attributions.py)."""
     from mlflow.tracking import MlflowClient
 
     from driver.tracking import default_tracking_uri
@@ -38,6 +43,9 @@ def build_report(
         text = f"# Sweep report: {sweep.name}\n\nNo finished trials to report ({excl}).\n"
         plots = []
     else:
+        if attributions:
+            runs = Path(storage) if storage else PROJECT_DIR / "runs"
+            fill_attributions(client, sweep, runs, keep=log_artifacts)
         cost = add_teacher_cost(sweep)  # before the tables: the `train s (incl. teacher)` column
         comps = comparisons(sweep)
         plots = comparison_charts(sweep, comps, out) + make_plots(sweep, client, out)

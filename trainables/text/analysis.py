@@ -19,7 +19,8 @@ ATTRIBUTION_STEPS = 16  # Integrated Gradients steps (per example: 16 forward+ba
 
 
 def analysis_due(cfg: TextConfig, epoch: int) -> bool:
-    """Attribution + efficiency at the final epoch, and every `attribution_every` epochs."""
+    """Efficiency (+ attributions, when asked) at the final epoch, and every
+    `attribution_every` epochs."""
     every = cfg.attribution_every
     return epoch == cfg.epochs or (every > 0 and epoch % every == 0)
 
@@ -32,9 +33,10 @@ def analysis_metrics(
     cache: dict[str, Any],
     cross: tuple[list[str], str] | None = None,
 ) -> dict[str, float]:
-    """Efficiency (params, size on disk, throughput, latency) and IG attribution similarity
-    to the teacher on the first `attribution_examples` dev examples. Bounded: the probe is
-    fixed and the teacher's attributions are computed once per teacher (see below).
+    """Efficiency (params, size on disk, throughput, latency) and, with `cfg.attributions`, IG
+    attribution similarity to the teacher on the first `attribution_examples` dev examples.
+    Bounded: the probe is fixed and the teacher's attributions are computed once per teacher
+    (see below). `analysis_seconds`: the time it all took (the live ETA counts it).
 
     `cross` = (dev texts, the student's tokenizer dir) when the student's tokenizer differs
     from the teacher's: attributions are then summed per whitespace word and compared per word
@@ -43,7 +45,8 @@ def analysis_metrics(
 
     t0 = time.perf_counter()
     out = efficiency_metrics(student, first_rows(dev, 32))
-    out.update(teacher_similarity(cfg, student, dev, teacher, cache, cross))
+    if cfg.attributions:
+        out.update(teacher_similarity(cfg, student, dev, teacher, cache, cross))
     out["analysis_seconds"] = time.perf_counter() - t0
     return out
 

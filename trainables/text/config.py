@@ -71,6 +71,12 @@ class TextConfig(BaseConfig):
         "dev examples probed for IG attribution similarity to the teacher; 0 = off",
         range=Range(0, 10**6),
     )
+    attributions: bool = param(
+        False,
+        "IG attribution similarity to the teacher at the analysis epochs (~5x an epoch's "
+        "time): off in a search (it decides nothing there); the confirm stage, the best trial "
+        "and the report compute it",
+    )
     transfer_set: str = param(
         "",
         'extra text the teacher labels: "" none | unlabeled | augment | a .txt/.csv/.jsonl file',

@@ -52,11 +52,23 @@ from trainables import tune_io
 from trainables.checkpointing import resume_state, save_state
 from trainables.conditions import Aux
 from trainables.oom_guard import oom_metrics, recover_oom
-from trainables.text.analysis import analysis_due, analysis_metrics, origin_similarity
+from trainables.text.analysis import (
+    analysis_due,
+    analysis_metrics,
+    origin_similarity,
+    teacher_similarity,
+)
 from trainables.text.checkpoints import cascade_teacher, load_student_from_checkpoint
 from trainables.text.config import CascadeConfig, TextConfig
 
-__all__ = ["LossFn", "NonFiniteLossError", "TextBatch", "prepare_text", "run_text_trial"]
+__all__ = [
+    "LossFn",
+    "NonFiniteLossError",
+    "TextBatch",
+    "attribute_text_checkpoint",
+    "prepare_text",
+    "run_text_trial",
+]
 
 
 @dataclass
@@ -263,14 +275,33 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
 
 
 def _analysis(cfg: TextConfig, student: nn.Module, data: TextData, cache: dict) -> dict:
-    """Efficiency + attribution similarity to the teacher (and, in a cascade stage, to the
-    original teacher: the *_origin metrics)."""
+    """Efficiency, and with `cfg.attributions` the attribution similarity to the teacher (and,
+    in a cascade stage, to the original teacher: the *_origin metrics); `analysis_seconds`."""
+    t0 = time.perf_counter()
     dev = data.student_tokens["dev"]  # type: ignore[index]
     out = analysis_metrics(cfg, student, dev, data.teacher, cache, _cross(data))
+    if cfg.attributions and data.origin is not None:
+        out.update(_origin(cfg, student, data, cache))
+    out["analysis_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _origin(cfg: TextConfig, student: nn.Module, data: TextData, cache: dict) -> dict:
+    texts = [t for t, _ in data.splits.dev]
+    dev = data.student_tokens["dev"]  # type: ignore[index]
+    return origin_similarity(cfg, student, dev, data.origin, cache, texts, data.origin_cross_dir)
+
+
+def attribute_text_checkpoint(cfg: TextConfig, ckpt: Path) -> dict[str, float]:
+    """The attr_* metrics of a trial checkpoint's student (as a trial with `attributions` on
+    reports them at its analysis epochs): what a search skips, computed where the answer is
+    made (the sweep's best trial, sweeps/report.py)."""
+    data = prepare_text(cfg, log=lambda m: None)
+    model, _ = load_student_from_checkpoint(Path(ckpt), data.teacher)
+    dev, cache = data.student_tokens["dev"], {}  # type: ignore[index]
+    out = teacher_similarity(cfg, model, dev, data.teacher, cache, _cross(data))
     if data.origin is not None:
-        texts = [t for t, _ in data.splits.dev]
-        out.update(origin_similarity(cfg, student, dev, data.origin, cache, texts,
-                                     data.origin_cross_dir))  # fmt: skip
+        out.update(_origin(cfg, model, data, cache))
     return out
 
 
