@@ -45,10 +45,10 @@ def naive_soft(config: dict[str, Any]) -> None:
         teacher.to(device)
         with torch.no_grad():
             t_logits = teacher(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask
             ).logits
         total, ce, kd = soft_kd_objective(
-            out.logits, t_logits, batch["labels"], cfg.alpha, cfg.temperature
+            out.logits, t_logits, batch.labels, cfg.alpha, cfg.temperature
         )
         return total, {"loss_ce": ce, "loss_kd": kd}
 
@@ -56,9 +56,9 @@ def naive_soft(config: dict[str, Any]) -> None:
 
 
 def trainable(variant: str):
-    from trainables.text.trainable import independent, soft
+    from trainables.text.trainable import CONDITIONS
 
-    return {"independent": independent, "soft": soft, "naive": naive_soft}[variant]
+    return {**CONDITIONS, "naive": naive_soft}[variant]
 
 
 def run_variant(variant: str, cfg: dict[str, Any], cpus: float = 1.0) -> dict[str, Any]:

@@ -37,7 +37,7 @@ SLOTS = 2
 
 def plain_worker(cfg: dict[str, Any], temps: list[float], out: Path) -> None:
     """One 'slot' of the plain loop: the given trials one after another, no Ray."""
-    from trainables.text.trainable import soft
+    from trainables.text.trainable import CONDITIONS
     from trainables.tune_io import local_session
 
     rows = []
@@ -48,7 +48,7 @@ def plain_worker(cfg: dict[str, Any], temps: list[float], out: Path) -> None:
             local_session(Path(tmp), cpus=1) as s,
         ):
             t0 = time.perf_counter()
-            soft(conf)
+            CONDITIONS["soft"](conf)
             rows.append(
                 {
                     "temperature": t,

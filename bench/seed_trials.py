@@ -39,7 +39,7 @@ def shared(cfg: dict, seeds: int, cpus: float) -> float:
             tempfile.TemporaryDirectory(prefix="kdsweep-bench-") as tmp,
             local_session(Path(tmp), cpus=cpus),
         ):
-            CONDITIONS["soft"].trainable({**conf, "seed": seed})
+            CONDITIONS["soft"]({**conf, "seed": seed})
     return time.perf_counter() - t0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from driver.confirm import check_confirm_args
+from driver.docs import HelpFields
 from driver.plan import (
     PROJECT_DIR,
     SMOKE_PRESET,
@@ -81,10 +82,13 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
         prog=f"sweeps/{name}.py",
         description=(doc or "").strip().splitlines()[0] if doc else None,
         epilog="Overrides: any config field as key=value, e.g. alpha=0.9 student=L4-H256 "
-        "dataset=data/legal.csv. Results: MLflow UI (make mlflow-ui).",
+        "dataset=data/legal.csv (--help-fields lists them). Results: MLflow UI (make mlflow-ui).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    p.add_argument(
+        "--help-fields", action=HelpFields, space=name, help="list the config fields and exit"
+    )
     p.add_argument("--space", default=name, help="search_spaces/<name>.yaml or a YAML path")
     p.add_argument("--task", choices=["text", "asr"], help="override the YAML's task")
     p.add_argument("--dataset", help="fortunes | rotten_tomatoes | hf:<name> | file path")

@@ -153,6 +153,9 @@ def prepare_here(space: SweepSpace, log=print) -> dict[str, Any]:
     # asr: conditions learn from different stored models (big teacher, the student's twin)
     for cond in space.conditions if space.task == "asr" else space.conditions[:1]:
         cfg_dict = {**space.fixed, **first, "task": space.task, "condition": cond}
+        if cond in space.own:  # a condition's own params (`conditions:` in the YAML) win
+            own = space.own[cond]
+            cfg_dict |= own.fixed | {k: args[0] for k, (_, args) in own.dists.items()}
         cls = space.config_class(cond)
         cfg = cls.from_dict({k: v for k, v in cfg_dict.items() if k in cls.field_names()})
         prep = PREPARERS[space.task](cfg, log)

@@ -12,7 +12,19 @@ The format is flat and readable (see search_spaces/*.yaml):
       student: [L2-H128, L4-H256]   #   a plain list = a choice sampled by the searcher
       lr: {loguniform: [1.0e-4, 3.0e-3]}  # also uniform, randint, choice
 
-Everything is checked before Ray starts: unknown keys, values of the wrong type or range.
+One condition can have parameters and a grid of its own, without re-running the others' trials
+for each of its values: list the conditions under `conditions:` (instead of `condition:`), each
+with its own params in the same form (`{}`: none of its own). `params` stay shared: each applies
+to the conditions that have the field.
+
+    conditions:
+      soft: {}                      # soft's trials: the shared grid only
+      dkd:                          # dkd's trials: the shared grid x its beta grid
+        alpha: 1.0
+        beta: {grid: [2, 8]}
+
+Everything is checked before Ray starts: unknown keys, values of the wrong type or range, each
+condition's own params against that condition's typed config.
 """
 
 from __future__ import annotations
@@ -39,9 +51,23 @@ TOP_KEYS = {
     "resources",
     "description",
     "stages",
+    "conditions",
 }
 ASHA_KEYS = {"grace_period", "reduction_factor", "max_t", "min_epochs"}
 DIST_KINDS = {"grid", "choice", "uniform", "loguniform", "randint"}
+SEED = "seed"  # --seeds: a grid of its own, crossed with every grid point (seed groups)
+POINT = "grid_point"  # per-condition grids: the index of a trial's point (not a config field)
+
+
+@dataclass
+class OwnParams:
+    """One condition's own params (`conditions:` in the YAML), over the shared ones."""
+
+    fixed: dict[str, Any] = field(default_factory=dict)
+    dists: dict[str, tuple[str, list]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fixed": self.fixed, "dists": {k: [kd, a] for k, (kd, a) in self.dists.items()}}
 
 
 @dataclass
@@ -58,18 +84,32 @@ class SweepSpace:
     asha: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=dict)
     stages: list[str] = field(default_factory=list)  # cascade: the students, in order
+    # `conditions:` in the YAML: each condition's own params ({} = none), over the shared ones
+    own: dict[str, OwnParams] = field(default_factory=dict)
 
     @property
     def uses_optuna(self) -> bool:
         """Continuous or sampled dimensions go to Optuna (TPE); a pure grid is enumerated."""
-        return any(kind != "grid" for kind, _ in self.dists.values())
+        dists = [*self.dists.values(), *(d for o in self.own.values() for d in o.dists.values())]
+        return any(kind != "grid" for kind, _ in dists)
+
+    @property
+    def restore_with_param_space(self) -> bool:
+        """A grid of per-condition points resolves with tune.sample_from: Tune must get the
+        param space back on restore (driver/tuner.py)."""
+        return bool(self.own) and not self.uses_optuna
 
     @property
     def varied(self) -> list[str]:
         names = list(self.dists)
+        for own in self.own.values():
+            names += [k for k in [*own.dists, *own.fixed] if k not in names]
         return (["condition"] if len(self.conditions) > 1 else []) + names
 
     def grid_size(self) -> int:
+        """Grid points of one repeat (`num_samples` repeats them): see `grid_points`."""
+        if self.own:
+            return len(_points(self)) * len(self.dists.get(SEED, ("grid", [0]))[1])
         n = len(self.conditions) if self.condition_is_grid else 1
         for kind, args in self.dists.values():
             if kind == "grid":
@@ -87,18 +127,23 @@ class SweepSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical form, stored with a sweep so `--resume` can detect a changed space."""
-        return {
+        out = {
             "task": self.task,
             "conditions": self.conditions,
             "fixed": self.fixed,
             "dists": {k: [kind, args] for k, (kind, args) in self.dists.items()},
             "num_samples": self.num_samples,
         }
+        if self.own:
+            out["own"] = {c: o.to_dict() for c, o in self.own.items()}
+        return out
 
     def param_space(self) -> dict[str, Any]:
         """The dict handed to tune.Tuner(param_space=...)."""
         from ray import tune
 
+        if self.own:
+            return _own_param_space(self)
         space: dict[str, Any] = {"task": self.task, **self.fixed}
         if len(self.conditions) == 1:
             space["condition"] = self.conditions[0]
@@ -119,6 +164,110 @@ class SweepSpace:
             elif kind == "randint":
                 space[name] = tune.randint(args[0], args[1] + 1)  # YAML bounds are inclusive
         return space
+
+
+def grid_points(space: SweepSpace) -> int:
+    """The exact number of trials one repeat of a grid runs (seeds included); Tune runs
+    `num_samples` repeats of it. (With Optuna, `num_samples` alone counts the trials.)"""
+    return space.grid_size()
+
+
+def _points(space: SweepSpace) -> list[dict[str, Any]]:
+    """Per-condition grids: every (condition, grid values) point once, seeds aside. A shared
+    grid applies to the conditions that have the field; a condition's own grid to it alone."""
+    from itertools import product
+
+    points = []
+    for cond in space.conditions:
+        cls, own = config_class(space.task, cond), space.own.get(cond, OwnParams())
+        names = cls.field_names()
+        dims = {k: args for k, (kind, args) in space.dists.items() if kind == "grid"}
+        dims = {k: v for k, v in dims.items() if k in names and k != SEED}
+        dims |= {k: args for k, (_, args) in own.dists.items()}
+        for values in product(*dims.values()):
+            points.append({"condition": cond, **own.fixed, **dict(zip(dims, values, strict=True))})
+    return points
+
+
+def _own_param_space(space: SweepSpace) -> dict[str, Any]:
+    """Tune's param space with per-condition params. A grid: one grid over the points' index,
+    each key resolved from its point (tune.sample_from; a key a condition has but its point
+    does not set takes the shared value or the field's default, a key it lacks is None and
+    dropped by run_trial). Optuna: condition-scoped keys `<condition>.<field>` (run_trial
+    gives the trial's condition its own and drops the others')."""
+    from ray import tune
+
+    out: dict[str, Any] = {"task": space.task}
+    if space.uses_optuna:
+        out |= space.fixed | {"condition": tune.choice(space.conditions)}
+        for name, (kind, args) in space.dists.items():
+            out[name] = _optuna_dim(kind, args)
+        for cond, own in space.own.items():
+            out |= {f"{cond}.{k}": v for k, v in own.fixed.items()}
+            out |= {f"{cond}.{k}": _optuna_dim(kind, a) for k, (kind, a) in own.dists.items()}
+        return out
+    points = _points(space)
+    keys = sorted({k for p in points for k in p} - {"condition"})
+    out |= {k: v for k, v in space.fixed.items() if k not in keys}
+    for p in points:
+        cls = config_class(space.task, p["condition"])
+        for k in keys:
+            if k not in p and k in cls.field_names():
+                p[k] = space.fixed.get(k, cls.__dataclass_fields__[k].default)
+    out[POINT] = tune.grid_search(list(range(len(points))))
+    if SEED in space.dists:
+        out[SEED] = tune.grid_search(list(space.dists[SEED][1]))
+    for k in ["condition", *keys]:  # resolved after the grid: the value of this trial's point
+        out[k] = tune.sample_from(lambda config, k=k: points[config[POINT]].get(k))
+    return out
+
+
+def _optuna_dim(kind: str, args: list) -> Any:
+    """One dimension for Optuna (which cannot enumerate a grid: it samples its values)."""
+    from ray import tune
+
+    if kind in ("grid", "choice"):
+        return tune.choice(args)
+    if kind == "randint":
+        return tune.randint(args[0], args[1] + 1)  # YAML bounds are inclusive
+    return tune.uniform(*args) if kind == "uniform" else tune.loguniform(*args)
+
+
+def _condition_spec(raw: dict, overrides: dict[str, Any], where: str) -> Any:
+    """The YAML's (or the command line's) `condition`; with `conditions:`, a grid of its keys."""
+    own_raw = raw.get("conditions")
+    if own_raw is not None and ("condition" in raw or "condition" in overrides):
+        raise KDSweepError(
+            f"search space {where}: give 'condition' or 'conditions' (per-condition params), "
+            "not both"
+        )
+    cond_raw = overrides.pop("condition", raw.get("condition", "independent"))
+    return cond_raw if own_raw is None else {"grid": _own_names(own_raw, where)}
+
+
+def _own_params(raw: dict, overrides: dict[str, Any], where: str) -> dict[str, OwnParams]:
+    """Each condition's own params (`conditions:`); a command-line override wins over them."""
+    out = {}
+    for cond, own in raw.items():
+        if not isinstance(own, dict | None):
+            raise KDSweepError(
+                f"search space {where}: conditions.{cond} must be a mapping of params"
+            )
+        fixed, dists = _split({k: _absolute(v) for k, v in (own or {}).items()}, where)
+        out[str(cond)] = OwnParams(
+            {k: v for k, v in fixed.items() if k not in overrides},
+            {k: v for k, v in dists.items() if k not in overrides},
+        )
+    return out
+
+
+def _own_names(raw: Any, where: str) -> list[str]:
+    if not isinstance(raw, dict) or not raw:
+        raise KDSweepError(
+            f"search space {where}: 'conditions' must map each condition to its own params "
+            "({} for none)"
+        )
+    return [str(c) for c in raw]
 
 
 def _yaml_reason(e: yaml.YAMLError) -> str:
@@ -174,7 +323,8 @@ def parse_space(
         raise KDSweepError(f"search space {where}: task {task!r} is not one of {sorted(CONFIGS)}")
     overrides = dict(overrides or {})
     task = overrides.pop("task", task)
-    cond_raw = overrides.pop("condition", raw.get("condition", "independent"))
+    own_raw = raw.get("conditions")
+    cond_raw = _condition_spec(raw, overrides, where)
     conditions, cond_grid = _conditions(cond_raw, where)
     for c in conditions:
         try:
@@ -191,13 +341,8 @@ def parse_space(
         params["seed"] = {"grid": list(range(seeds))}
 
     space = SweepSpace(source=where, task=task, conditions=conditions, condition_is_grid=cond_grid)
-    for key, value in params.items():
-        if isinstance(value, dict):
-            space.dists[key] = _dist(key, value, where)
-        elif isinstance(value, list):
-            space.dists[key] = _dist(key, {"choice": value}, where)
-        else:
-            space.fixed[key] = value
+    space.fixed, space.dists = _split(params, where)
+    space.own = _own_params(own_raw or {}, overrides, where)
     _settings(space, raw, where)
     validate(space, sources)
     return space
@@ -238,6 +383,19 @@ def _absolute(value: Any) -> Any:
         if not value.startswith("~") and path.exists():
             return str(path.resolve())
     return value
+
+
+def _split(params: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """(fixed values, distributions) of a params mapping."""
+    fixed, dists = {}, {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            dists[key] = _dist(key, value, where)
+        elif isinstance(value, list):
+            dists[key] = _dist(key, {"choice": value}, where)
+        else:
+            fixed[key] = value
+    return fixed, dists
 
 
 def _conditions(raw: Any, where: str) -> tuple[list[str], bool]:
@@ -308,11 +466,18 @@ def validate(space: SweepSpace, sources: dict[str, str] | None = None) -> None:
             )
     for cond, cls in classes.items():
         names = cls.field_names()
-        fixed = {k: v for k, v in space.fixed.items() if k in names}
+        own = space.own.get(cond, OwnParams())
         where = f"search space {space.source} (condition {cond})"
+        for key in [*own.fixed, *own.dists]:
+            if key not in names:
+                raise KDSweepError(
+                    f"{where}: unknown parameter {key!r} under conditions.{cond}; "
+                    f"{cls.__name__} has no such field"
+                )
+        fixed = {k: v for k, v in space.fixed.items() if k in names} | own.fixed
         try:
             cls.from_dict(fixed, where=where)
-            for key, (kind, args) in space.dists.items():
+            for key, (kind, args) in (space.dists | own.dists).items():
                 if key not in names:
                     continue
                 for value in representative_values(kind, args):

@@ -1,6 +1,13 @@
 """Typed trial configs: a dataclass per condition, built from Tune's flat dict.
 
 A misspelt key, a wrong type or an out-of-range value fails here, before any training starts.
+Each field is documented once, in its dataclass metadata (as TRL does; `param` writes
+`field(default=..., metadata={"help": ..., "range": ...})`):
+
+    lr: float = param(1e-3, "peak learning rate (AdamW)", Range(0.0, 1.0, low_open=True))
+
+`help` reaches the sweep scripts' `--help-fields` and docs/configuration.md (`python -m
+driver.docs`); `range` and `choices` are checked for every field of every config class here.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
 from kdsweep.errors import KDSweepError
@@ -60,23 +67,75 @@ def _check_type(name: str, value: Any, typ: Any, where: str) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Range:
+    """A field's allowed interval (closed unless `low_open` / `high_open`)."""
+
+    lo: float
+    hi: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, v: Any) -> bool:
+        if isinstance(v, float) and math.isnan(v):
+            return False
+        return (v > self.lo if self.low_open else v >= self.lo) and (
+            v < self.hi if self.high_open else v <= self.hi
+        )
+
+    def __str__(self) -> str:
+        if self.low_open and self.hi == math.inf and not self.high_open:
+            return f"> {self.lo}"
+        lb, rb = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {lb}{self.lo}, {self.hi}{rb}"
+
+
+POSITIVE = Range(0, math.inf, low_open=True)
+
+
+def param(
+    default: Any, help: str, range: Range | None = None, choices: tuple[str, ...] = ()
+) -> Any:
+    """A config field documented once: `help` (and the allowed `range` or `choices`, checked by
+    BaseConfig) in the dataclass field's metadata."""
+    meta: dict[str, Any] = {"help": help}
+    if range is not None:
+        meta["range"] = range
+    if choices:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class BaseConfig:
     """Fields shared by every trial, whatever the task."""
 
-    seed: int = 0
-    epochs: int = 5
-    batch_size: int = 32
-    grad_accum: int = 1  # micro-batches per optimizer step: effective batch = batch_size x this
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    grad_clip: float = 1.0  # max grad norm; 0 disables clipping
-    threads: int = 0  # torch threads; 0 = the trial's CPU share (oversubscribing is a 2x slowdown)
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; GPU only, fp16 uses a grad scaler)
-    cache_dir: str = ""  # "" = $KDSWEEP_HOME or ./.kdsweep
-    eval_every: int = 1
+    seed: int = param(0, "random seed of the student's init and data order")
+    epochs: int = param(5, "training epochs", POSITIVE)
+    batch_size: int = param(32, "examples per micro-batch", POSITIVE)
+    grad_accum: int = param(
+        1, "micro-batches per optimizer step: effective batch = batch_size x this", Range(1, 1024)
+    )
+    lr: float = param(1e-3, "peak learning rate (AdamW)", Range(0.0, 1.0, low_open=True))
+    weight_decay: float = param(0.01, "AdamW weight decay", Range(0.0, 1.0))
+    warmup_ratio: float = param(
+        0.1,
+        "share of optimizer steps with a linear LR warm-up (then linear decay)",
+        Range(0.0, 1.0),
+    )
+    grad_clip: float = param(1.0, "max gradient norm; 0 disables clipping", Range(0.0, math.inf))
+    threads: int = param(
+        0, "torch threads; 0 = the trial's CPU share (oversubscribing is a 2x slowdown)",
+        Range(0, 1024),
+    )  # fmt: skip
+    device: str = param("auto", "where the trial trains (auto: CUDA if present)",
+                        choices=("auto", "cpu", "cuda"))  # fmt: skip
+    precision: str = param(
+        "fp32", "autocast precision (GPU only; fp16 uses a gradient scaler)",
+        choices=("fp32", "bf16", "fp16"),
+    )  # fmt: skip
+    cache_dir: str = param("", 'data and teacher cache; "" = $KDSWEEP_HOME or ./.kdsweep')
+    eval_every: int = param(1, "evaluate on dev every k epochs (and at the last)", POSITIVE)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> Self:
@@ -113,33 +172,64 @@ class BaseConfig:
         return self.batch_size * self.grad_accum
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "batch_size")
-        _in_range(self, "grad_accum", 1, 1024)
-        _in_range(self, "lr", 0.0, 1.0, low_open=True)
-        _in_range(self, "weight_decay", 0.0, 1.0)
-        _in_range(self, "warmup_ratio", 0.0, 1.0)
-        _in_range(self, "grad_clip", 0.0, math.inf)
-        _in_range(self, "threads", 0, 1024)
-        _positive(self, "eval_every")
-        _choice(self, "device", ("auto", "cpu", "cuda"))
-        _choice(self, "precision", ("fp32", "bf16", "fp16"))
+        """Every field's declared `range` / `choices` (subclasses add cross-field checks)."""
+        for f in fields(self):
+            if "range" in f.metadata:
+                _in(self, f.name, f.metadata["range"])
+            if "choices" in f.metadata:
+                _choice(self, f.name, f.metadata["choices"])
+
+    @classmethod
+    def field_docs(cls) -> list[dict[str, str]]:
+        """One row per field (name, type, default, range, help): the reference table and
+        `--help-fields` read these; a field without help is a bug (tests/test_configs.py)."""
+        hints = typing.get_type_hints(cls)
+        rows = []
+        for f in fields(cls):
+            if f.name not in cls.field_names():
+                continue
+            allowed = f.metadata.get("range") or f.metadata.get("choices") or ""
+            if isinstance(allowed, tuple):
+                allowed = " | ".join(allowed)
+            rows.append(
+                {
+                    "field": f.name,
+                    "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
+                    "default": repr(f.default),
+                    "range": str(allowed),
+                    "help": f.metadata.get("help", ""),
+                }
+            )
+        return rows
+
+
+@dataclass
+class Temperature:
+    """Mixin: a softmax temperature for logit KD, and no loss weight with it (each condition
+    names its own weights: soft KD's `alpha`, Decoupled KD's `alpha`/`beta`)."""
+
+    temperature: float = param(
+        2.0,
+        "softmax temperature T of teacher and student logits (KD terms scaled by T^2)",
+        Range(0.0, 100.0, low_open=True),
+    )
+
+
+def _in(cfg: Any, name: str, rng: Range) -> None:
+    v = getattr(cfg, name)
+    if v not in rng:
+        raise KDSweepError(f"field {name!r} must be {rng}, got {v!r}")
 
 
 def _positive(cfg: Any, *names: str) -> None:
     for n in names:
-        v = getattr(cfg, n)
-        if not v > 0:
-            raise KDSweepError(f"field {n!r} must be > 0, got {v!r}")
+        _in(cfg, n, POSITIVE)
 
 
 def _in_range(
     cfg: Any, name: str, lo: float, hi: float, low_open: bool = False, high_open: bool = False
 ) -> None:
-    v = getattr(cfg, name)
-    ok = (v > lo if low_open else v >= lo) and (v < hi if high_open else v <= hi)
-    if not ok or (isinstance(v, float) and math.isnan(v)):
-        lb, rb = "(" if low_open else "[", ")" if high_open else "]"
-        raise KDSweepError(f"field {name!r} must be in {lb}{lo}, {hi}{rb}, got {v!r}")
+    _in(cfg, name, Range(lo, hi, low_open, high_open))
 
 
 def _choice(cfg: Any, name: str, options: tuple[str, ...]) -> None:
@@ -148,5 +238,5 @@ def _choice(cfg: Any, name: str, options: tuple[str, ...]) -> None:
         raise KDSweepError(f"field {name!r} must be one of {list(options)}, got {v!r}")
 
 
-# Re-exported for the condition configs.
+# Re-exported for the condition configs' cross-field checks.
 positive, in_range, choice = _positive, _in_range, _choice

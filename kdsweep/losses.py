@@ -65,6 +65,41 @@ def hard_kd_loss(
     return alpha * kd + (1.0 - alpha) * ce, ce, kd
 
 
+def decoupled_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoupled KD (Zhao et al., CVPR 2022): (TCKD, NCKD), each * T**2, averaged over the batch.
+
+    TCKD is KL(b_teacher || b_student) between the binary distributions b = [p_target,
+    1 - p_target]; NCKD is KL(p^_teacher || p^_student) between the distributions among the
+    non-target classes only. Classic KD = TCKD + (1 - p_target_teacher) * NCKD; DKD weighs the
+    two freely (alpha * TCKD + beta * NCKD). Log-probabilities come from logsumexp, never
+    log(p): log(1 - p_target) is the logsumexp over the other classes. The target class is
+    left out of NCKD by a -1e4 logit (exp underflows to an exact 0 in float32; -inf would make
+    0 * log 0 = NaN inside the KL).
+    """
+    s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
+    target = F.one_hot(labels, s.shape[-1]).bool()
+
+    def binary_log_probs(z: torch.Tensor) -> torch.Tensor:  # [B, 2]: log p_target, log(1 - p)
+        norm = z.logsumexp(-1)
+        rest = z.masked_fill(target, -1e4).logsumexp(-1)
+        return torch.stack([z[target] - norm, rest - norm], dim=-1)
+
+    def kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * temperature**2
+
+    tckd = kl(binary_log_probs(s), binary_log_probs(t))
+    nckd = kl(
+        F.log_softmax(s.masked_fill(target, -1e4), dim=-1),
+        F.log_softmax(t.masked_fill(target, -1e4), dim=-1),
+    )
+    return tckd, nckd
+
+
 def hidden_mse_loss(
     student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,7 +32,7 @@ from trainables.speech.config import (
     ASRSoftConfig,
     SelfDistillConfig,
 )
-from trainables.speech.loop import prepare_asr
+from trainables.speech.loop import SpeechBatch, prepare_asr
 from trainables.speech.trainable import ASR_TRAINABLES
 from trainables.tune_io import local_session
 
@@ -100,25 +101,25 @@ def test_condition_losses_read_the_mask(monkeypatch, condition):
     hidden = torch.randn(4, 12, 8, generator=g)
     out = SimpleNamespace(logits=logits, out_lens=in_lens, hidden_states=[hidden])
     mask = torch.tensor([True, False, True, False])
-    batch = {
-        "targets": targets, "target_lens": tgt_lens, "labeled": mask, "epoch": 0,
-        "teacher_logits": torch.randn(4, 12, 6, generator=g),
-        "teacher_targets": torch.tensor([1, 2, 3, 4, 5, 1]),
-        "teacher_target_lens": torch.tensor([2, 1, 2, 1]),
-        "teacher_hidden": torch.randn(4, 12, 1, 8, generator=g),
-    }  # fmt: skip
+    batch = SpeechBatch(
+        targets=targets, target_lens=tgt_lens, idx=[0, 1, 2, 3], epoch=0, labeled=mask,
+        teacher_logits=torch.randn(4, 12, 6, generator=g),
+        teacher_targets=torch.tensor([1, 2, 3, 4, 5, 1]),
+        teacher_target_lens=torch.tensor([2, 1, 2, 1]),
+        teacher_hidden=torch.randn(4, 12, 1, 8, generator=g),
+    )  # fmt: skip
     t1, p1 = loss_fn(out, batch, None)
-    regold = {**batch, "targets": torch.cat([targets[:3], torch.tensor([4, 4]), targets[5:]])}
+    regold = replace(batch, targets=torch.cat([targets[:3], torch.tensor([4, 4]), targets[5:]]))
     t2, p2 = loss_fn(out, regold, None)
     assert t1.item() == pytest.approx(t2.item()) and p1["loss_ctc"] == p2["loss_ctc"]
     if condition == "hard":  # teacher transcripts are the unlabeled rows' targets
-        other = {**batch, "teacher_targets": torch.tensor([1, 2, 5, 4, 5, 1])}
+        other = replace(batch, teacher_targets=torch.tensor([1, 2, 5, 4, 5, 1]))
     else:  # teacher posteriors of an unlabeled row
-        tl = batch["teacher_logits"].clone()
+        tl = batch.teacher_logits.clone()
         tl[1] = -tl[1]
-        other = {**batch, "teacher_logits": tl}
+        other = replace(batch, teacher_logits=tl)
     assert loss_fn(out, other, None)[0].item() != pytest.approx(t1.item())
-    t4, p4 = loss_fn(out, {**batch, "labeled": torch.zeros(4, dtype=bool)}, None)
+    t4, p4 = loss_fn(out, replace(batch, labeled=torch.zeros(4, dtype=bool)), None)
     assert p4["loss_ctc"].item() == 0.0 and math.isfinite(t4.item()) and t4.item() > 0
 
 

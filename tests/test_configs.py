@@ -270,3 +270,175 @@ def test_relative_paths_become_absolute_before_ray_changes_directory(tmp_path, m
     assert _absolute("fortunes") == "fortunes" and _absolute("2,3") == "2,3"
     space = parse_space({"task": "text", "condition": "soft"}, "t.yaml", {"dataset": "data/my.csv"})
     assert space.fixed["dataset"] == want
+
+
+# ---------------------------------------------------------------- per-condition params
+PER_CONDITION = """
+task: text
+params:
+  temperature: {grid: [1, 2]}     # shared: applies to the conditions that have it
+conditions:
+  independent: {}
+  soft: {}
+  hard:
+    alpha: {grid: [0.5, 0.8, 1.0]}
+"""
+
+
+def _trials(space) -> list[dict]:
+    """The trial dicts Tune would run (one repeat), as the trainable receives them."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    return [registry.trial_fields(cfg) for _, cfg in generate_variants(space.param_space())]
+
+
+def test_per_condition_grid_runs_each_point_once():
+    """hard's alpha grid does not re-run independent's or soft's trials; the shared
+    temperature grid does not re-run hard's (it has no temperature)."""
+    import yaml
+
+    from driver.space import grid_points, parse_space
+
+    space = parse_space(yaml.safe_load(PER_CONDITION), "t.yaml")
+    assert space.conditions == ["independent", "soft", "hard"] and not space.uses_optuna
+    trials = _trials(space)
+    # independent 1 + soft 2 temperatures + hard 3 alphas
+    assert grid_points(space) == len(trials) == 6
+    seen = {tuple(sorted(t.items())) for t in trials}
+    assert len(seen) == 6  # no duplicate trial
+    assert {t["alpha"] for t in trials if t["condition"] == "hard"} == {0.5, 0.8, 1.0}
+    assert all("temperature" not in t for t in trials if t["condition"] != "soft")
+    assert {t["temperature"] for t in trials if t["condition"] == "soft"} == {1, 2}
+    for t in trials:  # each one builds its condition's typed config
+        registry.config_for(t)
+    seeded = parse_space(yaml.safe_load(PER_CONDITION), "t.yaml", seeds=3)
+    seeded_trials = _trials(seeded)
+    assert grid_points(seeded) == len(seeded_trials) == 18
+    assert {t["seed"] for t in seeded_trials} == {0, 1, 2}
+    assert "condition" in space.varied and "alpha" in space.varied
+
+
+def test_per_condition_params_under_optuna_are_scoped_to_their_condition():
+    import yaml
+
+    from driver.space import parse_space
+
+    raw = yaml.safe_load(PER_CONDITION)
+    raw["conditions"]["hard"] = {"alpha": {"uniform": [0.2, 0.9]}}
+    raw["conditions"]["soft"] = {"alpha": 0.3}
+    space = parse_space(raw, "t.yaml")
+    assert space.uses_optuna
+    ps = space.param_space()
+    assert "hard.alpha" in ps and ps["soft.alpha"] == 0.3 and "alpha" not in ps
+    config = {"task": "text", "condition": "soft", "soft.alpha": 0.3, "hard.alpha": 0.7}
+    assert registry.trial_fields(config) == {"task": "text", "condition": "soft", "alpha": 0.3}
+    config["condition"] = "hard"
+    assert registry.trial_fields(config)["alpha"] == 0.7
+    config["condition"] = "independent"
+    assert "alpha" not in registry.trial_fields(config)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("conditions: {soft: {beta: 1}}\n", "unknown parameter 'beta' under conditions.soft"),
+        ("conditions: {hard: {alpha: {grid: [0.5, 2]}}}\n", "field 'alpha' must be in"),
+        ("condition: soft\nconditions: {soft: {}}\n", "not both"),
+        ("conditions: [soft, hard]\n", "'conditions' must map each condition"),
+        ("conditions: {sfot: {}}\n", "unknown condition 'sfot'"),
+    ],
+)
+def test_bad_per_condition_params_fail_before_any_trial(text, needle):
+    import yaml
+
+    from driver.space import parse_space
+
+    with pytest.raises(KDSweepError, match=needle):
+        parse_space(yaml.safe_load("task: text\n" + text), "t.yaml")
+
+
+def test_command_line_wins_over_a_conditions_own_value():
+    import yaml
+
+    from driver.space import parse_space
+
+    space = parse_space(yaml.safe_load(PER_CONDITION), "t.yaml", overrides={"alpha": 0.6})
+    assert {t["alpha"] for t in _trials(space) if "alpha" in t} == {0.6}
+
+
+# ---------------------------------------------------------------- fields documented once
+def _all_config_classes() -> list[type]:
+    from kdsweep.config import BaseConfig
+
+    seen, todo = [], [BaseConfig]
+    while todo:
+        cls = todo.pop()
+        if cls not in seen:
+            seen.append(cls)
+            todo.extend(cls.__subclasses__())
+    return [c for c in seen if c.__module__.startswith(("kdsweep", "trainables"))]
+
+
+def test_every_field_of_every_config_class_has_help():
+    import dataclasses
+
+    classes = _all_config_classes()
+    assert len(classes) >= 12  # the text and speech configs, not an empty walk
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if not f.metadata.get("help", "").strip()
+    ]
+    assert not missing, f"fields without help metadata: {missing}"
+
+
+def test_configuration_reference_is_current():
+    from pathlib import Path
+
+    from driver.docs import markdown
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert path.read_text() == markdown(), (
+        "docs/configuration.md is stale: run `python -m driver.docs > docs/configuration.md`"
+    )
+
+
+def test_reference_lists_each_conditions_own_fields_with_type_default_range_help():
+    from driver.docs import markdown, sections
+
+    titles = [t for t, _ in sections("text")]
+    assert titles[0].startswith("shared by every text condition (TextConfig)")
+    soft = dict(sections("text"))[next(t for t in titles if t.startswith("soft "))]
+    temp = next(r for r in soft if r["field"] == "temperature")
+    assert (temp["type"], temp["default"], temp["range"]) == ("float", "2.0", "in (0.0, 100.0]")
+    assert "temperature" in temp["help"]
+    md = markdown()
+    assert "| `alpha` | float | `0.5` | in [0.0, 1.0] |" in md
+    assert "fortunes \\| rotten_tomatoes" in md  # a | inside help does not split the cell
+
+
+def test_sweep_scripts_list_the_fields_with_help_fields(capsys):
+    from driver.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser("temperature", "doc").parse_args(["--help-fields"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "shared by every text condition" in out and "soft (SoftConfig)" in out
+    assert "temperature (float, default 2.0, in (0.0, 100.0])" in out
+    assert "hard (HardConfig)" not in out  # only this sweep's conditions
+    with pytest.raises(SystemExit):  # another space's conditions (their own params included)
+        build_parser("strategy", "doc").parse_args(["--space", "decoupled", "--help-fields"])
+    out = capsys.readouterr().out
+    assert "dkd (DKDConfig)" in out and "beta (float, default 8.0" in out
+
+
+def test_shipped_per_condition_space_counts_each_trial_once():
+    from driver.space import grid_points, load_space
+
+    space = load_space("decoupled")
+    assert space.conditions == ["independent", "soft", "dkd"]
+    assert grid_points(space) == 1 + 2 + 2 * 2  # independent, soft x T, dkd x T x beta
+    assert grid_points(load_space("decoupled", seeds=3)) == 3 * 7
+    assert len(_trials(space)) == 7

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from kdsweep.losses import (
     attention_kd_loss,
+    decoupled_kd_loss,
     hard_kd_loss,
     hidden_cosine_loss,
     hidden_mse_loss,
@@ -184,3 +185,37 @@ def test_attention_kd_positive_and_ignores_padded_query_rows():
     s2[pad_rows] = torch.tensor([1.0, 0, 0, 0, 0])
     t2[pad_rows] = torch.tensor([0, 0, 0, 0, 1.0])
     assert attention_kd_loss(s2, t2, mask).item() == pytest.approx(base.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- decoupled KD
+def test_decoupled_kd_by_hand():
+    """Student uniform over 3 classes, teacher [4, 3, 1] / 8, target 0:
+    TCKD = KL([1/2, 1/2] || [1/3, 2/3]) = 1/2 ln(9/8);
+    NCKD = KL([3/4, 1/4] || [1/2, 1/2]) = 3/4 ln(3/2) - 1/4 ln 2; both times T^2."""
+    import math
+
+    student = torch.zeros(1, 3)
+    teacher = torch.tensor([[math.log(4), math.log(3), 0.0]])
+    tckd, nckd = decoupled_kd_loss(student, teacher, torch.tensor([0]), temperature=1.0)
+    assert tckd.item() == pytest.approx(0.5 * math.log(9 / 8), rel=1e-6)
+    assert nckd.item() == pytest.approx(0.75 * math.log(1.5) - 0.25 * math.log(2), rel=1e-6)
+    # T = 2 on logits twice as large: the same distributions, so both terms times T^2 = 4.
+    t2, n2 = decoupled_kd_loss(student * 2, teacher * 2, torch.tensor([0]), temperature=2.0)
+    assert (t2.item(), n2.item()) == pytest.approx((4 * tckd.item(), 4 * nckd.item()), rel=1e-5)
+
+
+def test_decoupled_kd_recomposes_classic_kd(logits):
+    """The paper's identity, per example: KD = TCKD + (1 - p_target_teacher) * NCKD."""
+    student, teacher, labels = logits
+    for i in range(len(labels)):
+        s, t, y = student[i : i + 1], teacher[i : i + 1], labels[i : i + 1]
+        tckd, nckd = decoupled_kd_loss(s, t, y, temperature=3.0)
+        p_target = torch.softmax(t / 3.0, dim=-1)[0, y].item()
+        kd = soft_kd_loss(s, t, temperature=3.0)
+        assert kd.item() == pytest.approx(tckd.item() + (1 - p_target) * nckd.item(), rel=1e-4)
+    same_t, same_n = decoupled_kd_loss(teacher, teacher, labels, temperature=3.0)
+    assert same_t.item() == pytest.approx(0, abs=1e-6) and same_n.item() == pytest.approx(
+        0, abs=1e-6
+    )
+    extreme = decoupled_kd_loss(student * 1e3, teacher.half() * 100, labels, temperature=1.0)
+    assert all(torch.isfinite(x) for x in extreme)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from kdsweep.losses import masked_cross_entropy, soft_kd_objective
 from kdsweep.text.teacher_store import StoredTeacher
 from kdsweep.text.transfer import augment_tokens, load_transfer_texts
 from trainables.text.config import SoftConfig, TextConfig
-from trainables.text.loop import mixed_epoch_index, prepare_text, transfer_count
+from trainables.text.loop import TextBatch, mixed_epoch_index, prepare_text, transfer_count
 from trainables.text.trainable import TEXT_TRAINABLES
 from trainables.tune_io import local_session
 
@@ -30,11 +31,14 @@ TRANSFER = {"transfer_set": "unlabeled", "transfer_size": 120, "transfer_ratio":
 # ---------------------------------------------------------------- losses: CE on labeled rows only
 def _batch(labels, labeled):
     torch.manual_seed(0)
-    return {
-        "labels": torch.tensor(labels),
-        "labeled": torch.tensor(labeled),
-        "teacher_logits": torch.randn(len(labels), 3),
-    }
+    ids = torch.ones(len(labels), 4, dtype=torch.long)
+    return TextBatch(
+        input_ids=ids,
+        attention_mask=ids,
+        labels=torch.tensor(labels),
+        labeled=torch.tensor(labeled),
+        teacher_logits=torch.randn(len(labels), 3),
+    )
 
 
 @pytest.mark.unit
@@ -62,17 +66,17 @@ def test_condition_losses_read_the_mask_from_the_batch(monkeypatch, cond):
     loss_fn = captured[0]
     out = SimpleNamespace(logits=torch.randn(4, 3, requires_grad=True))
     base = _batch([0, 1, 2, 0], [True, False, True, False])
-    relabeled = {**base, "labels": torch.tensor([0, 2, 2, 1])}
+    relabeled = replace(base, labels=torch.tensor([0, 2, 2, 1]))
     t1, p1 = loss_fn(out, base, None)
     t2, p2 = loss_fn(out, relabeled, None)
     assert t1 == t2 and p1["loss_ce"] == p2["loss_ce"]
-    teacher = base["teacher_logits"].clone()
+    teacher = base.teacher_logits.clone()
     other = (int(teacher[1].argmax()) + 1) % 3  # a different target for an unlabeled row
     teacher[1] = F.one_hot(torch.tensor(other), 3).float() * 9
-    t3, _ = loss_fn(out, {**base, "teacher_logits": teacher}, None)
+    t3, _ = loss_fn(out, replace(base, teacher_logits=teacher), None)
     assert t3 != t1
     # No labeled row: CE contributes 0, the KD term still trains.
-    t4, p4 = loss_fn(out, {**base, "labeled": torch.zeros(4, dtype=bool)}, None)
+    t4, p4 = loss_fn(out, replace(base, labeled=torch.zeros(4, dtype=bool)), None)
     assert p4["loss_ce"].item() == 0.0 and t4.item() > 0
 
 

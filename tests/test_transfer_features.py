@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,8 +17,9 @@ from kdsweep.errors import KDSweepError
 from kdsweep.losses import attention_kd_loss, hidden_mse_loss
 from kdsweep.text.teacher_store import StoredTeacher
 from kdsweep.text.transfer import tokens_key
+from trainables.conditions import Aux
 from trainables.text.config import AttentionConfig, HiddenConfig, TextConfig
-from trainables.text.loop import FeatureRows, _append_transfer, _batch, prepare_text
+from trainables.text.loop import FeatureRows, TextBatch, _append_transfer, _batch, prepare_text
 from trainables.text.trainable import TEXT_TRAINABLES
 from trainables.tune_io import local_session
 
@@ -155,20 +157,21 @@ def _fake(cond: str, b: int = 4, s: int = 5, k: int = 3):
     logits = torch.randn(b, k, requires_grad=True)
     mask = torch.ones(b, s, dtype=torch.long)
     mask[1, 3:] = 0
-    batch = {
-        "labels": torch.tensor([0, 1, 2, 0]),
-        "labeled": torch.tensor([True, False, True, False]),
-        "attention_mask": mask,
-        "teacher_logits": torch.randn(b, k),
-    }
+    batch = TextBatch(
+        input_ids=torch.ones(b, s, dtype=torch.long),
+        labels=torch.tensor([0, 1, 2, 0]),
+        labeled=torch.tensor([True, False, True, False]),
+        attention_mask=mask,
+        teacher_logits=torch.randn(b, k),
+    )
     if cond == "hidden":
         out = SimpleNamespace(logits=logits, hidden_states=[torch.randn(b, s, 8) for _ in "012"])
-        aux = nn.ModuleDict({"proj": nn.ModuleList(nn.Linear(8, 12) for _ in range(2))})
-        batch["teacher_hidden"] = torch.randn(b, 2, s, 12)
+        aux = Aux(nn.ModuleList(nn.Linear(8, 12) for _ in range(2)))
+        batch.teacher_hidden = torch.randn(b, 2, s, 12)
     else:
         out = SimpleNamespace(logits=logits, attentions=[torch.randn(b, 2, s, s).softmax(-1)] * 2)
-        aux = nn.ModuleDict()
-        batch["teacher_attention"] = torch.randn(b, 2, s, s).softmax(-1)
+        aux = Aux()
+        batch.teacher_attention = torch.randn(b, 2, s, s).softmax(-1)
     return out, aux, batch
 
 
@@ -178,22 +181,22 @@ def test_ce_skips_unlabeled_rows_feature_terms_use_all(monkeypatch, cond):
     out, aux, base = _fake(cond)
     loss_fn = _loss_fn(monkeypatch, cond, alpha=0.0)
     total, parts = loss_fn(out, base, aux)
-    mask = base["labeled"]
-    want = F.cross_entropy(out.logits[mask], base["labels"][mask])
+    mask = base.labeled
+    want = F.cross_entropy(out.logits[mask], base.labels[mask])
     assert parts["loss_ce"].item() == pytest.approx(want.item(), rel=1e-6)
-    t2, p2 = loss_fn(out, {**base, "labels": torch.tensor([0, 2, 2, 1])}, aux)  # junk gold
+    t2, p2 = loss_fn(out, replace(base, labels=torch.tensor([0, 2, 2, 1])), aux)  # junk gold
     assert t2 == total and p2["loss_ce"] == parts["loss_ce"]
     # Alpha 0: logits of unlabeled rows get no gradient (CE is their only logit term) ...
     total.backward()
     assert torch.all(out.logits.grad[~mask] == 0) and torch.any(out.logits.grad[mask] != 0)
     # ... while the feature term reads every row: change an unlabeled row's teacher features.
     feat = f"teacher_{cond}"
-    other = base[feat].clone()
+    other = getattr(base, feat).clone()
     other[1] = other[1].flip(-1)
-    t3, p3 = loss_fn(out, {**base, feat: other}, aux)
+    t3, p3 = loss_fn(out, replace(base, **{feat: other}), aux)
     assert p3[f"loss_{cond}"] != parts[f"loss_{cond}"] and p3["loss_ce"] == parts["loss_ce"]
     # A batch of transfer rows only: CE contributes 0 (not NaN), the feature term still trains.
-    t4, p4 = loss_fn(out, {**base, "labeled": torch.zeros(4, dtype=torch.bool)}, aux)
+    t4, p4 = loss_fn(out, replace(base, labeled=torch.zeros(4, dtype=torch.bool)), aux)
     assert p4["loss_ce"].item() == 0.0 and math.isfinite(t4.item()) and t4.item() > 0
 
 
@@ -203,9 +206,9 @@ def test_soft_term_of_feature_conditions_uses_unlabeled_rows(monkeypatch, cond):
     out, aux, base = _fake(cond)
     loss_fn = _loss_fn(monkeypatch, cond, alpha=0.5)
     _, parts = loss_fn(out, base, aux)
-    teacher = base["teacher_logits"].clone()
+    teacher = base.teacher_logits.clone()
     teacher[1] = -teacher[1]  # an unlabeled row's teacher logits
-    _, p2 = loss_fn(out, {**base, "teacher_logits": teacher}, aux)
+    _, p2 = loss_fn(out, replace(base, teacher_logits=teacher), aux)
     assert p2["loss_kd"] != parts["loss_kd"] and p2["loss_ce"] == parts["loss_ce"]
 
 
@@ -252,16 +255,16 @@ def test_feature_rows_mix_train_and_transfer_of_different_lengths():
 
     # Train row 0 (3 tokens) + transfer row 0 (5 tokens): trimmed to 5 < train's 8.
     b = _batch(mixed, torch.tensor([0, 3]), torch.device("cpu"))
-    assert b["teacher_attention"].shape == (2, 2, 5, 5) and b["teacher_hidden"].shape == (
+    assert b.teacher_attention.shape == (2, 2, 5, 5) and b.teacher_hidden.shape == (
         2,
         2,
         5,
         4,
     )
-    assert np.array_equal(b["teacher_attention"][1].numpy(), att_tr[0].astype(np.float32))
+    assert np.array_equal(b.teacher_attention[1].numpy(), att_tr[0].astype(np.float32))
     # Train row 1 (7 tokens) + transfer row 1 (2 tokens): trimmed to 7 > transfer's 5.
     b = _batch(mixed, torch.tensor([4, 1]), torch.device("cpu"))
-    att, hid, mask = b["teacher_attention"], b["teacher_hidden"], b["attention_mask"]
+    att, hid, mask = b.teacher_attention, b.teacher_hidden, b.attention_mask
     assert att.shape == (2, 2, 7, 7) and hid.shape == (2, 2, 7, 4)
     assert np.array_equal(att[0, :, :5, :5].numpy(), att_tr[1].astype(np.float32))
     assert torch.all(att[0, :, 5:] == 0) and torch.all(att[0, :, :, 5:] == 0)

@@ -1,16 +1,23 @@
-"""What a condition is: one record (trainable + typed config), and what it needs from its teacher.
+"""What a condition is: one declaration, its training function, and what it needs from its teacher.
 
-    CONDITIONS = {"soft": Condition(soft, SoftConfig), ...}   # trainables/text/trainable.py, asr.py
+    def soft(cfg: SoftConfig) -> None: ...                 # trainables/text/trainable.py
+    CONDITIONS = {"soft": Condition(soft), ...}
 
+The function's annotated config class is the condition's typed config: `Condition` builds it
+from Tune's dict (`from_dict`: unknown keys and bad values fail) and hands it to the function.
 The config declares the teacher outputs it reads once, as its `needs` property (a `Needs`); the
-driver's prepare step and the trial both read it from there.
+driver's prepare step and the trial both read it from there. The loss receives a typed batch
+(`trainables.text.loop.TextBatch`, `kdsweep.speech.teacher.SpeechBatch`) and an `Aux`.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from torch import nn
 
 from kdsweep.config import BaseConfig
 
@@ -34,10 +41,32 @@ class Needs:
 
 @dataclass(frozen=True)
 class Condition:
-    """One condition: the function trainable Tune runs and the typed config it builds."""
+    """One condition: a training function of one typed config (its annotated parameter)."""
 
-    trainable: Callable[[dict[str, Any]], None]
-    config: type[BaseConfig]
+    train: Callable[[Any], None]
+
+    @property
+    def config(self) -> type[BaseConfig]:
+        """The config class the training function takes (its first parameter's annotation)."""
+        hints = typing.get_type_hints(self.train)
+        hints.pop("return", None)
+        cls = next(iter(hints.values()), None)
+        if not (isinstance(cls, type) and issubclass(cls, BaseConfig)):
+            raise TypeError(f"{self.train.__name__}(cfg: <a BaseConfig subclass>) expected")
+        return cls
+
+    def __call__(self, config: dict[str, Any]) -> None:
+        """The function trainable: the typed config of Tune's dict, trained."""
+        self.train(self.config.from_dict(config))
+
+
+class Aux(nn.Module):
+    """Trainable modules beside the student that the loss reads (saved with it as `aux.*`):
+    `proj`, one Linear (student width -> teacher width) per matched layer, or None."""
+
+    def __init__(self, proj: nn.ModuleList | None = None):
+        super().__init__()
+        self.proj = proj
 
 
 def transfer_capable(base: type[BaseConfig]) -> list[str]:

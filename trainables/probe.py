@@ -91,7 +91,7 @@ def _text_step(cfg: Any) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
         )
         loss = torch.nn.functional.cross_entropy(out.logits.float(), labels)
         if needs.hidden:  # projected student layers vs teacher-sized targets
-            for proj, h in zip(model["aux"]["proj"], out.hidden_states[1:], strict=False):
+            for proj, h in zip(model["aux"].proj, out.hidden_states[1:], strict=False):
                 target = torch.zeros(b, s, teacher_config.hidden_size, device=device)
                 loss = loss + (proj(h).float() - target).pow(2).mean()
         if needs.attention:

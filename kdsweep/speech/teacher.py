@@ -12,7 +12,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -33,8 +33,29 @@ from kdsweep.training import Precision, Stepper, optimizer_steps
 
 SPLITS = ("train", "dev", "test")
 
+
+@dataclass
+class SpeechBatch:
+    """One training batch as the loss receives it (tensors on the device; T' student frames)."""
+
+    targets: Tensor  # gold transcripts, concatenated (CTC's 1-D form)
+    target_lens: Tensor  # [B]
+    idx: list[int]  # rows of the epoch's feature set
+    epoch: int  # 0-based (a temperature schedule reads it)
+    labeled: Tensor | None = None  # [B] bool, False = transfer row; None: no transfer set
+    teacher_logits: Tensor | None = None  # [B, T', V] frame logits (needs.logits)
+    teacher_targets: Tensor | None = None  # greedy teacher transcripts, concatenated (hard KD)
+    teacher_target_lens: Tensor | None = None  # [B]
+    teacher_hidden: Tensor | None = None  # [B, T', L, 2H]: the matched teacher layers
+
+    def to(self, device: torch.device) -> SpeechBatch:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return SpeechBatch(**{k: v.to(device) if isinstance(v, Tensor) else v
+                              for k, v in moved.items()})  # fmt: skip
+
+
 # loss_fn(student output, batch, aux modules) -> (total loss, {component name: value})
-LossFn = Callable[[CTCOutput, dict[str, Any], nn.ModuleDict], tuple[Tensor, dict[str, Tensor]]]
+LossFn = Callable[[CTCOutput, SpeechBatch, Any], tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -130,10 +151,8 @@ def train_epoch(
         if specaug is not None:
             x = specaug(x)
         frames = student.output_lengths(torch.tensor([x.shape[1]])).item()
-        batch = {"targets": y, "target_lens": yl, "idx": idx, "epoch": epoch}
-        if extras is not None:
-            batch.update(extras(idx, frames))
-        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        teacher = extras(idx, frames) if extras is not None else {}
+        batch = SpeechBatch(y, yl, idx, epoch, **teacher).to(device)
         with amp.autocast():
             out = student(x, xl, return_hidden=need_hidden)
             loss, parts = loss_fn(out, batch, aux)
@@ -143,9 +162,9 @@ def train_epoch(
     return stepper.end_epoch()
 
 
-def ctc_only(out: CTCOutput, batch: dict[str, Any], aux: nn.ModuleDict):
+def ctc_only(out: CTCOutput, batch: SpeechBatch, aux: Any):
     """The independent objective: CTC on the gold transcripts."""
-    loss = ctc_loss(out.logits, batch["targets"], out.out_lens, batch["target_lens"])
+    loss = ctc_loss(out.logits, batch.targets, out.out_lens, batch.target_lens)
     return loss, {"loss_ctc": loss}
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from kdsweep.config import BaseConfig, in_range, positive
+from kdsweep.config import POSITIVE, BaseConfig, Range, Temperature, in_range, param
 from kdsweep.errors import KDSweepError
 from kdsweep.speech.losses import scale_milestones, temperature_at
 from kdsweep.speech.teacher import ASRTeacherRecipe
@@ -18,6 +18,11 @@ from trainables.conditions import Needs, transfer_capable
 
 SYNTHETIC = ("commands", "open")
 N_MELS = 80  # log-mel bins of kdsweep's features (kdsweep.speech.data.features.LogMel)
+UNIT = Range(0.0, 1.0)
+BLANK_DEFAULT = 1.0
+BLANK_HELP = "weight of frames whose teacher argmax is blank (1 = like every other frame)"
+LAYER_MAP_HELP = 'teacher layer per chosen student layer, 1-based ("" = uniform); "2,4"'
+STUDENT_LAYERS_HELP = '1-based student layers matched by the MSE ("" = all); "2,3"'
 
 
 @dataclass
@@ -33,44 +38,73 @@ class ASRConfig(BaseConfig):
     CHECKPOINT_FIXES: ClassVar[tuple[str, ...]] = ("teacher_layers", "teacher_hidden")
 
     # ---- corpus: synthetic TTS domain, a manifest CSV/TSV, or a LibriSpeech-style folder
-    corpus: str = "commands"  # commands | open | path/to/manifest.tsv|.csv | LibriSpeech dir
-    n_utterances: int = 1500  # synthetic corpora: 80/10/10 train/dev/test, held-out voices
-    corpus_seed: int = 0
-    audio_column: str = "path"  # user manifests (not kdsweep manifests)
-    text_column: str = "transcript"
-    specaugment: bool = False  # time + frequency masks on training features (for long runs)
+    corpus: str = param(
+        "commands", "commands | open (synthetic TTS) | a manifest .tsv/.csv | a LibriSpeech folder"
+    )
+    n_utterances: int = param(
+        1500, "synthetic corpora: utterances (80/10/10 train/dev/test, held-out voices)",
+        Range(10, 1_000_000),
+    )  # fmt: skip
+    corpus_seed: int = param(0, "seed of the synthetic corpus (sentences, voices, splits)")
+    audio_column: str = param("path", "column holding the audio path (user manifests)")
+    text_column: str = param("transcript", "column holding the transcript (user manifests)")
+    specaugment: bool = param(False, "time + frequency masks on training features (long runs)")
     # ---- student: frame stacking -> `layers` BiLSTMs of `hidden` units per direction -> CTC
-    layers: int = 2
-    hidden: int = 128
-    stack: int = 3
-    dropout: float = 0.1
-    epochs: int = 12
-    lr: float = 2e-3
-    warmup_ratio: float = 0.05
+    layers: int = param(2, "student BiLSTM layers", Range(1, 12))
+    hidden: int = param(128, "student BiLSTM units per direction", Range(1, 4096))
+    stack: int = param(3, "feature frames stacked per step (the frame rate divisor)", Range(1, 8))
+    dropout: float = param(0.1, "dropout between layers", Range(0.0, 1.0, high_open=True))
+    epochs: int = param(12, "training epochs", POSITIVE)
+    lr: float = param(2e-3, "peak learning rate (AdamW)", Range(0.0, 1.0, low_open=True))
+    warmup_ratio: float = param(
+        0.05, "share of optimizer steps with a linear LR warm-up (then linear decay)",
+        Range(0.0, 1.0),
+    )  # fmt: skip
     # ---- teacher (soft, hard, hidden): a bigger BiLSTM-CTC trained once per corpus + recipe
-    teacher_layers: int = 3
-    teacher_hidden: int = 256
-    teacher_epochs: int = 15
-    teacher_lr: float = 2e-3
-    teacher_seed: int = 1  # != the default student seed: a twin never starts from its pupil's init
-    # a BiLSTM-CTC trained elsewhere as the teacher (soft, hard, hidden) or twin (self): a .pt/.pth
-    # (weights_only), .safetensors or kdsweep checkpoint dir; its shape is read from the tensors
-    teacher_checkpoint: str = ""
+    teacher_layers: int = param(3, "teacher BiLSTM layers", Range(1, 12))
+    teacher_hidden: int = param(256, "teacher BiLSTM units per direction", Range(1, 4096))
+    teacher_epochs: int = param(15, "teacher training epochs", POSITIVE)
+    teacher_lr: float = param(2e-3, "teacher learning rate", Range(0.0, 1.0, low_open=True))
+    teacher_seed: int = param(
+        1, "teacher/twin seed (!= the default student seed: a twin never starts from its "
+        "pupil's init)",
+    )  # fmt: skip
+    teacher_checkpoint: str = param(
+        "",
+        "a BiLSTM-CTC trained elsewhere as the teacher (soft, hard, hidden) or twin (self): a "
+        ".pt/.pth (weights_only), .safetensors or kdsweep checkpoint dir; its shape is read "
+        "from the tensors",
+    )
     # ---- decoding: greedy every epoch; beam + KenLM trigram at the end (and every beam_every)
-    lm_weight: float = 0.5  # alpha: weight of the LM log-probability
-    word_bonus: float = 1.0  # beta: bonus per word
-    beam_width: int = 32
-    beam_every: int = 0  # 0 = beam search only at the final epoch
-    eval_cmu: bool = True  # out-of-domain WER on the real CMU clips at the final epoch
-    lm: str = ""  # "" = kdsweep's trigram; an ARPA / KenLM binary, or a text file to build one
-    lm_order: int = 3  # order of the n-gram built from a text `lm`
-    label_smoothing: float = 0.0  # eps: (1-eps)*CTC + eps*KL(uniform || frame posteriors)
-    keep_every: int = 0  # also keep every k-th epoch's checkpoint (0 = best + latest only)
-    # ---- transfer set: untranscribed audio the teacher labels (soft, hard, self only):
-    # "" none | synthetic (extra TTS utterances) | folder of .wav/.flac | .txt/.lst/.csv/.tsv list
-    transfer_set: str = ""
-    transfer_size: int = 0  # utterances kept (0 = synthetic: n_utterances; files: all)
-    transfer_ratio: float = 1.0  # transfer rows per labeled row in each epoch (0 = none used)
+    lm_weight: float = param(0.5, "beam search: weight of the LM log-probability", Range(0.0, 10.0))
+    word_bonus: float = param(1.0, "beam search: bonus per word", Range(-10.0, 10.0))
+    beam_width: int = param(32, "beam search width", POSITIVE)
+    beam_every: int = param(
+        0, "beam search every k epochs; 0 = only at the final epoch", Range(0, 10**6)
+    )
+    eval_cmu: bool = param(True, "out-of-domain WER on the real CMU clips at the final epoch")
+    lm: str = param(
+        "", '"" = kdsweep\'s trigram; an ARPA / KenLM binary, or a text file to build one from'
+    )
+    lm_order: int = param(3, "order of the n-gram built from a text `lm`", Range(1, 6))
+    label_smoothing: float = param(
+        0.0, "eps: (1-eps)*CTC + eps*KL(uniform || frame posteriors)", Range(0.0, 1.0)
+    )
+    keep_every: int = param(
+        0, "also keep every k-th epoch's checkpoint (0 = best + latest only)", Range(0, 10**6)
+    )
+    # ---- transfer set: untranscribed audio the teacher labels (soft, hard, self only)
+    transfer_set: str = param(
+        "",
+        '"" none | synthetic (extra TTS utterances) | a folder of .wav/.flac | a '
+        ".txt/.lst/.csv/.tsv list",
+    )
+    transfer_size: int = param(
+        0, "utterances kept (0 = synthetic: n_utterances; files: all)", Range(0, 100_000)
+    )
+    transfer_ratio: float = param(
+        1.0, "transfer rows per labeled row in each epoch (0 = none used)", Range(0.0, 100.0)
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,22 +115,6 @@ class ASRConfig(BaseConfig):
                 raise KDSweepError(
                     f"field 'corpus': manifest file or folder not found: {self.corpus}"
                 )
-        in_range(self, "n_utterances", 10, 1_000_000)
-        positive(self, "layers", "hidden", "stack", "teacher_layers", "teacher_hidden")
-        positive(self, "teacher_epochs", "beam_width")
-        in_range(self, "layers", 1, 12)
-        in_range(self, "teacher_layers", 1, 12)
-        in_range(self, "hidden", 1, 4096)
-        in_range(self, "teacher_hidden", 1, 4096)
-        in_range(self, "stack", 1, 8)
-        in_range(self, "dropout", 0.0, 1.0, high_open=True)
-        in_range(self, "teacher_lr", 0.0, 1.0, low_open=True)
-        in_range(self, "lm_weight", 0.0, 10.0)
-        in_range(self, "word_bonus", -10.0, 10.0)
-        in_range(self, "beam_every", 0, 10**6)
-        in_range(self, "lm_order", 1, 6)
-        in_range(self, "label_smoothing", 0.0, 1.0)
-        in_range(self, "keep_every", 0, 10**6)
         if self.lm:
             _checked_lm(*_file_key(self.lm, "lm"))
         self._check_transfer()
@@ -137,9 +155,7 @@ class ASRConfig(BaseConfig):
             )
 
     def _check_transfer(self) -> None:
-        check_source(self.transfer_set)
-        in_range(self, "transfer_size", 0, 100_000)  # synthetic: ~50 utterances/s on 2 cores
-        in_range(self, "transfer_ratio", 0.0, 100.0)
+        check_source(self.transfer_set)  # transfer_size <= 100k: ~50 synthetic utterances/s
         if not self.transfer_set:
             return
         if not self.TRANSFER_OK:
@@ -216,25 +232,18 @@ class ASRConfig(BaseConfig):
 
 
 @dataclass
-class ASRSoftConfig(ASRConfig):
+class ASRSoftConfig(Temperature, ASRConfig):
     """Frame-level soft KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CTC."""
 
     teacher_kind: ClassVar[str] = "teacher"
     TRANSFER_OK: ClassVar[bool] = True
 
-    alpha: float = 0.5
-    temperature: float = 2.0
-    blank_frame_weight: float = 1.0  # weight of frames whose teacher argmax is blank
+    alpha: float = param(0.5, "weight of the frame-level KD term; 1 - alpha weights CTC", UNIT)
+    blank_frame_weight: float = param(BLANK_DEFAULT, BLANK_HELP, UNIT)
 
     @property
     def needs(self) -> Needs:
         return Needs(logits=True)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        in_range(self, "alpha", 0.0, 1.0)
-        in_range(self, "temperature", 0.0, 100.0, low_open=True)
-        in_range(self, "blank_frame_weight", 0.0, 1.0)
 
 
 @dataclass
@@ -244,15 +253,11 @@ class ASRHardConfig(ASRConfig):
     teacher_kind: ClassVar[str] = "teacher"
     TRANSFER_OK: ClassVar[bool] = True
 
-    alpha: float = 1.0
+    alpha: float = param(1.0, "weight of CTC on the teacher's transcripts vs gold", UNIT)
 
     @property
     def needs(self) -> Needs:
         return Needs(transcripts=True)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        in_range(self, "alpha", 0.0, 1.0)
 
 
 @dataclass
@@ -260,12 +265,12 @@ class ASRHiddenConfig(ASRSoftConfig):
     """Hidden-state KD: alpha * KL_soft + beta * CTC + gamma * MSE(proj(student layer s),
     teacher layer t) over the chosen (s, t) pairs (`student_layers` <- `layer_map`)."""
 
-    alpha: float = 0.0  # weight of the soft-logit term (0 = hidden states + CTC only)
-    hidden_weight: float = 1.0
-    layer_map: str = ""  # teacher layers, one per chosen student layer ("" = uniform); "2,4"
-    student_layers: str = ""  # 1-based student layers to match ("" = all); "2,3"
-    beta: float = -1.0  # CTC weight (-1 = 1 - alpha)
-    gamma: float = -1.0  # MSE weight (-1 = hidden_weight)
+    alpha: float = param(0.0, "weight of the soft-logit term (0 = hidden states + CTC only)", UNIT)
+    hidden_weight: float = param(1.0, "weight of the hidden-state MSE", Range(0.0, 1e6))
+    layer_map: str = param("", LAYER_MAP_HELP)
+    student_layers: str = param("", STUDENT_LAYERS_HELP)
+    beta: float = param(-1.0, "CTC weight (-1 = 1 - alpha)")
+    gamma: float = param(-1.0, "MSE weight (-1 = hidden_weight)")
 
     TRANSFER_OK: ClassVar[bool] = False  # projected teacher layers: not cached for transfer
 
@@ -276,7 +281,6 @@ class ASRHiddenConfig(ASRSoftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        in_range(self, "hidden_weight", 0.0, 1e6)
         if self.beta != -1.0:
             in_range(self, "beta", 0.0, 1e6)
         if self.gamma != -1.0:
@@ -311,24 +315,28 @@ class SelfDistillConfig(ASRConfig):
     teacher_kind: ClassVar[str] = "twin"
     TRANSFER_OK: ClassVar[bool] = True
 
-    alpha: float = 0.7  # KL_soft
-    beta: float = 0.2  # CTC_hard (the gold transcripts)
-    gamma: float = 0.1  # MSE_feat (chosen layers; a learned projection when widths differ)
-    student_layers: str = ""  # 1-based student layers matched by the MSE ("" = all); "2,3"
-    layer_map: str = ""  # twin/teacher layer per chosen student layer ("" = uniform); "2,4"
-    temperatures: str = "4.0,3.5,3.0"
-    milestones: str = "30,70"
-    reference_epochs: int = 80
-    blank_frame_weight: float = 1.0
+    alpha: float = param(0.7, "weight of KL_soft (the twin's temperature-scaled posteriors)", UNIT)
+    beta: float = param(0.2, "weight of CTC on the gold transcripts", UNIT)
+    gamma: float = param(
+        0.1, "weight of MSE_feat (chosen layers; a learned projection when widths differ)", UNIT
+    )
+    student_layers: str = param("", STUDENT_LAYERS_HELP)
+    layer_map: str = param("", LAYER_MAP_HELP)
+    temperatures: str = param(
+        "4.0,3.5,3.0", "temperature schedule: one value per stage between milestones (comma list)"
+    )
+    milestones: str = param(
+        "30,70", "epochs (of reference_epochs) where the temperature steps to its next value"
+    )
+    reference_epochs: int = param(
+        80, "the run length the milestones are written for (rescaled to `epochs`)", POSITIVE
+    )
+    blank_frame_weight: float = param(BLANK_DEFAULT, BLANK_HELP, UNIT)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("alpha", "beta", "gamma"):
-            in_range(self, name, 0.0, 1.0)
         if self.alpha + self.beta + self.gamma <= 0:
             raise KDSweepError("fields 'alpha', 'beta', 'gamma': at least one must be > 0")
-        positive(self, "reference_epochs")
-        in_range(self, "blank_frame_weight", 0.0, 1.0)
         values, stones = self.schedule_values(), self.schedule_milestones()
         if any(t <= 0 for t in values):
             raise KDSweepError(f"field 'temperatures': every value must be > 0, got {values}")

@@ -43,6 +43,7 @@ from kdsweep.speech.ngram import resolve_lm
 from kdsweep.speech.store import ASRTeacherStore, StoredASRTeacher
 from kdsweep.speech.teacher import (
     LossFn,
+    SpeechBatch,
     build_model,
     make_optimizer,
     pad_frames,
@@ -62,7 +63,7 @@ from kdsweep.train_utils import mixed_epoch_index, transfer_count
 from kdsweep.training import Precision, set_threads, torch_threads
 from trainables import tune_io
 from trainables.checkpointing import resume_state, save_state
-from trainables.conditions import Needs
+from trainables.conditions import Aux, Needs
 from trainables.oom_guard import oom_metrics, recover_oom
 from trainables.speech.config import ASRConfig
 from trainables.speech.eval import (
@@ -75,7 +76,7 @@ from trainables.speech.eval import (
 )
 from trainables.speech.eval import beam_scores as beam_scores  # re-exported (sweeps/decode.py)
 
-__all__ = ["LossFn", "NonFiniteLossError", "prepare_asr", "run_asr_trial"]
+__all__ = ["LossFn", "NonFiniteLossError", "SpeechBatch", "prepare_asr", "run_asr_trial"]
 SPLITS = ("train", "dev", "test")
 LM_VERSION = 1
 
@@ -349,12 +350,10 @@ def _build_student(
     """The student (+ projections for hidden-state KD) as {"student", "aux"} on the device."""
     needs = cfg.needs
     student = build_model(cfg.layers, cfg.hidden, cfg.stack, cfg.dropout)
-    aux = nn.ModuleDict()
+    aux = Aux()
     if needs.hidden_layers and needs.project:
         width = 2 * teacher.recipe.hidden
-        aux["proj"] = nn.ModuleList(
-            nn.Linear(student.hidden_dim, width) for _ in needs.hidden_layers
-        )
+        aux.proj = nn.ModuleList(nn.Linear(student.hidden_dim, width) for _ in needs.hidden_layers)
     return student, nn.ModuleDict({"student": student, "aux": aux}).to(device)
 
 
@@ -426,6 +425,7 @@ def _teacher_extras(
             hidden = hidden + transfer.hidden
 
     def extras(idx: list[int], frames: int) -> dict[str, Tensor]:
+        """The teacher fields of a `SpeechBatch` (by name)."""
         out: dict[str, Tensor] = {}
         if transfer is not None:
             out["labeled"] = torch.tensor([i < n_labeled for i in idx], dtype=torch.bool)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from kdsweep.config import BaseConfig, choice, in_range, positive
+from kdsweep.config import POSITIVE, BaseConfig, Range, Temperature, param
 from kdsweep.errors import KDSweepError
 from kdsweep.text.data import BUILTIN, DataSpec
 from kdsweep.text.models import check_student, check_teacher, is_shape
@@ -14,41 +14,80 @@ from kdsweep.text.teacher_store import TeacherRecipe
 from kdsweep.text.transfer import check_source
 from trainables.conditions import Needs, transfer_capable
 
+UNIT = Range(0.0, 1.0)
+WEIGHT = Range(0.0, 1e6)
+
 
 @dataclass
 class TextConfig(BaseConfig):
     """Independent training of a BERT student on labels only (the baseline)."""
 
-    dataset: str = "fortunes"  # fortunes | rotten_tomatoes | hf:<name> | path to .csv/.tsv/.jsonl
-    text_column: str = "text"
-    label_column: str = "label"
-    data_subset: int = 0  # 0 = all training examples
-    eval_subset: int = 0  # 0 = all dev/test examples (smoke runs cap them)
-    per_class: int = 500  # fortunes: records per topic
-    max_chars: int = 400
-    split_seed: int = 0
-    max_len: int = 64
-    teacher: str = "minilm"  # minilm (shipped) | local model dir | hub name (needs internet)
-    teacher_epochs: int = 2  # 0 = use `teacher` (an already fine-tuned classifier) as it is
-    teacher_lr: float = 5e-5
-    teacher_batch_size: int = 32
-    teacher_grad_accum: int = 1  # teacher optimizer step every k batches
-    teacher_precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision on CUDA only)
-    # L<layers>-H<hidden>[-A<heads>] (random init, the teacher's vocabulary), or a pretrained
-    # sequence classifier: a local model directory or a hub name (its own tokenizer)
-    student: str = "L2-H128"
-    student_init: str = "random"  # random | teacher (every other teacher layer, DistilBERT-style)
-    dropout: float = 0.1
-    attribution_every: int = 0  # analysis epochs: 0 = the final one only; k = also every k-th
-    attribution_examples: int = 200  # dev probe for IG similarity to the teacher; 0 = off
-    # IG similarity to the teacher at the analysis epochs (~5x an epoch's time): off in a search
-    # (it decides nothing there); the confirm stage, the best trial and the report compute it
-    attributions: bool = False
-    # Transfer set: extra text the teacher labels ("" none | unlabeled | augment | .txt/.csv/.jsonl)
-    transfer_set: str = ""
-    transfer_size: int = 0  # transfer texts kept (0 = all available)
-    transfer_ratio: float = 1.0  # transfer rows per labeled row in each epoch (0 = none used)
-    augment_prob: float = 0.15  # augment: per-token mask/replace probability
+    dataset: str = param(
+        "fortunes", "fortunes | rotten_tomatoes | hf:<name> | path to a .csv/.tsv/.jsonl file"
+    )
+    text_column: str = param("text", "column holding the text (user data files)")
+    label_column: str = param("label", "column holding the label (user data files)")
+    data_subset: int = param(0, "training examples used; 0 = all", range=Range(0, 10**9))
+    eval_subset: int = param(
+        0, "dev/test examples used; 0 = all (smoke runs cap them)", range=Range(0, 10**9)
+    )
+    per_class: int = param(500, "fortunes: records per topic", range=POSITIVE)
+    max_chars: int = param(400, "fortunes: longest record kept, in characters", range=POSITIVE)
+    split_seed: int = param(0, "seed of the train/dev/test split")
+    max_len: int = param(64, "tokens per example (longer ones are truncated)", range=Range(8, 512))
+    teacher: str = param(
+        "minilm", "minilm (shipped) | a local model directory | a hub name (needs internet)"
+    )
+    teacher_epochs: int = param(
+        2,
+        "teacher fine-tuning epochs; 0 = use `teacher` (an already fine-tuned classifier) as is",
+        range=Range(0, 10**4),
+    )
+    teacher_lr: float = param(
+        5e-5, "teacher fine-tuning learning rate", range=Range(0.0, 1.0, True)
+    )
+    teacher_batch_size: int = param(32, "teacher fine-tuning batch size", range=POSITIVE)
+    teacher_grad_accum: int = param(1, "teacher optimizer step every k batches", range=POSITIVE)
+    teacher_precision: str = param(
+        "fp32", "teacher fine-tuning precision (mixed precision on CUDA only)",
+        choices=("fp32", "bf16", "fp16"),
+    )  # fmt: skip
+    student: str = param(
+        "L2-H128",
+        "L<layers>-H<hidden>[-A<heads>] (random init, the teacher's vocabulary), or a "
+        "pretrained sequence classifier: a local model directory or a hub name (own tokenizer)",
+    )
+    student_init: str = param(
+        "random",
+        "random | teacher (every other teacher layer, DistilBERT-style)",
+        choices=("random", "teacher"),
+    )
+    dropout: float = param(0.1, "student dropout", range=Range(0.0, 1.0, high_open=True))
+    attribution_every: int = param(
+        0, "analysis epochs: 0 = the final one only; k = also every k-th", range=Range(0, 10**6)
+    )
+    attribution_examples: int = param(
+        200,
+        "dev examples probed for IG attribution similarity to the teacher; 0 = off",
+        range=Range(0, 10**6),
+    )
+    attributions: bool = param(
+        False,
+        "IG attribution similarity to the teacher at the analysis epochs (~5x an epoch's "
+        "time): off in a search (it decides nothing there); the confirm stage, the best trial "
+        "and the report compute it",
+    )
+    transfer_set: str = param(
+        "",
+        'extra text the teacher labels: "" none | unlabeled | augment | a .txt/.csv/.jsonl file',
+    )
+    transfer_size: int = param(0, "transfer texts kept; 0 = all available", range=Range(0, 10**9))
+    transfer_ratio: float = param(
+        1.0, "transfer rows per labeled row in each epoch (0 = none used)", range=Range(0.0, 100.0)
+    )
+    augment_prob: float = param(
+        0.15, "augment: per-token mask/replace probability", range=Range(0.0, 1.0, True)
+    )
 
     # Which conditions can learn from teacher-labeled transfer text (no labels there).
     TRANSFER_OK: ClassVar[bool] = False
@@ -62,9 +101,6 @@ class TextConfig(BaseConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_source(self.transfer_set)
-        in_range(self, "transfer_size", 0, 10**9)
-        in_range(self, "transfer_ratio", 0.0, 100.0)
-        in_range(self, "augment_prob", 0.0, 1.0, low_open=True)
         if self.transfer_set and not self.TRANSFER_OK:
             raise KDSweepError(
                 f"field 'transfer_set': {type(self).__name__} cannot use a transfer set; only "
@@ -73,18 +109,6 @@ class TextConfig(BaseConfig):
             )
         if self.dataset not in BUILTIN and not self.dataset:
             raise KDSweepError("field 'dataset' is empty")
-        in_range(self, "data_subset", 0, 10**9)
-        in_range(self, "eval_subset", 0, 10**9)
-        positive(self, "per_class", "max_chars", "max_len", "teacher_batch_size")
-        positive(self, "teacher_grad_accum")
-        in_range(self, "teacher_epochs", 0, 10**4)
-        choice(self, "teacher_precision", ("fp32", "bf16", "fp16"))
-        in_range(self, "max_len", 8, 512)
-        in_range(self, "teacher_lr", 0.0, 1.0, low_open=True)
-        in_range(self, "dropout", 0.0, 1.0, high_open=True)
-        in_range(self, "attribution_every", 0, 10**6)
-        in_range(self, "attribution_examples", 0, 10**6)
-        choice(self, "student_init", ("random", "teacher"))
         check_student(self.student)  # an unknown shape, an old shape name, a bad directory
         check_teacher(self.teacher)  # a hub name that does not resolve (offline, misspelt)
         if self.student_init == "teacher" and not is_shape(self.student):
@@ -116,29 +140,23 @@ class TextConfig(BaseConfig):
 
 
 @dataclass
-class SoftConfig(TextConfig):
+class SoftConfig(Temperature, TextConfig):
     """Soft logit KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
 
-    alpha: float = 0.5
-    temperature: float = 2.0
+    alpha: float = param(0.5, "weight of the soft KD term; 1 - alpha weights CE", range=UNIT)
 
     TRANSFER_OK: ClassVar[bool] = True
 
     @property
     def needs(self) -> Needs:
         return Needs(logits=True)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        in_range(self, "alpha", 0.0, 1.0)
-        in_range(self, "temperature", 0.0, 100.0, low_open=True)
 
 
 @dataclass
 class HardConfig(TextConfig):
     """Hard KD: the teacher's argmax as labels (alpha = weight of teacher labels vs gold)."""
 
-    alpha: float = 1.0
+    alpha: float = param(1.0, "weight of CE on the teacher's argmax labels vs gold", range=UNIT)
 
     TRANSFER_OK: ClassVar[bool] = True
 
@@ -146,18 +164,21 @@ class HardConfig(TextConfig):
     def needs(self) -> Needs:
         return Needs(logits=True)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        in_range(self, "alpha", 0.0, 1.0)
+
+LAYER_MAP_HELP = (
+    'teacher layer per student layer: "" = uniform (student layer i -> teacher layer '
+    'ceil(i*Lt/Ls)), or a comma list such as "3,6"'
+)
+SOFT_TERM_HELP = "weight of an added soft-logit KD term (0 = none); 1 - alpha weights CE"
 
 
 @dataclass
 class HiddenConfig(SoftConfig):
     """Hidden-state KD: MSE(proj(student layer), mapped teacher layer), plus optional soft KD."""
 
-    alpha: float = 0.0  # weight of the soft-logit term (0 = hidden states + CE only)
-    hidden_weight: float = 1.0
-    layer_map: str = ""  # "" = uniform (student layer i -> teacher layer ceil(i*Lt/Ls)); "3,6"
+    alpha: float = param(0.0, SOFT_TERM_HELP, range=UNIT)
+    hidden_weight: float = param(1.0, "weight of the hidden-state MSE", range=WEIGHT)
+    layer_map: str = param("", LAYER_MAP_HELP)
 
     TRANSFER_OK: ClassVar[bool] = True  # teacher hidden states of transfer texts are cached too
 
@@ -165,18 +186,14 @@ class HiddenConfig(SoftConfig):
     def needs(self) -> Needs:
         return Needs(logits=self.alpha > 0, hidden=True)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        in_range(self, "hidden_weight", 0.0, 1e6)
-
 
 @dataclass
 class CosineConfig(SoftConfig):
     """Hidden-state KD by cosine distance between projected student and mapped teacher states."""
 
-    alpha: float = 0.0  # weight of the soft-logit term (0 = cosine + CE only)
-    cosine_weight: float = 1.0
-    layer_map: str = ""  # as for hidden: "" = uniform, or "3,6"
+    alpha: float = param(0.0, SOFT_TERM_HELP, range=UNIT)
+    cosine_weight: float = param(1.0, "weight of the cosine distance", range=WEIGHT)
+    layer_map: str = param("", LAYER_MAP_HELP)
 
     TRANSFER_OK: ClassVar[bool] = True
 
@@ -184,18 +201,14 @@ class CosineConfig(SoftConfig):
     def needs(self) -> Needs:
         return Needs(logits=self.alpha > 0, hidden=True)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        in_range(self, "cosine_weight", 0.0, 1e6)
-
 
 @dataclass
 class AttentionConfig(SoftConfig):
     """Attention KD: KL between head-averaged attention maps of mapped layers."""
 
-    alpha: float = 0.0
-    attention_weight: float = 1.0
-    layer_map: str = ""
+    alpha: float = param(0.0, SOFT_TERM_HELP, range=UNIT)
+    attention_weight: float = param(1.0, "weight of the attention-map KL", range=WEIGHT)
+    layer_map: str = param("", LAYER_MAP_HELP)
 
     TRANSFER_OK: ClassVar[bool] = True  # teacher attention maps of transfer texts are cached too
 
@@ -203,16 +216,26 @@ class AttentionConfig(SoftConfig):
     def needs(self) -> Needs:
         return Needs(logits=self.alpha > 0, attention=True)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        in_range(self, "attention_weight", 0.0, 1e6)
+
+@dataclass
+class DKDConfig(Temperature, TextConfig):
+    """Decoupled KD (Zhao et al., 2022): CE + alpha * TCKD + beta * NCKD on cached logits."""
+
+    alpha: float = param(1.0, "weight of TCKD (target vs non-target mass; T^2-scaled)", WEIGHT)
+    beta: float = param(8.0, "weight of NCKD (among the non-target classes; T^2-scaled)", WEIGHT)
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(logits=True)
 
 
 @dataclass
 class CascadeConfig(SoftConfig):
     """A cascade stage: soft KD whose teacher is a previously trained student checkpoint."""
 
-    teacher_checkpoint: str = ""  # a trial checkpoint directory ("" = the fine-tuned teacher)
+    teacher_checkpoint: str = param(
+        "", 'the teacher: a trial checkpoint directory ("" = the fine-tuned teacher)'
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -52,6 +52,7 @@ from kdsweep.train_utils import (
 from kdsweep.training import Precision, Stepper, optimizer_steps, set_threads
 from trainables import tune_io
 from trainables.checkpointing import resume_state, save_state
+from trainables.conditions import Aux
 from trainables.oom_guard import oom_metrics, recover_oom
 from trainables.text.analysis import (
     analysis_due,
@@ -65,13 +66,28 @@ from trainables.text.config import CascadeConfig, TextConfig
 __all__ = [
     "LossFn",
     "NonFiniteLossError",
+    "TextBatch",
     "attribute_text_checkpoint",
     "prepare_text",
     "run_text_trial",
 ]
 
-# loss_fn(student_output, batch, aux) -> (total loss, {component name: value})
-LossFn = Callable[[Any, dict[str, torch.Tensor], nn.ModuleDict], tuple[torch.Tensor, dict]]
+
+@dataclass
+class TextBatch:
+    """One training batch as the loss receives it (on the device; padding trimmed to S)."""
+
+    input_ids: torch.Tensor  # [B, S]
+    attention_mask: torch.Tensor  # [B, S]
+    labels: torch.Tensor  # [B] gold labels; -100 on transfer rows (never read there)
+    labeled: torch.Tensor | None = None  # [B] bool, False = transfer row; None: no transfer set
+    teacher_logits: torch.Tensor | None = None  # [B, C] when the config's needs.logits
+    teacher_hidden: torch.Tensor | None = None  # [B, L, S, H]: mapped teacher layers (needs.hidden)
+    teacher_attention: torch.Tensor | None = None  # [B, L, S, S] head-averaged (needs.attention)
+
+
+# loss_fn(student output, batch, aux) -> (total loss, {component name: value})
+LossFn = Callable[[Any, TextBatch, Aux], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 @dataclass
@@ -354,9 +370,9 @@ def _build_student(
         attention_dropout=0.0 if needs.attention else None,  # like the teacher's eval maps
     )
     del teacher_model
-    aux = nn.ModuleDict()
+    aux = Aux()
     if needs.hidden:  # student width -> teacher width, one projection per mapped layer
-        aux["proj"] = nn.ModuleList(
+        aux.proj = nn.ModuleList(
             nn.Linear(student.config.hidden_size, teacher_config.hidden_size)
             for _ in mapped_teacher_layers(cfg, teacher_config)
         )
@@ -387,8 +403,8 @@ def _train_epoch(
         batch = _batch(rows.data, idx, device)
         with amp.autocast():
             out = student(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
                 output_hidden_states=needs.hidden,
                 output_attentions=needs.attention,
             )
@@ -454,15 +470,14 @@ def _append_transfer(train: dict[str, Any], transfer: dict[str, Any]) -> dict[st
     return out
 
 
-def _batch(data: dict[str, Any], idx: torch.Tensor, device: torch.device) -> dict:
+def _batch(data: dict[str, Any], idx: torch.Tensor, device: torch.device) -> TextBatch:
     ids, mask = trim_padding(data["input_ids"][idx], data["attention_mask"][idx])
     s = ids.shape[1]
     out = {"input_ids": ids.long(), "attention_mask": mask.long(), "labels": data["labels"][idx]}
-    if "labeled" in data:  # False = a teacher-labeled transfer row (no gold label)
-        out["labeled"] = data["labeled"][idx]
-    if "teacher_logits" in data:
-        out["teacher_logits"] = data["teacher_logits"][idx]
+    for key in ("labeled", "teacher_logits"):  # labeled: False = a teacher-labeled transfer row
+        if key in data:
+            out[key] = data[key][idx]
     for key in ("teacher_hidden", "teacher_attention"):  # FeatureRows -> [B, L, s, H | s]
         if key in data:
             out[key] = data[key].take(idx.numpy(), s)
-    return {k: v.to(device) for k, v in out.items()}
+    return TextBatch(**{k: v.to(device) for k, v in out.items()})

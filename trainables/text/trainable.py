@@ -1,17 +1,17 @@
-"""Text-classification conditions: one Ray Tune function trainable per condition.
+"""Text-classification conditions: one training function per condition, of its typed config.
 
-Each reads top to bottom: build its typed config, define its loss, run the shared epoch loop.
-What a condition reads from the teacher is declared once, on its config (`needs`).
+Each reads top to bottom: define its loss on a typed batch (`TextBatch`), run the shared epoch
+loop. The registry builds the config from Tune's dict (`Condition`); what a condition reads from
+the teacher is declared once, on its config (`needs`).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch.nn.functional as F
 
 from kdsweep.losses import (
     attention_kd_loss,
+    decoupled_kd_loss,
     hard_kd_loss,
     hidden_cosine_loss,
     hidden_mse_loss,
@@ -24,20 +24,20 @@ from trainables.text.config import (
     AttentionConfig,
     CascadeConfig,
     CosineConfig,
+    DKDConfig,
     HardConfig,
     HiddenConfig,
     SoftConfig,
     TextConfig,
 )
-from trainables.text.loop import run_text_trial
+from trainables.text.loop import TextBatch, run_text_trial
 
 
-def independent(config: dict[str, Any]) -> None:
+def independent(cfg: TextConfig) -> None:
     """Labels only: the baseline every distilled condition is compared against."""
-    cfg = TextConfig.from_dict(config)
 
-    def loss_fn(out, batch, aux):
-        ce = F.cross_entropy(out.logits.float(), batch["labels"])
+    def loss_fn(out, batch: TextBatch, aux):
+        ce = F.cross_entropy(out.logits.float(), batch.labels)
         return ce, {"loss_ce": ce}
 
     run_text_trial(cfg, loss_fn)
@@ -46,60 +46,70 @@ def independent(config: dict[str, Any]) -> None:
 def _soft_loss(cfg: SoftConfig):
     """alpha * T^2 KL + (1 - alpha) * CE on cached teacher logits (soft KD and cascade stages)."""
 
-    def loss_fn(out, batch, aux):
+    def loss_fn(out, batch: TextBatch, aux):
         total, ce, kd = soft_kd_objective(
             out.logits,
-            batch["teacher_logits"],
-            batch["labels"],
+            batch.teacher_logits,
+            batch.labels,
             cfg.alpha,
             cfg.temperature,
-            batch.get("labeled"),  # transfer rows: KD only, no CE
+            batch.labeled,  # transfer rows: KD only, no CE
         )
         return total, {"loss_ce": ce, "loss_kd": kd}
 
     return loss_fn
 
 
-def soft(config: dict[str, Any]) -> None:
+def soft(cfg: SoftConfig) -> None:
     """Soft logit KD from cached teacher logits (the teacher never runs here)."""
-    cfg = SoftConfig.from_dict(config)
     run_text_trial(cfg, _soft_loss(cfg))
 
 
-def hard(config: dict[str, Any]) -> None:
+def hard(cfg: HardConfig) -> None:
     """Hard KD: the teacher's argmax predictions as training labels."""
-    cfg = HardConfig.from_dict(config)
 
-    def loss_fn(out, batch, aux):
+    def loss_fn(out, batch: TextBatch, aux):
         total, ce, kd = hard_kd_loss(
-            out.logits, batch["teacher_logits"], batch["labels"], cfg.alpha, batch.get("labeled")
+            out.logits, batch.teacher_logits, batch.labels, cfg.alpha, batch.labeled
         )
         return total, {"loss_ce": ce, "loss_kd": kd}
 
     run_text_trial(cfg, loss_fn)
 
 
-def _with_soft_kd(cfg: SoftConfig, total, parts: dict, out, batch) -> tuple:
+def dkd(cfg: DKDConfig) -> None:
+    """Decoupled KD: the target-class and non-target-class parts of KD, weighted apart."""
+
+    def loss_fn(out, batch: TextBatch, aux):
+        ce = F.cross_entropy(out.logits.float(), batch.labels)
+        tckd, nckd = decoupled_kd_loss(out.logits, batch.teacher_logits, batch.labels,
+                                       cfg.temperature)  # fmt: skip
+        total = ce + cfg.alpha * tckd + cfg.beta * nckd
+        return total, {"loss_ce": ce, "loss_tckd": tckd, "loss_nckd": nckd}
+
+    run_text_trial(cfg, loss_fn)
+
+
+def _with_soft_kd(cfg: SoftConfig, total, parts: dict, out, batch: TextBatch) -> tuple:
     """Feature-KD conditions add alpha * soft KD on the logits when alpha > 0."""
     if cfg.alpha > 0:
-        kd = soft_kd_loss(out.logits, batch["teacher_logits"], cfg.temperature)
+        kd = soft_kd_loss(out.logits, batch.teacher_logits, cfg.temperature)
         total, parts["loss_kd"] = total + cfg.alpha * kd, kd
     return total, parts
 
 
-def hidden(config: dict[str, Any]) -> None:
+def hidden(cfg: HiddenConfig) -> None:
     """Hidden-state KD: MSE between projected student layers and mapped teacher layers."""
-    cfg = HiddenConfig.from_dict(config)
 
-    def loss_fn(out, batch, aux):
+    def loss_fn(out, batch: TextBatch, aux):
         # Transfer rows have no gold label: CE over labeled rows, MSE and soft KD over all.
-        ce = masked_cross_entropy(out.logits, batch["labels"], batch.get("labeled"))
-        mask = batch["attention_mask"]
+        ce = masked_cross_entropy(out.logits, batch.labels, batch.labeled)
+        mask = batch.attention_mask
         # hidden_states[0] is the embedding output; student layer i is hidden_states[i].
         mse = sum(
-            hidden_mse_loss(proj(out.hidden_states[i + 1]), batch["teacher_hidden"][:, i], mask)
-            for i, proj in enumerate(aux["proj"])
-        ) / len(aux["proj"])
+            hidden_mse_loss(proj(out.hidden_states[i + 1]), batch.teacher_hidden[:, i], mask)
+            for i, proj in enumerate(aux.proj)
+        ) / len(aux.proj)
         total = (1 - cfg.alpha) * ce + cfg.hidden_weight * mse
         parts = {"loss_ce": ce, "loss_hidden": mse}
         return _with_soft_kd(cfg, total, parts, out, batch)
@@ -107,17 +117,16 @@ def hidden(config: dict[str, Any]) -> None:
     run_text_trial(cfg, loss_fn)
 
 
-def cosine(config: dict[str, Any]) -> None:
+def cosine(cfg: CosineConfig) -> None:
     """Hidden-state KD by direction: 1 - cos(proj(student layer), mapped teacher layer)."""
-    cfg = CosineConfig.from_dict(config)
 
-    def loss_fn(out, batch, aux):
-        ce = masked_cross_entropy(out.logits, batch["labels"], batch.get("labeled"))
-        mask = batch["attention_mask"]
+    def loss_fn(out, batch: TextBatch, aux):
+        ce = masked_cross_entropy(out.logits, batch.labels, batch.labeled)
+        mask = batch.attention_mask
         cos = sum(  # hidden_states[0] is the embedding output; student layer i is [i + 1]
-            hidden_cosine_loss(proj(out.hidden_states[i + 1]), batch["teacher_hidden"][:, i], mask)
-            for i, proj in enumerate(aux["proj"])
-        ) / len(aux["proj"])
+            hidden_cosine_loss(proj(out.hidden_states[i + 1]), batch.teacher_hidden[:, i], mask)
+            for i, proj in enumerate(aux.proj)
+        ) / len(aux.proj)
         total = (1 - cfg.alpha) * ce + cfg.cosine_weight * cos
         parts = {"loss_ce": ce, "loss_cosine": cos}
         return _with_soft_kd(cfg, total, parts, out, batch)
@@ -125,16 +134,15 @@ def cosine(config: dict[str, Any]) -> None:
     run_text_trial(cfg, loss_fn)
 
 
-def attention(config: dict[str, Any]) -> None:
+def attention(cfg: AttentionConfig) -> None:
     """Attention KD: KL between head-averaged attention maps of mapped layers."""
-    cfg = AttentionConfig.from_dict(config)
 
-    def loss_fn(out, batch, aux):
+    def loss_fn(out, batch: TextBatch, aux):
         # Transfer rows have no gold label: CE over labeled rows, attention KL and soft KD over all.
-        ce = masked_cross_entropy(out.logits, batch["labels"], batch.get("labeled"))
-        mask = batch["attention_mask"]
+        ce = masked_cross_entropy(out.logits, batch.labels, batch.labeled)
+        mask = batch.attention_mask
         att = sum(
-            attention_kd_loss(a.mean(dim=1), batch["teacher_attention"][:, i], mask)
+            attention_kd_loss(a.mean(dim=1), batch.teacher_attention[:, i], mask)
             for i, a in enumerate(out.attentions)
         ) / len(out.attentions)
         total = (1 - cfg.alpha) * ce + cfg.attention_weight * att
@@ -144,22 +152,23 @@ def attention(config: dict[str, Any]) -> None:
     run_text_trial(cfg, loss_fn)
 
 
-def cascade(config: dict[str, Any]) -> None:
+def cascade(cfg: CascadeConfig) -> None:
     """A cascade stage: soft KD from a previous stage's student (teacher -> s1 -> s2)."""
-    cfg = CascadeConfig.from_dict(config)
     run_text_trial(cfg, _soft_loss(cfg))
 
 
-# One record per condition: its trainable and its typed config (which declares its `needs`).
+# One declaration per condition: its training function (whose annotated config class it takes).
 CONDITIONS: dict[str, Condition] = {
-    "independent": Condition(independent, TextConfig),
-    "soft": Condition(soft, SoftConfig),
-    "hard": Condition(hard, HardConfig),
-    "hidden": Condition(hidden, HiddenConfig),
-    "cosine": Condition(cosine, CosineConfig),
-    "attention": Condition(attention, AttentionConfig),
-    "cascade": Condition(cascade, CascadeConfig),
+    "independent": Condition(independent),
+    "soft": Condition(soft),
+    "hard": Condition(hard),
+    "hidden": Condition(hidden),
+    "cosine": Condition(cosine),
+    "attention": Condition(attention),
+    "cascade": Condition(cascade),
+    "dkd": Condition(dkd),
 }
-# Views of the records (by name): the trainables and the config classes.
-TEXT_TRAINABLES = {name: c.trainable for name, c in CONDITIONS.items()}
+# Views of the records (by name): Tune's function trainables (dict -> typed config -> train)
+# and the config classes.
+TEXT_TRAINABLES = dict(CONDITIONS)
 TEXT_CONFIGS = {name: c.config for name, c in CONDITIONS.items()}
