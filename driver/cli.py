@@ -124,6 +124,9 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="resume; fail if nothing to resume")
     g.add_argument("--fresh", action="store_true", help="new sweep; keeps the old results")
     p.add_argument("--smoke", action="store_true", help="tiny real run (seconds per trial)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate, print the plan and trial count, stop"
+    )
     p.add_argument("--no-test", action="store_true", help="skip the best trial's test eval")
     p.add_argument("--verbose", action="store_true", help="show Ray's and trials' logs")
     p.add_argument("--quiet", action="store_true", help="no live status or progress bars")
@@ -243,7 +246,11 @@ def main(
     cascade's stages); clear one-line errors (exit 2) for bad input."""
     args = parse(name, doc, argv)
     try:
-        return run(build_plan(name, args))
+        plan = build_plan(name, args)
+        if args.dry_run:  # validated and counted; nothing prepared, written or started
+            print(plan.describe())
+            return plan
+        return run(plan)
     except KDSweepError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -138,6 +138,29 @@ class SweepPlan:
     def source_of(self, key: str) -> str:
         return self.sources.get(key, DEFAULT)
 
+    def describe(self) -> str:
+        """What `--dry-run` prints: the sweep as it would run, nothing prepared or started."""
+        s, sch = self.space, self.scheduler
+        search = "Optuna TPE" if s.uses_optuna else "grid"
+        seeds = f", {self.seed_groups} seeds per config" if self.seeds else ""
+        asha = f"grace {sch.grace_period}, reduction {sch.reduction_factor:g}, max_t {sch.max_t}"
+        stop = f"ASHA ({asha})" if sch.asha else "none (every trial runs to the end)"
+        lines = [
+            f"[kdsweep] plan of sweep {self.name} ({self.path}), nothing started:",
+            f"  task {s.task}; conditions {', '.join(s.conditions)}; "
+            f"metric {self.metric} ({self.mode}) on dev",
+            f"  {self.n_trials} trial(s) ({search}{seeds}), up to {self.max_epochs} epoch(s) each; "
+            f"early stopping: {stop}",
+            f"  per trial: {self.cpu:g} CPU, GPU {self.gpu}",
+        ]
+        lines += [f"  {k}: {kind} {vals}" for k, (kind, vals) in sorted(s.dists.items())]
+        if self.confirm.k:
+            lines.append(
+                f"  then the confirm stage: top {self.confirm.k} + the independent baseline on "
+                f"{self.confirm.seeds} fresh seeds, tested once"
+            )
+        return "\n".join(lines)
+
 
 def max_epochs(space: SweepSpace) -> int:
     """The most epochs any trial runs (ASHA's max_t): the space's, or the config default."""
