@@ -38,40 +38,41 @@ class BaselineRow:
         return asdict(self)
 
 
-def _fit(train, C: float):
-    """TfidfVectorizer() + LogisticRegression(C) with scikit-learn's other defaults (lbfgs,
-    max_iter 100, L2); returns the pipeline and whether lbfgs converged."""
+def _fit(x, y: list[int], C: float):
+    """LogisticRegression(C) with scikit-learn's other defaults (lbfgs, max_iter 100, L2) on
+    TF-IDF features; returns the model and whether lbfgs converged."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
 
-    model = make_pipeline(TfidfVectorizer(), LogisticRegression(C=C))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        model.fit([t for t, _ in train], [y for _, y in train])
+        model = LogisticRegression(C=C).fit(x, y)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return model, converged
 
 
-def _accuracy(model, rows) -> float:
-    pred = model.predict([t for t, _ in rows])
+def _accuracy(model, x, rows) -> float:
+    pred = model.predict(x)
     return float(sum(int(p == y) for p, (_, y) in zip(pred, rows)) / len(rows))
 
 
 def tfidf_logreg(splits, c_grid: tuple[float, ...] | None = None) -> BaselineRow:
     """Fit on `splits.train`; with `c_grid`, C is the grid value with the best dev accuracy
     (ties: the smaller C); test is scored once, for the chosen model only."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     t0 = time.perf_counter()
-    grid = c_grid or (1.0,)
+    tfidf = TfidfVectorizer().fit([t for t, _ in splits.train])  # defaults; fit on train only
+    x_train, x_dev = (tfidf.transform([t for t, _ in rows]) for rows in (splits.train, splits.dev))
+    y = [label for _, label in splits.train]
     best = None
-    for C in grid:
-        model, converged = _fit(splits.train, C)
-        dev = _accuracy(model, splits.dev)
+    for C in c_grid or (1.0,):
+        model, converged = _fit(x_train, y, C)
+        dev = _accuracy(model, x_dev, splits.dev)
         if best is None or dev > best[1]:
             best = (C, dev, model, converged)
     C, dev, model, converged = best
-    test = _accuracy(model, splits.test)
+    test = _accuracy(model, tfidf.transform([t for t, _ in splits.test]), splits.test)
     n = len(splits.test)
     return BaselineRow(
         name="TF-IDF + LR, C on dev" if c_grid else "TF-IDF + LR, defaults",
