@@ -144,7 +144,7 @@ def test_reproduce_quick_end_to_end(tmp_path):
     out = tmp_path / "table.md"
     cmd = [sys.executable, "bench/reproduce.py", "--quick", "--datasets", "r8"]
     cmd += ["--storage", str(tmp_path / "runs"), "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = out.read_text()
     assert "BERT-base (Lin et al. 2021, Table 2) | 97.8" in table
