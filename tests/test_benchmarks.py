@@ -155,3 +155,42 @@ def test_reproduce_quick_end_to_end(tmp_path):
     trials = record["confirm"]["trials"]
     assert len(trials) == 6 and all(t["done"] and "test_accuracy" in t["test"] for t in trials)
     assert 0.0 <= record["teacher"]["test_accuracy"] <= 1.0
+
+
+@pytest.mark.unit
+def test_table_renders_published_rows_ours_gain_and_retention():
+    sys.path.insert(0, str(ROOT))
+    from bench.reproduce import PUBLISHED
+    from bench.reproduce_table import render
+    from driver.confirm_table import confirm_answer
+
+    test = {"independent": [0.60, 0.62, 0.64], "soft T=4": [0.70, 0.71, 0.75], "hidden": [0.6] * 3}
+    answer = confirm_answer(test, "independent", True)
+    arms = [{"config": {"condition": label.split()[0]}} for label in test]
+    trials = [{"arm": i, "seed": 1000 + k, "done": True, "test": {"test_accuracy": v}}
+              for i, vals in enumerate(test.values()) for k, v in enumerate(vals)]  # fmt: skip
+    base = {"name": "b", "C": 1.0, "test_accuracy": 0.9}
+    record = {
+        "confirm": {"answer": answer, "arms": arms, "trials": trials, "seeds": [1000, 1001, 1002]},
+        "teacher": {"test_accuracy": 0.8, "train_seconds": 60.0, "sizes": [200, 100, 300]},
+        "baselines": [base, {**base, "C": 10.0}],
+        "recipe": {
+            "max_len": 64,
+            "teacher_epochs": 3,
+            "teacher_lr": 1e-4,
+            "epochs": 4,
+            "teacher_batch_size": 16,
+            "lr": 1e-3,
+            "batch_size": 16,
+        },  # fmt: skip
+        "scale": "reduced",
+        "wall_s": 600.0,
+    }
+    table = render({"r8": record}, PUBLISHED)
+    assert "| BERT-base (Lin et al. 2021, Table 2) | 97.8 |" in table
+    assert "| ours: teacher MiniLM-L6 (1 fine-tune) | 80.00 |" in table
+    assert "| ours: L4-H312 independent (mean +- 95% CI) | 62.00 +- 4.97 |" in table
+    soft = next(line for line in table.splitlines() if line.startswith("| ours: soft - indep"))
+    assert "+10.00" in soft and ("better" in soft or "tie" in soft)
+    assert "| ours: retention independent / teacher | 77.50 +- 6.21% |" in table
+    assert "train/dev/test 200/100/300, max_len 64" in table and "10.0 min" in table
