@@ -54,7 +54,8 @@ def student_cells(record: dict, condition: str) -> tuple[str, str, str]:
     gain = "(baseline)"
     for c in record["confirm"]["answer"]["comparisons"]:
         if c["label"] == arm["label"]:
-            verdict = c["verdict"].replace("not distinguishable from independent", "tie")
+            base = record["confirm"]["answer"]["baseline"]
+            verdict = c["verdict"].replace(f"not distinguishable from {base}", "tie")
             ci = f"[{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]"
             gain = f"{100 * c['mean_diff']:+.2f} {ci} {verdict}"
     teacher = float(record["teacher"].get("test_accuracy", math.nan))
@@ -100,9 +101,9 @@ def render(records: dict[str, dict], published: dict[str, dict[str, float]]) -> 
         seeds = r["confirm"]["seeds"]
         lines.append(
             f"- {n} at scale `{r['scale']}`: train/dev/test {sz[0]}/{sz[1]}/{sz[2]}, max_len "
-            f"{rec['max_len']}; teacher {rec['teacher_epochs']} epochs lr {rec['teacher_lr']:g} "
+            f"{rec['max_len']}; teacher {rec['teacher_epochs']} epoch(s) lr {rec['teacher_lr']:g} "
             f"batch {rec['teacher_batch_size']} ({r['teacher'].get('train_seconds', 0):.0f} s); "
-            f"students {rec['epochs']} epochs lr {rec['lr']:g} batch {rec['batch_size']}, "
+            f"students {rec['epochs']} epoch(s) lr {rec['lr']:g} batch {rec['batch_size']}, "
             f"confirm seeds {seeds}; sweep wall time {r.get('wall_s', math.nan) / 60:.1f} min"
         )
     return "\n".join(lines)
