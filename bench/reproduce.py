@@ -133,6 +133,10 @@ def sweep_args(dataset: str, scale: dict, sweep: str, seeds: int, storage: Path)
     cmd += ["--space", str(ROOT / "bench/reproduce.yaml")]
     cmd += ["--dataset", dataset, "--name", sweep, "--storage", str(storage), "--quiet"]
     cmd += ["--confirm", "3", "--confirm-seeds", str(seeds), "--cpus-per-trial", "1"]
+    # --no-asha: every condition must reach the confirm stage (it confirms all three), and a
+    # trial started on the reused worker of one ASHA had stopped failed in Ray 2.60 ("Trainable
+    # runner reuse requires reset_config() ..."), which dropped hidden KD from R8's table.
+    cmd += ["--no-asha"]
     return cmd + [f"{k}={v}" for k, v in keys.items()]
 
 
