@@ -28,17 +28,25 @@ def _pm(mean: float, low: float, high: float) -> str:
     return f"{100 * mean:.2f} +- {100 * (high - low) / 2:.2f}"
 
 
-def _arm(record: dict, condition: str) -> dict | None:
+def _confirm_of(record: dict, condition: str) -> dict | None:
+    """The confirm stage that ran `condition`: the record's own, else one of `extra_confirms`
+    (a separate confirm run of that condition against independent on the same seeds)."""
+    for conf in [record["confirm"], *record.get("extra_confirms", [])]:
+        if any(a["config"]["condition"] == condition for a in conf["arms"]):
+            return conf
+    return None
+
+
+def _arm(conf: dict, condition: str) -> dict | None:
     """The confirm stage's config row of `condition` (labels start with the condition)."""
-    for row in record["confirm"]["answer"]["configs"]:
+    for row in conf["answer"]["configs"]:
         if row["label"].split()[0] == condition:
             return row
     return None
 
 
-def _per_seed(record: dict, condition: str) -> list[float]:
+def _per_seed(conf: dict, condition: str) -> list[float]:
     """Test accuracy per confirm seed of `condition` (NaN where a seed is missing)."""
-    conf = record["confirm"]
     arm = next((i for i, a in enumerate(conf["arms"]) if a["config"]["condition"] == condition))
     got = {t["seed"]: t for t in conf["trials"] if t["arm"] == arm and t["done"]}
     return [float(got[s]["test"].get("test_accuracy", math.nan)) if s in got else math.nan
@@ -47,19 +55,20 @@ def _per_seed(record: dict, condition: str) -> list[float]:
 
 def student_cells(record: dict, condition: str) -> tuple[str, str, str]:
     """(mean +- CI, gain vs independent [CI] verdict, retention) of one condition."""
-    arm = _arm(record, condition)
+    conf = _confirm_of(record, condition)
+    arm = _arm(conf, condition) if conf else None
     if arm is None:
         return "-", "-", "-"
     acc = _pm(arm["test_mean"], arm["test_low"], arm["test_high"])
     gain = "(baseline)"
-    for c in record["confirm"]["answer"]["comparisons"]:
+    for c in conf["answer"]["comparisons"]:
         if c["label"] == arm["label"]:
-            base = record["confirm"]["answer"]["baseline"]
+            base = conf["answer"]["baseline"]
             verdict = c["verdict"].replace(f"not distinguishable from {base}", "tie")
             ci = f"[{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]"
             gain = f"{100 * c['mean_diff']:+.2f} {ci} {verdict}"
     teacher = float(record["teacher"].get("test_accuracy", math.nan))
-    ratios = [v / teacher for v in _per_seed(record, condition)]
+    ratios = [v / teacher for v in _per_seed(conf, condition)]
     retention = _pm(*mean_ci(ratios)) + "%"
     return acc, gain, retention
 
