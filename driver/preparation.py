@@ -8,6 +8,7 @@ from typing import Any
 
 from driver.space import SweepSpace
 from kdsweep.gpu import run_isolated
+from kdsweep.text.data import describe
 from trainables.speech.loop import prepare_asr
 from trainables.text.loop import prepare_text
 
@@ -24,6 +25,7 @@ def _prepare_text(cfg: Any, log: Any) -> dict[str, Any]:
         f"test {test:.3f}; data {split.name}: {len(split.train)}/{len(split.dev)}/"
         f"{len(split.test)}, {split.num_labels} labels"
     )
+    log("[kdsweep] " + describe(split))  # class counts and text lengths per split
     tags = {"teacher_id": t.id, "teacher": cfg.teacher, "dev_examples": str(len(split.dev))}
     tags.update({f"teacher_{k}": f"{v:.4f}" for k, v in t.metrics.items()})
     # its fine-tune's seconds (0: used as it is), amortised over its trials by the report

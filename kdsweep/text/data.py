@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,14 @@ import torch
 from kdsweep.errors import KDSweepError
 from kdsweep.filelock import locked
 from kdsweep.text import fortunes
+from kdsweep.text.benchmarks import BENCHMARKS, read_benchmark
 from kdsweep.text.fortunes import FORTUNES_DIR
 
 # Six well-filled, topically distinct categories (people 1250, definitions 1203, computers 1050,
 # politics 703, work 630, science 625 records in Debian's `fortunes`).
 FORTUNES_TOPICS = ("computers", "people", "definitions", "politics", "science", "work")
-BUILTIN = ("fortunes", "rotten_tomatoes")
+# 20ng / r8 / r52: the published benchmarks' train/test splits (kdsweep/text/benchmarks.py).
+BUILTIN = ("fortunes", "rotten_tomatoes", *BENCHMARKS)
 
 
 @dataclass
@@ -80,6 +83,8 @@ def load_text_dataset(spec: DataSpec) -> TextSplits:
         rows, unlabeled = _read_fortunes(spec.per_class, spec.max_chars)
     elif name == "rotten_tomatoes":
         rows, unlabeled = _read_rotten_tomatoes()
+    elif name in BENCHMARKS:  # published train/test kept; dev carved from train below
+        rows, unlabeled = read_benchmark(name), []
     elif name.startswith("hf:"):
         rows, unlabeled = _read_hf(name[3:], spec), []
     else:
@@ -143,7 +148,7 @@ def _read_rotten_tomatoes() -> tuple[list[tuple[str, str, str]], list[str]]:
 def _read_user_file(path: Path, spec: DataSpec) -> list[tuple[str, str, str]]:
     if not path.exists():
         raise KDSweepError(
-            f"dataset: file {path} not found (expected 'fortunes', 'rotten_tomatoes', "
+            f"dataset: file {path} not found (expected one of {', '.join(BUILTIN)}, "
             "'hf:<name>', or a .csv/.tsv/.jsonl path)"
         )
     suffix = path.suffix.lower()
@@ -267,6 +272,25 @@ def _stratified(rows: list[tuple[str, str, str]], spec: DataSpec) -> dict[str, l
 
 def label_counts(split: list[tuple[str, int]]) -> dict[int, int]:
     return dict(sorted(Counter(lab for _, lab in split).items()))
+
+
+def describe(splits: TextSplits) -> str:
+    """Sizes, class counts (largest, smallest) and text lengths in words per split."""
+    out = [f"data {splits.name}: {splits.num_labels} classes"]
+    for part in ("train", "dev", "test"):
+        rows = getattr(splits, part)
+        if not rows:
+            continue
+        counts = Counter(lab for _, lab in rows).most_common()
+        words = sorted(len(t.split()) for t, _ in rows)
+        p90 = words[min(len(words) - 1, int(0.9 * len(words)))]
+        big = ", ".join(f"{splits.label_names[k]} {n}" for k, n in counts[:3])
+        small = ", ".join(f"{splits.label_names[k]} {n}" for k, n in counts[-2:])
+        out.append(
+            f"  {part} {len(rows)}: classes {len(counts)} (largest {big}; smallest {small}); "
+            f"words median {statistics.median(words):.0f}, p90 {p90}, max {words[-1]}"
+        )
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------- tokenization, cached once
