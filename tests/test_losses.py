@@ -13,6 +13,7 @@ from kdsweep.losses import (
     hidden_mse_loss,
     soft_kd_loss,
     soft_kd_objective,
+    standardize_states,
 )
 
 pytestmark = pytest.mark.unit
@@ -184,3 +185,69 @@ def test_attention_kd_positive_and_ignores_padded_query_rows():
     s2[pad_rows] = torch.tensor([1.0, 0, 0, 0, 0])
     t2[pad_rows] = torch.tensor([0, 0, 0, 0, 1.0])
     assert attention_kd_loss(s2, t2, mask).item() == pytest.approx(base.item(), rel=1e-6)
+
+
+def _anisotropic_teacher(g: torch.Generator, b: int = 4, s: int = 8, h: int = 16):
+    """Teacher states like a BERT layer's: a large shared component plus an input-dependent
+    part (what the student should learn)."""
+    common = 3.0 * torch.randn(h, generator=g)
+    return common + torch.randn(b, s, h, generator=g), common
+
+
+def test_standardize_states_centres_on_the_given_mean_and_normalises_each_token():
+    g = torch.Generator().manual_seed(5)
+    t, common = _anisotropic_teacher(g)
+    z = standardize_states(t * 4.0 + 1.0)
+    assert z.mean(-1).abs().max() < 1e-5 and (z.var(-1, unbiased=False) - 1).abs().max() < 1e-3
+    # scale and shift per token do not matter
+    assert torch.allclose(z, standardize_states(t), atol=1e-4)
+    centred = standardize_states(t, common)
+    assert torch.allclose(centred, standardize_states(t - common), atol=1e-6)
+
+
+def test_standardised_hidden_mse_gives_a_collapsed_student_no_reward():
+    """Raw MSE rewards a student whose states ignore the input (it predicts the teacher's mean
+    state: the collapse that kept CE at ln K); standardised and centred, that student scores
+    like a random one (~2 per unit), and only input-dependent agreement lowers the loss."""
+    g = torch.Generator().manual_seed(6)
+    t, common = _anisotropic_teacher(g, b=16, s=16, h=32)
+    mask = torch.ones(16, 16, dtype=torch.long)
+    mean = t.mean(dim=(0, 1))
+    constant = mean.expand_as(t).clone()  # collapsed: the same state for every token
+    rand = torch.randn(t.shape, generator=g)
+    raw = {k: hidden_mse_loss(v, t, mask).item() for k, v in (("c", constant), ("r", rand))}
+    assert raw["c"] < 0.15 * raw["r"]  # today's loss: collapse is by far the best move
+    std_t = standardize_states(t, mean)
+    fixed = {
+        k: hidden_mse_loss(standardize_states(v + 1e-3 * torch.randn(t.shape, generator=g)),
+                           std_t, mask).item()
+        for k, v in (("c", constant), ("r", rand))
+    }  # fmt: skip
+    assert fixed["c"] > 1.6 and fixed["r"] > 1.6  # both ~2: no information, no reward
+    aligned = standardize_states(t - mean + 0.3 * torch.randn(t.shape, generator=g))
+    assert hidden_mse_loss(aligned, std_t, mask).item() < 0.2
+    # the teacher's own centred states against themselves: 0
+    assert hidden_mse_loss(std_t, std_t, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_centred_cosine_gives_a_collapsed_student_no_reward():
+    g = torch.Generator().manual_seed(7)
+    t, _ = _anisotropic_teacher(g, b=16, s=16, h=32)
+    mask = torch.ones(16, 16, dtype=torch.long)
+    mean = t.mean(dim=(0, 1))
+    constant = mean.expand_as(t).clone()
+    assert hidden_cosine_loss(constant, t, mask).item() < 0.2  # raw: the mean direction wins
+    assert hidden_cosine_loss(constant, t - mean, mask).item() > 0.8  # centred: ~1, no reward
+    assert hidden_cosine_loss(t - mean, t - mean, mask).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mean_hidden_state_over_real_tokens_in_chunks():
+    from kdsweep.text.feature_rows import mean_hidden_state
+
+    g = torch.Generator().manual_seed(8)
+    feats = torch.randn(5, 2, 6, 3, generator=g)
+    mask = _mask([6, 3, 1, 4, 2], 6)
+    feats.permute(0, 2, 1, 3)[~mask.bool()] = 1e3  # padding never counts (float16 holds 1e3)
+    got = mean_hidden_state(feats.numpy().astype("float16"), mask, chunk=2)
+    real = feats.half().float().permute(0, 2, 1, 3)[mask.bool()]  # [tokens, L, H]
+    assert got.shape == (2, 3) and torch.allclose(got, real.mean(0), atol=1e-4)

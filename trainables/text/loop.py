@@ -22,7 +22,7 @@ from torch import nn
 from kdsweep.errors import KDSweepError, NonFiniteLossError
 from kdsweep.paths import cache_root
 from kdsweep.text.data import TextSplits, load_text_dataset, tokenize_splits
-from kdsweep.text.feature_rows import FeatureRows
+from kdsweep.text.feature_rows import FeatureRows, mean_hidden_state
 from kdsweep.text.models import (
     build_student,
     count_parameters,
@@ -321,6 +321,9 @@ def _train_rows(cfg: TextConfig, data: TextData, teacher_config: Any) -> TrainRo
     for kind in needs.features:
         feats = data.teacher.features("train", kind, mapped, data.tokens["train"])
         train[f"teacher_{kind}"] = FeatureRows((feats[:n_labeled],), kind == "attention")
+        if kind == "hidden":  # the teacher's mean state per layer: feature KD centres on it
+            mask = data.tokens["train"]["attention_mask"][:n_labeled]
+            train["teacher_hidden_mean"] = mean_hidden_state(feats[:n_labeled], mask)
     n_transfer = 0
     if data.transfer is not None and cfg.transfer_ratio > 0:  # appended after the labeled rows
         train = _append_transfer(train, data.transfer)
@@ -436,6 +439,8 @@ def _append_transfer(train: dict[str, Any], transfer: dict[str, Any]) -> dict[st
         out[key] = torch.cat([F.pad(a, (0, width - a.shape[1])), F.pad(b, (0, width - b.shape[1]))])
     if "teacher_logits" in train:
         out["teacher_logits"] = torch.cat([train["teacher_logits"], transfer["teacher_logits"]])
+    if "teacher_hidden_mean" in train:  # from the labeled rows; the same for every row
+        out["teacher_hidden_mean"] = train["teacher_hidden_mean"]
     for key in ("teacher_hidden", "teacher_attention"):
         if key in train:
             if key not in transfer:
@@ -453,6 +458,8 @@ def _batch(data: dict[str, Any], idx: torch.Tensor, device: torch.device) -> dic
         out["labeled"] = data["labeled"][idx]
     if "teacher_logits" in data:
         out["teacher_logits"] = data["teacher_logits"][idx]
+    if "teacher_hidden_mean" in data:  # [L, H], not per row
+        out["teacher_hidden_mean"] = data["teacher_hidden_mean"]
     for key in ("teacher_hidden", "teacher_attention"):  # FeatureRows -> [B, L, s, H | s]
         if key in data:
             out[key] = data[key].take(idx.numpy(), s)

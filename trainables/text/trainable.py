@@ -18,6 +18,7 @@ from kdsweep.losses import (
     masked_cross_entropy,
     soft_kd_loss,
     soft_kd_objective,
+    standardize_states,
 )
 from trainables.conditions import Condition
 from trainables.text.config import (
@@ -95,11 +96,14 @@ def hidden(config: dict[str, Any]) -> None:
         # Transfer rows have no gold label: CE over labeled rows, MSE and soft KD over all.
         ce = masked_cross_entropy(out.logits, batch["labels"], batch.get("labeled"))
         mask = batch["attention_mask"]
-        # hidden_states[0] is the embedding output; student layer i is hidden_states[i].
+        t, t_mean = batch["teacher_hidden"], batch["teacher_hidden_mean"]
+        # hidden_states[0] is the embedding output; student layer i is hidden_states[i]. Both
+        # sides standardised, the teacher centred on its mean state (see standardize_states).
         mse = sum(
-            hidden_mse_loss(proj(out.hidden_states[i + 1]), batch["teacher_hidden"][:, i], mask)
+            hidden_mse_loss(standardize_states(proj(out.hidden_states[i + 1])),
+                            standardize_states(t[:, i], t_mean[i]), mask)
             for i, proj in enumerate(aux["proj"])
-        ) / len(aux["proj"])
+        ) / len(aux["proj"])  # fmt: skip
         total = (1 - cfg.alpha) * ce + cfg.hidden_weight * mse
         parts = {"loss_ce": ce, "loss_hidden": mse}
         return _with_soft_kd(cfg, total, parts, out, batch)
@@ -114,8 +118,11 @@ def cosine(config: dict[str, Any]) -> None:
     def loss_fn(out, batch, aux):
         ce = masked_cross_entropy(out.logits, batch["labels"], batch.get("labeled"))
         mask = batch["attention_mask"]
-        cos = sum(  # hidden_states[0] is the embedding output; student layer i is [i + 1]
-            hidden_cosine_loss(proj(out.hidden_states[i + 1]), batch["teacher_hidden"][:, i], mask)
+        t, t_mean = batch["teacher_hidden"], batch["teacher_hidden_mean"]
+        # hidden_states[0] is the embedding output; student layer i is [i + 1]. The teacher is
+        # centred on its mean state: a constant student would otherwise align with it.
+        cos = sum(
+            hidden_cosine_loss(proj(out.hidden_states[i + 1]), t[:, i] - t_mean[i], mask)
             for i, proj in enumerate(aux["proj"])
         ) / len(aux["proj"])
         total = (1 - cfg.alpha) * ce + cfg.cosine_weight * cos
