@@ -121,3 +121,20 @@ def attention_kd_loss(
     kl_rows = (t * (t.log() - s.log())).sum(-1)  # [B, S]
     m = mask.to(kl_rows.dtype)
     return (kl_rows * m).sum() / m.sum().clamp_min(1.0)
+
+
+def content_attention(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention rows [B, S, S] with the keys of the first and last real token ([CLS] and
+    [SEP], <s> and </s>) removed and each row renormalised over the remaining (content) keys.
+
+    Much of a BERT teacher's attention rests on [CLS]/[SEP] whatever the text (Clark et al.
+    2019, "What does BERT look at?": attention to [SEP] acts as a no-op); a student copying
+    that input-independent pattern routes every token to the same two states. Rows with no
+    content key (texts of <= 2 tokens) come out all zero.
+    """
+    b = attn.shape[0]
+    keep = mask.bool().clone()
+    keep[:, 0] = False
+    keep[torch.arange(b, device=mask.device), mask.long().sum(-1).clamp_min(1) - 1] = False
+    a = attn.float() * keep[:, None, :]
+    return a / a.sum(-1, keepdim=True).clamp_min(1e-8)

@@ -251,3 +251,29 @@ def test_mean_hidden_state_over_real_tokens_in_chunks():
     got = mean_hidden_state(feats.numpy().astype("float16"), mask, chunk=2)
     real = feats.half().float().permute(0, 2, 1, 3)[mask.bool()]  # [tokens, L, H]
     assert got.shape == (2, 3) and torch.allclose(got, real.mean(0), atol=1e-4)
+
+
+def test_content_attention_drops_cls_and_sep_keys_and_renormalises():
+    from kdsweep.losses import content_attention
+
+    g = torch.Generator().manual_seed(9)
+    mask = _mask([5, 3, 2], 6)
+    attn = torch.softmax(torch.randn(3, 6, 6, generator=g), -1) * mask[:, None, :]
+    attn = attn / attn.sum(-1, keepdim=True)
+    out = content_attention(attn, mask)
+    # row 0: keys 0 ([CLS]) and 4 (its [SEP]) gone, keys 1-3 renormalised; padding stays 0
+    assert torch.all(out[0, :, [0, 4, 5]] == 0)
+    assert torch.allclose(out[0].sum(-1), torch.ones(6))
+    ref = attn[0, :, 1:4] / attn[0, :, 1:4].sum(-1, keepdim=True)
+    assert torch.allclose(out[0, :, 1:4], ref, atol=1e-6)
+    assert torch.all(out[1, :, [0, 2]] == 0) and torch.allclose(out[1, :, 1], torch.ones(6))
+    assert torch.all(out[2] == 0)  # [CLS] [SEP] only: no content key
+    # a teacher that puts its mass on [CLS]/[SEP] whatever the text: with content keys only,
+    # a student attending uniformly to the content is already matched
+    sink = torch.zeros(1, 5, 5)
+    sink[0, :, 0], sink[0, :, 4], sink[0, :, 1:4] = 0.45, 0.45, 0.1 / 3
+    uniform = torch.full((1, 5, 5), 0.2)
+    m = torch.ones(1, 5, dtype=torch.long)
+    assert attention_kd_loss(uniform, sink, m).item() > 0.5
+    got = attention_kd_loss(content_attention(uniform, m), content_attention(sink, m), m)
+    assert got.item() == pytest.approx(0.0, abs=1e-6)

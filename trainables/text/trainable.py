@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from kdsweep.losses import (
     attention_kd_loss,
+    content_attention,
     hard_kd_loss,
     hidden_cosine_loss,
     hidden_mse_loss,
@@ -140,10 +141,12 @@ def attention(config: dict[str, Any]) -> None:
         # Transfer rows have no gold label: CE over labeled rows, attention KL and soft KD over all.
         ce = masked_cross_entropy(out.logits, batch["labels"], batch.get("labeled"))
         mask = batch["attention_mask"]
-        att = sum(
-            attention_kd_loss(a.mean(dim=1), batch["teacher_attention"][:, i], mask)
+        t = batch["teacher_attention"]
+        att = sum(  # over content keys only: no [CLS]/[SEP] sink pattern (content_attention)
+            attention_kd_loss(content_attention(a.mean(dim=1), mask),
+                              content_attention(t[:, i], mask), mask)
             for i, a in enumerate(out.attentions)
-        ) / len(out.attentions)
+        ) / len(out.attentions)  # fmt: skip
         total = (1 - cfg.alpha) * ce + cfg.attention_weight * att
         parts = {"loss_ce": ce, "loss_attention": att}
         return _with_soft_kd(cfg, total, parts, out, batch)
