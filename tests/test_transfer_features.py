@@ -134,7 +134,7 @@ def test_trial_with_a_transfer_set_reports_from_the_cache(small_text, tmp_path, 
     assert r["transfer_rows_per_epoch"] == min(n_transfer, round(0.5 * n_labeled))
     assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
     alpha = cfg.get("alpha", 0.0)
-    weight = cfg.get(f"{cond}_weight", 1.0)
+    weight = cfg.get(f"{cond}_weight", getattr(CONFIGS[cond], f"{cond}_weight"))  # its default
     expect = (1 - alpha) * r["loss_ce"] + weight * r[f"loss_{cond}"]
     if alpha:
         expect += alpha * r["loss_kd"]
