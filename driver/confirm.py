@@ -25,7 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from driver.confirm_table import confirm_answer, format_answer, markdown_answer, pruned_line
+from driver.confirm_table import (
+    confirm_answer,
+    format_answer,
+    markdown_answer,
+    pruned_line,
+    search_line,
+)
 from driver.fit import fit, trial_callback
 from driver.labels import describe
 from driver.plan import Confirm, SweepPlan, derive
@@ -67,6 +73,7 @@ class ConfirmOutcome:
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     search_pruned: int = 0  # configs the search stopped early
+    search_seeds: int = 1  # seeds per config in the search (--seeds; 0 or 1: single-seed)
 
 
 # ---------------------------------------------------------------- input and choices (pure)
@@ -271,6 +278,7 @@ def run_confirm(
     pruned = {(r["condition"], *(str(r.get(k)) for k in varied))
               for r in outcome.rows if r["status"] == "pruned"}  # fmt: skip
     done.search_pruned = len(pruned)
+    done.search_seeds = max(1, plan.seeds)
     done.complete = len(rows) == cspace.grid_size() and all(r["done"] for r in rows)
     write_answer(done, plan.space.task, Path(outcome.path))
     return done
@@ -353,6 +361,7 @@ def write_answer(done: ConfirmOutcome, task: str, sweep_dir: Path) -> None:
         head += f"/{len(labels) * len(done.seeds)} trials done; run the same command to finish"
     status = {a.label: a.search_status for a in done.arms}
     pruned = pruned_line(test, status, MODE[task] == "max", done.search_pruned)
+    pruned += "\n\n" + search_line(done.search_seeds, done.search_pruned)
     done.text = "\n".join([f"[kdsweep] {head}", format_answer(done.answer, short), pruned])
     md, js = sweep_dir / "confirm.md", sweep_dir / "confirm.json"
     md.write_text(

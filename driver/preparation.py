@@ -65,7 +65,7 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
     n = data.sizes
     msg = f"[kdsweep] corpus {data.name}: {n['train']}/{n['dev']}/{n['test']} utterances"
     tags = {"corpus": data.name, "corpus_fingerprint": data.fingerprint, "lm": data.arpa.name}
-    t = data.teacher
+    t, beam = data.teacher, {}
     if t is not None:
         kind = cfg.teacher_kind  # "teacher" (the big one) or "twin" (self-distillation)
         how = "reused from" if data.teacher_hit else "stored in"
@@ -79,14 +79,15 @@ def _prepare_asr(cfg: Any, log: Any) -> dict[str, Any]:
         tags.update({f"{kind}_id": t.id, f"{kind}_arch": t.meta["arch"]})
         tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in m.items()})
         if "dev_wer_beam" not in m:  # trained here: stored with greedy numbers only
-            tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in teacher_beam(cfg, data).items()})
+            beam = teacher_beam(cfg, data)
+            tags.update({f"{kind}_{k}": f"{v:.4f}" for k, v in beam.items()})
         tags[f"{kind}_train_seconds"] = f"{float(t.meta.get('train_seconds', 0.0)):.1f}"
     if data.transfer is not None:  # labeled by the teacher here, once, before any trial
         tr = data.transfer
         msg += f"; transfer set {cfg.transfer_set}: {len(tr.feats)} utterances ({tr.key})"
         tags.update({"transfer_key": tr.key, "transfer_utterances": str(len(tr.feats))})
     log(msg)
-    for key, warning in asr_warnings(cfg, data).items():  # printed and tagged, never silent
+    for key, warning in asr_warnings(cfg, data, beam).items():  # printed and tagged, never silent
         log(f"[kdsweep] warning: {warning}")
         tags[f"warning.{key}"] = warning
     return {"tags": tags, "teacher_hit": data.teacher_hit}
@@ -106,12 +107,18 @@ def teacher_beam(cfg: Any, data: Any) -> dict[str, float]:
     return {"dev_wer_beam": b["wer"], "dev_cer_beam": b["cer"]}
 
 
-def asr_warnings(cfg: Any, data: Any) -> dict[str, str]:
-    """Utterances of train/dev that CTC cannot align at the student's frame stacking."""
-    from kdsweep.analysis.sanity import ctc_dropped_warning
+def asr_warnings(cfg: Any, data: Any, beam: dict[str, float] | None = None) -> dict[str, str]:
+    """A teacher no better than an empty transcript; utterances of train/dev that CTC cannot
+    align at the student's frame stacking. `beam`: the teacher's beam + LM dev scores."""
+    from kdsweep.analysis.sanity import asr_teacher_warning, ctc_dropped_warning
     from kdsweep.speech.teacher import frames_needed
 
     out: dict[str, str] = {}
+    if data.teacher is not None:
+        m = {**data.teacher.metrics, **(beam or {})}
+        wer, wer_beam = m.get("dev_wer", math.nan), m.get("dev_wer_beam", math.nan)
+        if w := asr_teacher_warning(wer, wer_beam, cfg.teacher_kind):
+            out["teacher"] = w
     for split in ("train", "dev"):
         fs = data.feats[split]
         frames = frames_needed(fs.lengths, cfg.stack)

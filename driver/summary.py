@@ -72,6 +72,8 @@ def summarize(
         if _finite(best_v) and (best_row is None or sign * best_v > sign * best_row[0][metric]):
             best_row = (row, r)
     outcome.warnings = _tie_warnings(outcome.rows, space, metric)
+    if groups is None and (w := single_seed_note(outcome.rows)):
+        outcome.warnings.append(w)
     if n_dev and mode == "max" and (w := _small_dev_warning(outcome.rows, metric, n_dev)):
         outcome.warnings.append(w)
     if best_row:
@@ -138,6 +140,20 @@ def checkpoint_attributions(config: dict[str, Any], ckpt: str | Path) -> dict[st
     names = config_class("text", config.get("condition", "independent")).field_names()
     cfg = config_for({k: v for k, v in config.items() if k in names | {"task", "condition"}})
     return attribute_text_checkpoint(cfg, Path(ckpt))  # type: ignore[arg-type]
+
+
+def single_seed_note(rows: list[dict]) -> str | None:
+    """A search without seed groups prunes each trial on its own single-seed dev values, in
+    the order trials arrive: say so where it stopped anything (its ranking is a lead)."""
+    pruned = sum(r["status"] == "pruned" for r in rows)
+    if not pruned:
+        return None
+    return (
+        f"the search stopped {pruned} trial(s) early on one seed each, in the order trials "
+        "arrived (another seed or order can stop another config): its ranking is a lead; the "
+        "answer is the confirm stage (--confirm K: fresh seeds, full length, no early stopping)"
+        " or a search with --seeds N (pruning by seed group)"
+    )
 
 
 def _small_dev_warning(rows: list[dict], metric: str, n_dev: int) -> str | None:

@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,13 +205,13 @@ def test_paired_comparison_small_and_degenerate_samples():
     assert res["d_z"] == pytest.approx(2.0) and not res["significant"]
     # five positive differences: the t-test finds them, the signed-rank test cannot (p >= 1/16)
     res = rstats.paired_comparison([0.9, 0.91, 0.92, 0.93, 0.9], [0.8, 0.8, 0.81, 0.8, 0.8])
-    assert res["significant"] and res["low"] > 0 and res["boot_low"] > 0
+    assert res["significant"] and res["low"] > 0 and math.isnan(res["boot_low"])
     assert res["wilcoxon_p"] == pytest.approx(0.0625)
     assert res["wilcoxon"] == "n too small: 5 nonzero differences give p >= 0.0625"
     assert rstats.verdict(res, True) == "significant: better than independent"
     assert rstats.verdict(res, False) == "significant: worse than independent"  # WER
     one = rstats.paired_comparison([0.9], [0.8])
-    assert one["n"] == 1 and math.isnan(one["p"]) and rstats.verdict(one, True).startswith("not")
+    assert one["n"] == 1 and math.isnan(one["p"]) and rstats.verdict(one, True).startswith("no ")
     with pytest.raises(ValueError):
         rstats.paired_comparison([0.9, 0.8], [0.8])
 
@@ -218,11 +219,44 @@ def test_paired_comparison_small_and_degenerate_samples():
 @pytest.mark.unit
 def test_pairing_is_what_the_bootstrap_resamples():
     """Seeds differ a lot, the treatment adds ~0.01 to each: only a paired CI sees it."""
-    base = [0.60, 0.70, 0.80, 0.65, 0.75, 0.72]
-    treated = [b + 0.01 + e for b, e in zip(base, [0.001, -0.001, 0.002, 0.0, -0.002, 0.001])]
+    base = [0.60, 0.70, 0.80, 0.65, 0.75, 0.72, 0.62, 0.68, 0.77, 0.71]
+    noise = [0.001, -0.001, 0.002, 0.0, -0.002, 0.001, 0.0, -0.001, 0.001, 0.0]
+    treated = [b + 0.01 + e for b, e in zip(base, noise)]
     res = rstats.paired_comparison(treated, base)
     assert 0 < res["boot_low"] < 0.01 < res["boot_high"] < 0.02
     assert res["low"] > 0 and res["significant"]
+
+
+@pytest.mark.unit
+def test_no_bootstrap_ci_from_few_pairs_and_no_verdict_from_two():
+    """The make-sweep case: 3 pairs gave a t-CI [-0.001, +0.256] and beside it a bootstrap CI
+    [+0.090, +0.187] that excluded 0. Below 10 pairs there is no bootstrap CI, and a note says
+    why; 2 pairs (d_z 21, p 0.02 in a confirm run) give no verdict."""
+    three = rstats.paired_comparison([0.60, 0.55, 0.58], [0.45, 0.50, 0.36])
+    assert three["low"] < 0 < three["high"]
+    assert math.isnan(three["boot_low"]) and math.isnan(three["boot_high"])
+    assert "needs >= 10" in three["boot_note"] and "3 pairs" in three["boot_note"]
+    ten = rstats.paired_comparison([0.6 + 0.01 * i for i in range(10)], [0.5] * 9 + [0.52])
+    assert ten["boot_note"] == "" and ten["low"] < ten["boot_low"] < ten["boot_high"] < ten["high"]
+    two = rstats.paired_comparison([0.60, 0.70], [0.50, 0.595])
+    assert two["p"] < 0.05 and abs(two["d_z"]) > 10  # what the t-test says from 1 dof
+    assert not two["significant"]
+    assert rstats.verdict(two, True).startswith("no verdict: 2 paired seeds (needs >= 3")
+    assert rstats.VERDICT_MIN_PAIRS == 3 and rstats.BOOTSTRAP_MIN_PAIRS == 10
+
+
+@pytest.mark.unit
+def test_bootstrap_rule_matches_its_stated_coverage():
+    """The percentile bootstrap's coverage at 3 pairs is well under 95% (the reason for the
+    10-pair rule): a small simulation on normal differences."""
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(300):
+        d = rng.normal(0.0, 1.0, 3)
+        means = d[rng.integers(0, 3, (999, 3))].mean(axis=1)
+        lo, hi = np.percentile(means, [2.5, 97.5])
+        hits += lo <= 0.0 <= hi
+    assert 0.6 < hits / 300 < 0.85
 
 
 @pytest.mark.unit

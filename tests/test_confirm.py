@@ -30,7 +30,8 @@ def test_clear_gain_is_better_and_a_clear_loss_worse():
     assert by["soft T=8"]["verdict"] == "worse"
     gain = by["soft T=4"]
     assert gain["mean_diff"] == pytest.approx(0.106)
-    assert gain["boot_low"] > 0 and gain["low"] > 0 and gain["d_z"] > 5
+    assert gain["low"] > 0 and gain["d_z"] > 5
+    assert math.isnan(gain["boot_low"])  # 5 pairs: no bootstrap CI (format_answer says why)
     # lower is better (WER): the same numbers flip
     ans = confirm_answer(test, "independent", higher_is_better=False)
     assert {c["label"]: c["verdict"] for c in ans["comparisons"]}["soft T=4"] == "worse"
@@ -79,12 +80,42 @@ def test_one_seed_is_not_testable_and_tables_render():
         dev={"independent": [0.4, 0.41], "soft": [0.45, 0.47]},
         info={"independent": {"search_status": "added"}, "soft": {"search_status": "finished"}},
     )
-    assert ans["comparisons"][0]["verdict"].startswith("not testable")
+    assert ans["comparisons"][0]["verdict"].startswith("no verdict: 1 paired seed")
     text = format_answer(ans)
     assert "independent [baseline]" in text and "0.4600 +- " in text and "added" in text
     md = markdown_answer(ans)
     assert md.startswith("| config |") and "| vs independent |" in md
     assert verdict({"n": 3, "p_holm": 0.01, "mean_diff": -0.1}, False, "x") == "better"
+
+
+def test_two_confirm_seeds_give_no_verdict_and_few_pairs_no_bootstrap():
+    """`--confirm-seeds 2` issued "better" from 2 pairs (d_z 21.2, p 0.021): no longer."""
+    from driver.confirm_table import interval_notes
+
+    ans = confirm_answer({"independent": [0.50, 0.60], "soft": [0.60, 0.703]}, "independent", True)
+    (c,) = ans["comparisons"]
+    assert c["p"] < 0.05 and not c["significant"]
+    assert c["verdict"].startswith("no verdict: 2 paired seeds (needs >= 3")
+    assert math.isnan(c["boot_low"])
+    notes = interval_notes(ans)
+    assert any(n.startswith("bootstrap CI: shown from 10 paired seeds on") for n in notes)
+    assert any("--confirm-seeds 3" in n for n in notes)
+    text, md = format_answer(ans), markdown_answer(ans)
+    assert "bootstrap CI: shown from 10" in text and "- bootstrap CI: shown from 10" in md
+    # 10 pairs: a bootstrap CI, no notes
+    base = [0.5 + 0.01 * i for i in range(10)]
+    ans = confirm_answer({"independent": base, "soft": [b + 0.05 + 0.001 * (i % 3) for i, b in
+                          enumerate(base)]}, "independent", True)  # fmt: skip
+    assert math.isfinite(ans["comparisons"][0]["boot_low"]) and interval_notes(ans) == []
+
+
+def test_search_line_says_single_seed_pruning_is_a_lead():
+    from driver.confirm_table import search_line
+
+    one = search_line(1, 2)
+    assert "one seed per config, stopped 2 config(s) early" in one and "is the answer" in one
+    assert "stopped" not in search_line(0, 0) and "one seed per config" in search_line(0, 0)
+    assert search_line(3, 1).startswith("search: 3 seeds per config, pruned by seed group")
 
 
 def test_top_configs_rank_by_seed_mean_and_skip_errors():

@@ -14,6 +14,7 @@ from kdsweep.losses import (
     hidden_mse_loss,
     soft_kd_loss,
     soft_kd_objective,
+    standardize_states,
 )
 
 pytestmark = pytest.mark.unit
@@ -219,3 +220,95 @@ def test_decoupled_kd_recomposes_classic_kd(logits):
     )
     extreme = decoupled_kd_loss(student * 1e3, teacher.half() * 100, labels, temperature=1.0)
     assert all(torch.isfinite(x) for x in extreme)
+
+
+def _anisotropic_teacher(g: torch.Generator, b: int = 4, s: int = 8, h: int = 16):
+    """Teacher states like a BERT layer's: a large shared component plus an input-dependent
+    part (what the student should learn)."""
+    common = 3.0 * torch.randn(h, generator=g)
+    return common + torch.randn(b, s, h, generator=g), common
+
+
+def test_standardize_states_centres_on_the_given_mean_and_normalises_each_token():
+    g = torch.Generator().manual_seed(5)
+    t, common = _anisotropic_teacher(g)
+    z = standardize_states(t * 4.0 + 1.0)
+    assert z.mean(-1).abs().max() < 1e-5 and (z.var(-1, unbiased=False) - 1).abs().max() < 1e-3
+    # scale and shift per token do not matter
+    assert torch.allclose(z, standardize_states(t), atol=1e-4)
+    centred = standardize_states(t, common)
+    assert torch.allclose(centred, standardize_states(t - common), atol=1e-6)
+
+
+def test_standardised_hidden_mse_gives_a_collapsed_student_no_reward():
+    """Raw MSE rewards a student whose states ignore the input (it predicts the teacher's mean
+    state: the collapse that kept CE at ln K); standardised and centred, that student scores
+    like a random one (~2 per unit), and only input-dependent agreement lowers the loss."""
+    g = torch.Generator().manual_seed(6)
+    t, common = _anisotropic_teacher(g, b=16, s=16, h=32)
+    mask = torch.ones(16, 16, dtype=torch.long)
+    mean = t.mean(dim=(0, 1))
+    constant = mean.expand_as(t).clone()  # collapsed: the same state for every token
+    rand = torch.randn(t.shape, generator=g)
+    raw = {k: hidden_mse_loss(v, t, mask).item() for k, v in (("c", constant), ("r", rand))}
+    assert raw["c"] < 0.15 * raw["r"]  # today's loss: collapse is by far the best move
+    std_t = standardize_states(t, mean)
+    fixed = {
+        k: hidden_mse_loss(standardize_states(v + 1e-3 * torch.randn(t.shape, generator=g)),
+                           std_t, mask).item()
+        for k, v in (("c", constant), ("r", rand))
+    }  # fmt: skip
+    assert fixed["c"] > 1.6 and fixed["r"] > 1.6  # both ~2: no information, no reward
+    aligned = standardize_states(t - mean + 0.3 * torch.randn(t.shape, generator=g))
+    assert hidden_mse_loss(aligned, std_t, mask).item() < 0.2
+    # the teacher's own centred states against themselves: 0
+    assert hidden_mse_loss(std_t, std_t, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_centred_cosine_gives_a_collapsed_student_no_reward():
+    g = torch.Generator().manual_seed(7)
+    t, _ = _anisotropic_teacher(g, b=16, s=16, h=32)
+    mask = torch.ones(16, 16, dtype=torch.long)
+    mean = t.mean(dim=(0, 1))
+    constant = mean.expand_as(t).clone()
+    assert hidden_cosine_loss(constant, t, mask).item() < 0.2  # raw: the mean direction wins
+    assert hidden_cosine_loss(constant, t - mean, mask).item() > 0.8  # centred: ~1, no reward
+    assert hidden_cosine_loss(t - mean, t - mean, mask).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mean_hidden_state_over_real_tokens_in_chunks():
+    from kdsweep.text.feature_rows import mean_hidden_state
+
+    g = torch.Generator().manual_seed(8)
+    feats = torch.randn(5, 2, 6, 3, generator=g)
+    mask = _mask([6, 3, 1, 4, 2], 6)
+    feats.permute(0, 2, 1, 3)[~mask.bool()] = 1e3  # padding never counts (float16 holds 1e3)
+    got = mean_hidden_state(feats.numpy().astype("float16"), mask, chunk=2)
+    real = feats.half().float().permute(0, 2, 1, 3)[mask.bool()]  # [tokens, L, H]
+    assert got.shape == (2, 3) and torch.allclose(got, real.mean(0), atol=1e-4)
+
+
+def test_content_attention_drops_cls_and_sep_keys_and_renormalises():
+    from kdsweep.losses import content_attention
+
+    g = torch.Generator().manual_seed(9)
+    mask = _mask([5, 3, 2], 6)
+    attn = torch.softmax(torch.randn(3, 6, 6, generator=g), -1) * mask[:, None, :]
+    attn = attn / attn.sum(-1, keepdim=True)
+    out = content_attention(attn, mask)
+    # row 0: keys 0 ([CLS]) and 4 (its [SEP]) gone, keys 1-3 renormalised; padding stays 0
+    assert torch.all(out[0, :, [0, 4, 5]] == 0)
+    assert torch.allclose(out[0].sum(-1), torch.ones(6))
+    ref = attn[0, :, 1:4] / attn[0, :, 1:4].sum(-1, keepdim=True)
+    assert torch.allclose(out[0, :, 1:4], ref, atol=1e-6)
+    assert torch.all(out[1, :, [0, 2]] == 0) and torch.allclose(out[1, :, 1], torch.ones(6))
+    assert torch.all(out[2] == 0)  # [CLS] [SEP] only: no content key
+    # a teacher that puts its mass on [CLS]/[SEP] whatever the text: with content keys only,
+    # a student attending uniformly to the content is already matched
+    sink = torch.zeros(1, 5, 5)
+    sink[0, :, 0], sink[0, :, 4], sink[0, :, 1:4] = 0.45, 0.45, 0.1 / 3
+    uniform = torch.full((1, 5, 5), 0.2)
+    m = torch.ones(1, 5, dtype=torch.long)
+    assert attention_kd_loss(uniform, sink, m).item() > 0.5
+    got = attention_kd_loss(content_attention(uniform, m), content_attention(sink, m), m)
+    assert got.item() == pytest.approx(0.0, abs=1e-6)

@@ -126,3 +126,44 @@ def test_small_dev_warning_reaches_the_sweep_summary():
     w = _small_dev_warning(rows, "dev_accuracy", 300)
     assert w is not None and "n=300" in w and "0.020" in w
     assert _small_dev_warning(rows, "dev_accuracy", 10**6) is None
+
+
+def test_speech_teacher_no_better_than_an_empty_transcript_warns():
+    from kdsweep.analysis.sanity import asr_teacher_warning
+
+    # an imported random-weight BiLSTM teacher: dev WER 1.19
+    w = asr_teacher_warning(1.19)
+    assert w is not None and "teacher dev WER 1.190" in w and "empty transcript" in w
+    assert asr_teacher_warning(1.0, kind="twin").startswith("twin dev WER 1.000")
+    assert asr_teacher_warning(0.77) is None and asr_teacher_warning(float("nan")) is None
+    # usable with the LM only (greedy 1.05, beam 0.6): no warning; both >= 1: one
+    assert asr_teacher_warning(1.05, 0.6) is None
+    assert "beam + LM 1.020" in asr_teacher_warning(1.05, 1.02)
+
+
+def test_speech_teacher_warning_reaches_the_sweep_preparation():
+    from types import SimpleNamespace
+
+    import torch
+
+    from driver.preparation import asr_warnings
+
+    fs = SimpleNamespace(lengths=torch.tensor([], dtype=torch.long), targets=[])
+    data = SimpleNamespace(
+        teacher=SimpleNamespace(metrics={"dev_wer": 1.19, "test_wer": 1.2}),
+        feats={"train": fs, "dev": fs},
+    )
+    cfg = SimpleNamespace(teacher_kind="teacher", stack=1)
+    out = asr_warnings(cfg, data, {"dev_wer_beam": 1.1})
+    assert "WER 1.190 (beam + LM 1.100)" in out["teacher"]
+    assert "teacher" not in asr_warnings(cfg, data, {"dev_wer_beam": 0.5})
+
+
+def test_single_seed_search_says_its_pruning_is_a_lead():
+    from driver.summary import single_seed_note
+
+    rows = [{"status": "finished"}, {"status": "pruned"}, {"status": "pruned"}]
+    note = single_seed_note(rows)
+    assert note is not None and "stopped 2 trial(s) early on one seed each" in note
+    assert "--confirm K" in note and "--seeds N" in note
+    assert single_seed_note([{"status": "finished"}]) is None

@@ -93,7 +93,7 @@ def _expected_loss(cond: str, cfg: dict, r: dict) -> float | None:
         return (1 - alpha) * r["loss_ce"] + cfg.get("hidden_weight", 1.0) * r["loss_hidden"]
     if cond == "cosine":
         return (1 - alpha) * r["loss_ce"] + cfg.get("cosine_weight", 1.0) * r["loss_cosine"]
-    return (1 - alpha) * r["loss_ce"] + cfg.get("attention_weight", 1.0) * r["loss_attention"]
+    return (1 - alpha) * r["loss_ce"] + cfg.get("attention_weight", 0.1) * r["loss_attention"]
 
 
 def _forbid_teacher_forward(mp: pytest.MonkeyPatch) -> None:

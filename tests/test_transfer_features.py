@@ -136,7 +136,7 @@ def test_trial_with_a_transfer_set_reports_from_the_cache(small_text, tmp_path, 
     assert r["transfer_rows_per_epoch"] == min(n_transfer, round(0.5 * n_labeled))
     assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
     alpha = cfg.get("alpha", 0.0)
-    weight = cfg.get(f"{cond}_weight", 1.0)
+    weight = cfg.get(f"{cond}_weight", getattr(CONFIGS[cond], f"{cond}_weight"))  # its default
     expect = (1 - alpha) * r["loss_ce"] + weight * r[f"loss_{cond}"]
     if alpha:
         expect += alpha * r["loss_kd"]
@@ -168,6 +168,7 @@ def _fake(cond: str, b: int = 4, s: int = 5, k: int = 3):
         out = SimpleNamespace(logits=logits, hidden_states=[torch.randn(b, s, 8) for _ in "012"])
         aux = Aux(nn.ModuleList(nn.Linear(8, 12) for _ in range(2)))
         batch.teacher_hidden = torch.randn(b, 2, s, 12)
+        batch.teacher_hidden_mean = torch.randn(2, 12)  # [L, H], as the loop adds it
     else:
         out = SimpleNamespace(logits=logits, attentions=[torch.randn(b, 2, s, s).softmax(-1)] * 2)
         aux = Aux()
@@ -192,7 +193,7 @@ def test_ce_skips_unlabeled_rows_feature_terms_use_all(monkeypatch, cond):
     # ... while the feature term reads every row: change an unlabeled row's teacher features.
     feat = f"teacher_{cond}"
     other = getattr(base, feat).clone()
-    other[1] = other[1].flip(-1)
+    other[3] = other[3].flip(-1)  # row 3: unlabeled, 3 content keys (row 1 keeps only one)
     t3, p3 = loss_fn(out, replace(base, **{feat: other}), aux)
     assert p3[f"loss_{cond}"] != parts[f"loss_{cond}"] and p3["loss_ce"] == parts["loss_ce"]
     # A batch of transfer rows only: CE contributes 0 (not NaN), the feature term still trains.

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from driver.reporting.load import BASELINE, Group, Sweep, primary
-from driver.reporting.stats import LEVEL, holm, paired_comparison, verdict
+from driver.reporting.stats import LEVEL, VERDICT_MIN_PAIRS, holm, paired_comparison, verdict
 
 
 def baseline_for(group: Group, groups: list[Group]) -> Group | None:
@@ -54,4 +54,5 @@ def adjust(rows: list[dict[str, Any]], level: float = LEVEL) -> None:
     for family in families.values():
         for row, p in zip(family, holm([r["p"] for r in family])):
             row["p_holm"] = p
-            row["significant"] = p < 1 - level  # NaN (n < 2) is never significant
+            # NaN (n < 2) is never significant; nor is anything from under 3 pairs
+            row["significant"] = p < 1 - level and row["n"] >= VERDICT_MIN_PAIRS

@@ -95,35 +95,82 @@ def plot_size_vs_metric(sweep: Sweep, metric: str, title: str, path: Path) -> Pa
     return path
 
 
+# Fewer seeds than this at an epoch: no band (a t-band from 2 seeds has one degree of freedom
+# and spanned -1.4 to 2.0 accuracy); the seeds' own curves are drawn instead.
+BAND_MIN_SEEDS = 3
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take: accuracy/F1 in [0, 1]; error rates (WER can exceed 1
+    with insertions) and losses in [0, inf)."""
+    if metric.endswith(("accuracy", "_f1", "_acc")):
+        return 0.0, 1.0
+    return 0.0, math.inf
+
+
+def curve_band(
+    per_epoch: dict[int, list[float]], bounds: tuple[float, float]
+) -> list[tuple[int, float, float, float]] | None:
+    """(epoch, mean, low, high) of a t-band clipped to `bounds`, or None where any epoch has
+    fewer than BAND_MIN_SEEDS values (then the seeds themselves are the honest picture)."""
+    if min(len(v) for v in per_epoch.values()) < BAND_MIN_SEEDS:
+        return None
+    out = []
+    for e in sorted(per_epoch):
+        m, lo, hi = mean_ci(per_epoch[e])
+        lo, hi = (lo, hi) if math.isfinite(lo) else (m, m)
+        out.append((e, m, max(lo, bounds[0]), min(hi, bounds[1])))
+    return out
+
+
+def _curves(client, group: Group, metric: str) -> dict[str, dict[int, float]]:
+    """Per trial (seed) of a group: {epoch: value} of the metric's history."""
+    out: dict[str, dict[int, float]] = {}
+    for t in group.trials:
+        hist = {m.step: m.value for m in client.get_metric_history(t.run_id, metric)}
+        hist = {k: v for k, v in hist.items() if math.isfinite(v)}
+        if hist:
+            out[t.run_id] = hist
+    return out
+
+
 def plot_learning_curves(sweep: Sweep, client, metric: str, title: str, path: Path) -> Path | None:
+    """Mean dev curve per config with a 95% t-band (clipped to the metric's range) from
+    BAND_MIN_SEEDS seeds on; with fewer seeds, each seed's own curve, no band."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("tab20")
-    drawn = 0
+    drawn, seeds_only = 0, False
     for i, g in enumerate(sweep.groups):
+        curves = _curves(client, g, metric)
         per_epoch: dict[int, list[float]] = defaultdict(list)
-        for t in g.trials:
-            for m in client.get_metric_history(t.run_id, metric):
-                if math.isfinite(m.value):
-                    per_epoch[m.step].append(m.value)
+        for hist in curves.values():
+            for step, v in hist.items():
+                per_epoch[step].append(v)
         if not per_epoch:
             continue
-        epochs = sorted(per_epoch)
-        stats = [mean_ci(per_epoch[e]) for e in epochs]
-        color = cmap(i % 20)
-        ax.plot(epochs, [s[0] for s in stats], marker="o", color=color, label=g.label)
-        lows = [s[1] if math.isfinite(s[1]) else s[0] for s in stats]
-        highs = [s[2] if math.isfinite(s[2]) else s[0] for s in stats]
-        ax.fill_between(epochs, lows, highs, color=color, alpha=0.15)
+        color, band = cmap(i % 20), curve_band(per_epoch, metric_range(metric))
+        if band is None:  # too few seeds for a band: draw the seeds
+            seeds_only = True
+            for j, hist in enumerate(curves.values()):
+                steps = sorted(hist)
+                ax.plot(steps, [hist[s] for s in steps], marker=".", lw=1, color=color,
+                        label=g.label if j == 0 else None)  # fmt: skip
+        else:
+            ax.plot([b[0] for b in band], [b[1] for b in band], marker="o", color=color,
+                    label=g.label)  # fmt: skip
+            ax.fill_between([b[0] for b in band], [b[2] for b in band], [b[3] for b in band],
+                            color=color, alpha=0.15)  # fmt: skip
         drawn += 1
     if not drawn:
         plt.close(fig)
         return None
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"dev {title} (mean over seeds, 95% CI band)")
+    what = f"mean over seeds, 95% CI band from {BAND_MIN_SEEDS} seeds"
+    ax.set_ylabel(f"dev {title} ({what}" + ("; fewer: each seed)" if seeds_only else ")"))
     ax.set_title(f"{sweep.name}: learning curves")
     ax.legend(fontsize=7, ncol=2 if drawn > 8 else 1)
     fig.tight_layout()

@@ -6,6 +6,8 @@ values, raw lengths), with scipy.stats:
 
 - `teacher_warning`: the teacher is not better than the majority-class rate by more than its
   Wilson interval - distillation from it measures nothing;
+- `asr_teacher_warning`: the speech teacher's dev WER (greedy, or beam + LM where better) is
+  no better than an empty transcript's (WER 1.0: every reference word deleted);
 - `tie_warning`: no difference between the configs is distinguishable (Kruskal-Wallis over
   per-seed values; with one seed, best vs worst within the dev set's binomial noise);
 - `small_dev_warning`: the dev set is too small for the best-vs-baseline gap being claimed (the
@@ -43,6 +45,26 @@ def teacher_warning(
         f"teacher dev accuracy {teacher_accuracy:.3f} ({confidence:.0%} CI {low:.3f}-{high:.3f},"
         f" n={n_dev}) is not above the majority-class rate {majority_rate:.3f}: distillation "
         "from it measures nothing"
+    )
+
+
+def asr_teacher_warning(
+    dev_wer: float, dev_wer_beam: float = math.nan, kind: str = "teacher"
+) -> str | None:
+    """A warning when the speech teacher (or twin) transcribes dev no better than emitting
+    nothing: an empty hypothesis scores WER exactly 1.0 (all deletions), so a teacher at or
+    above it (a random-weight BiLSTM scored 1.19) teaches no words. The better of its greedy
+    and beam + LM WER counts (an imported model may only be usable with the LM)."""
+    got = [w for w in (dev_wer, dev_wer_beam) if math.isfinite(w)]
+    if not got or min(got) < 1.0:
+        return None
+    how = f"{dev_wer:.3f}" + (
+        f" (beam + LM {dev_wer_beam:.3f})" if math.isfinite(dev_wer_beam) else ""
+    )
+    return (
+        f"{kind} dev WER {how} is no better than an empty transcript (WER 1.0): it has not "
+        "learned to recognise words, so distillation from it measures nothing (train it longer, "
+        "or check the imported weights)"
     )
 
 

@@ -47,3 +47,21 @@ class FeatureRows:
                     out[sel, :, :k] = rows[:, :, :k]
             start += len(part)
         return torch.from_numpy(out)
+
+
+def mean_hidden_state(
+    feats: np.ndarray, attention_mask: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """The teacher's mean state per cached layer, [L, H] float32, over the real tokens of
+    `feats` ([N, L, S, H] float16, e.g. a memmap; read `chunk` rows at a time) whose rows
+    `attention_mask` [N, S'] describes. Hidden-state KD centres the teacher on it
+    (kdsweep.losses.standardize_states)."""
+    n, n_layers, s, h = feats.shape
+    k = min(s, attention_mask.shape[1])
+    total, count = torch.zeros(n_layers, h, dtype=torch.float64), 0.0
+    for start in range(0, n, chunk):
+        rows = torch.from_numpy(np.asarray(feats[start : start + chunk, :, :k], dtype=np.float32))
+        m = attention_mask[start : start + chunk, :k].to(torch.float64)
+        total += torch.einsum("blsh,bs->lh", rows.double(), m)
+        count += float(m.sum())
+    return (total / max(count, 1.0)).float()

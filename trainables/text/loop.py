@@ -24,7 +24,7 @@ from kdsweep.errors import KDSweepError, NonFiniteLossError
 from kdsweep.oom import backoff
 from kdsweep.paths import cache_root
 from kdsweep.text.data import TextSplits, load_text_dataset, tokenize_splits
-from kdsweep.text.feature_rows import FeatureRows
+from kdsweep.text.feature_rows import FeatureRows, mean_hidden_state
 from kdsweep.text.models import (
     build_student,
     count_parameters,
@@ -84,6 +84,7 @@ class TextBatch:
     teacher_logits: torch.Tensor | None = None  # [B, C] when the config's needs.logits
     teacher_hidden: torch.Tensor | None = None  # [B, L, S, H]: mapped teacher layers (needs.hidden)
     teacher_attention: torch.Tensor | None = None  # [B, L, S, S] head-averaged (needs.attention)
+    teacher_hidden_mean: torch.Tensor | None = None  # [L, H] mean teacher state (needs.hidden)
 
 
 # loss_fn(student output, batch, aux) -> (total loss, {component name: value})
@@ -345,6 +346,9 @@ def _train_rows(cfg: TextConfig, data: TextData, teacher_config: Any) -> TrainRo
     for kind in needs.features:
         feats = data.teacher.features("train", kind, mapped, data.tokens["train"])
         train[f"teacher_{kind}"] = FeatureRows((feats[:n_labeled],), kind == "attention")
+        if kind == "hidden":  # the teacher's mean state per layer: feature KD centres on it
+            mask = data.tokens["train"]["attention_mask"][:n_labeled]
+            train["teacher_hidden_mean"] = mean_hidden_state(feats[:n_labeled], mask)
     n_transfer = 0
     if data.transfer is not None and cfg.transfer_ratio > 0:  # appended after the labeled rows
         train = _append_transfer(train, data.transfer)
@@ -461,6 +465,8 @@ def _append_transfer(train: dict[str, Any], transfer: dict[str, Any]) -> dict[st
         out[key] = torch.cat([F.pad(a, (0, width - a.shape[1])), F.pad(b, (0, width - b.shape[1]))])
     if "teacher_logits" in train:
         out["teacher_logits"] = torch.cat([train["teacher_logits"], transfer["teacher_logits"]])
+    if "teacher_hidden_mean" in train:  # from the labeled rows; the same for every row
+        out["teacher_hidden_mean"] = train["teacher_hidden_mean"]
     for key in ("teacher_hidden", "teacher_attention"):
         if key in train:
             if key not in transfer:
@@ -477,6 +483,8 @@ def _batch(data: dict[str, Any], idx: torch.Tensor, device: torch.device) -> Tex
     for key in ("labeled", "teacher_logits"):  # labeled: False = a teacher-labeled transfer row
         if key in data:
             out[key] = data[key][idx]
+    if "teacher_hidden_mean" in data:  # [L, H], not per row
+        out["teacher_hidden_mean"] = data["teacher_hidden_mean"]
     for key in ("teacher_hidden", "teacher_attention"):  # FeatureRows -> [B, L, s, H | s]
         if key in data:
             out[key] = data[key].take(idx.numpy(), s)

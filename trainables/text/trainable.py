@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from kdsweep.losses import (
     attention_kd_loss,
+    content_attention,
     decoupled_kd_loss,
     hard_kd_loss,
     hidden_cosine_loss,
@@ -18,6 +19,7 @@ from kdsweep.losses import (
     masked_cross_entropy,
     soft_kd_loss,
     soft_kd_objective,
+    standardize_states,
 )
 from trainables.conditions import Condition
 from trainables.text.config import (
@@ -105,11 +107,14 @@ def hidden(cfg: HiddenConfig) -> None:
         # Transfer rows have no gold label: CE over labeled rows, MSE and soft KD over all.
         ce = masked_cross_entropy(out.logits, batch.labels, batch.labeled)
         mask = batch.attention_mask
-        # hidden_states[0] is the embedding output; student layer i is hidden_states[i].
+        t, t_mean = batch.teacher_hidden, batch.teacher_hidden_mean
+        # hidden_states[0] is the embedding output; student layer i is hidden_states[i]. Both
+        # sides standardised, the teacher centred on its mean state (see standardize_states).
         mse = sum(
-            hidden_mse_loss(proj(out.hidden_states[i + 1]), batch.teacher_hidden[:, i], mask)
+            hidden_mse_loss(standardize_states(proj(out.hidden_states[i + 1])),
+                            standardize_states(t[:, i], t_mean[i]), mask)
             for i, proj in enumerate(aux.proj)
-        ) / len(aux.proj)
+        ) / len(aux.proj)  # fmt: skip
         total = (1 - cfg.alpha) * ce + cfg.hidden_weight * mse
         parts = {"loss_ce": ce, "loss_hidden": mse}
         return _with_soft_kd(cfg, total, parts, out, batch)
@@ -123,8 +128,11 @@ def cosine(cfg: CosineConfig) -> None:
     def loss_fn(out, batch: TextBatch, aux):
         ce = masked_cross_entropy(out.logits, batch.labels, batch.labeled)
         mask = batch.attention_mask
-        cos = sum(  # hidden_states[0] is the embedding output; student layer i is [i + 1]
-            hidden_cosine_loss(proj(out.hidden_states[i + 1]), batch.teacher_hidden[:, i], mask)
+        t, t_mean = batch.teacher_hidden, batch.teacher_hidden_mean
+        # hidden_states[0] is the embedding output; student layer i is [i + 1]. The teacher is
+        # centred on its mean state: a constant student would otherwise align with it.
+        cos = sum(
+            hidden_cosine_loss(proj(out.hidden_states[i + 1]), t[:, i] - t_mean[i], mask)
             for i, proj in enumerate(aux.proj)
         ) / len(aux.proj)
         total = (1 - cfg.alpha) * ce + cfg.cosine_weight * cos
@@ -141,10 +149,12 @@ def attention(cfg: AttentionConfig) -> None:
         # Transfer rows have no gold label: CE over labeled rows, attention KL and soft KD over all.
         ce = masked_cross_entropy(out.logits, batch.labels, batch.labeled)
         mask = batch.attention_mask
-        att = sum(
-            attention_kd_loss(a.mean(dim=1), batch.teacher_attention[:, i], mask)
+        t = batch.teacher_attention
+        att = sum(  # over content keys only: no [CLS]/[SEP] sink pattern (content_attention)
+            attention_kd_loss(content_attention(a.mean(dim=1), mask),
+                              content_attention(t[:, i], mask), mask)
             for i, a in enumerate(out.attentions)
-        ) / len(out.attentions)
+        ) / len(out.attentions)  # fmt: skip
         total = (1 - cfg.alpha) * ce + cfg.attention_weight * att
         parts = {"loss_ce": ce, "loss_attention": att}
         return _with_soft_kd(cfg, total, parts, out, batch)
