@@ -414,7 +414,9 @@ def test_report_unknown_sweep_names_the_known_ones(tmp_path):
 # ---------------------------------------------------------------- the epoch loop reports them
 @pytest.mark.trial
 def test_text_trial_reports_analysis_at_the_final_epoch(tmp_path, small_text):
-    from trainables.text.trainable import independent
+    from trainables.text.trainable import TEXT_TRAINABLES
+
+    independent = TEXT_TRAINABLES["independent"]  # the record: a dict in, typed config built
     from trainables.tune_io import local_session
 
     cfg = {**small_text, "condition": "independent", "epochs": 2, "attribution_examples": 8}
@@ -441,7 +443,9 @@ def test_a_search_trial_skips_attributions_and_its_checkpoint_gives_them(tmp_pat
     analysis seconds, no IG; the answer computes them from the checkpoint afterwards (the
     summary's best trial, sweeps/report.py) with the values a trial would have reported."""
     from driver.summary import checkpoint_attributions
-    from trainables.text.trainable import independent
+    from trainables.text.trainable import TEXT_TRAINABLES
+
+    independent = TEXT_TRAINABLES["independent"]  # the record: a dict in, typed config built
     from trainables.tune_io import local_session
 
     cfg = {**small_text, "condition": "independent", "epochs": 1, "attribution_examples": 8}
@@ -491,7 +495,9 @@ def test_the_report_computes_the_attributions_a_search_skipped(tmp_path, small_t
 
     from driver.reporting.attributions import fill_attributions
     from driver.reporting.load import load_sweep
-    from trainables.text.trainable import independent
+    from trainables.text.trainable import TEXT_TRAINABLES
+
+    independent = TEXT_TRAINABLES["independent"]  # the record: a dict in, typed config built
     from trainables.tune_io import local_session
 
     storage, tid = tmp_path / "runs", "abc12_00000"

@@ -80,7 +80,9 @@ def test_smoke_fixes_asr_sizes():
 def test_decode_grid_on_a_trial_checkpoint(tmp_path, cache_dir):
     import torch
 
-    from trainables.speech.trainable import independent
+    from trainables.speech.trainable import ASR_TRAINABLES
+
+    independent = ASR_TRAINABLES["independent"]  # the record: a dict in, typed config built
     from trainables.tune_io import local_session
 
     torch.set_num_threads(1)

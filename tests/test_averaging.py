@@ -181,7 +181,9 @@ def _decode(*args: str, cache_dir: Path, cwd: Path, timeout: int = 600):
 @pytest.mark.e2e
 @needs_tts
 def test_decode_average_prints_members_and_the_average(tmp_path, cache_dir):
-    from trainables.speech.trainable import independent
+    from trainables.speech.trainable import ASR_TRAINABLES
+
+    independent = ASR_TRAINABLES["independent"]  # the record: a dict in, typed config built
     from trainables.tune_io import local_session
 
     torch.set_num_threads(1)
