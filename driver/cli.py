@@ -43,9 +43,23 @@ SMOKE = {
         "batch_size": 8,
         "beam_width": 8,
     },
+    # lm: the default GGUF teacher is kept (the top-k cache of ~100 blocks costs a few seconds)
+    "lm": {
+        "max_docs": 400,
+        "block_size": 32,
+        "data_subset": 64,
+        "eval_subset": 8,
+        "topk": 8,
+        "student": "L2-H64",
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "continuation_tokens": 8,
+    },
 }
 # Smoke keeps these asr sizes fixed even where the YAML varies them (like `student` for text).
 ASR_SIZES = ("n_utterances", "layers", "hidden", "teacher_layers", "teacher_hidden")
+LM_SIZES = ("block_size", "data_subset")
 
 
 def gpu_share(text: str) -> str | float:
@@ -72,7 +86,7 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.add_argument("--space", default=name, help="search_spaces/<name>.yaml or a YAML path")
-    p.add_argument("--task", choices=["text", "asr"], help="override the YAML's task")
+    p.add_argument("--task", choices=["text", "asr", "lm"], help="override the YAML's task")
     p.add_argument("--dataset", help="fortunes | rotten_tomatoes | hf:<name> | file path")
     p.add_argument("--teacher", help="teacher backbone: minilm | model dir | hub name")
     p.add_argument("--student", help="student size, e.g. L2-H128, L4-H312")
@@ -138,7 +152,8 @@ def space_from_args(name: str, args: argparse.Namespace) -> SweepSpace:
     space = parse_space(raw, where, overrides, seeds=args.seeds)
     if args.smoke:
         # Smoke fixes what would make it slow even if the YAML varies it.
-        for k in ("epochs", "student", "per_class", "max_len", "teacher_epochs", *ASR_SIZES):
+        sizes = ("epochs", "student", "per_class", "max_len", "teacher_epochs", *ASR_SIZES)
+        for k in (*sizes, *LM_SIZES):
             if k in space.dists and k in SMOKE.get(task, {}) and k not in cli:
                 del space.dists[k]
                 space.fixed[k] = SMOKE[task][k]

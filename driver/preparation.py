@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from driver.lm_preparation import prepare_lm_sweep
 from driver.space import SweepSpace
 from trainables.registry import config_class
 from trainables.speech.loop import prepare_asr
@@ -120,15 +121,16 @@ def asr_warnings(cfg: Any, data: Any) -> dict[str, str]:
 
 
 # Driver-side preparation per task (data + teacher, before any trial starts).
-PREPARERS: dict[str, Any] = {"text": _prepare_text, "asr": _prepare_asr}
+PREPARERS: dict[str, Any] = {"text": _prepare_text, "asr": _prepare_asr, "lm": prepare_lm_sweep}
 
 
 def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
     """Driver-side preparation before any trial: data, teacher (trained once), checks."""
     first = {k: (args[0]) for k, (kind, args) in space.dists.items()}
     out: dict[str, Any] = {}
-    # asr: conditions learn from different stored models (big teacher, the student's twin)
-    for cond in space.conditions if space.task == "asr" else space.conditions[:1]:
+    # asr: conditions learn from different stored models (big teacher, the student's twin);
+    # lm: seqkd reads the teacher's continuations, generated here too
+    for cond in space.conditions if space.task in ("asr", "lm") else space.conditions[:1]:
         cfg_dict = {**space.fixed, **first, "task": space.task, "condition": cond}
         cls = config_class(space.task, cond)
         cfg = cls.from_dict({k: v for k, v in cfg_dict.items() if k in cls.field_names()})

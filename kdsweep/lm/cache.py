@@ -69,6 +69,7 @@ def teacher_entry(ref: TeacherRef, cache: Path, log: Any = print) -> tuple[LMTea
         t0 = time.perf_counter()
         log(f"[kdsweep] loading teacher {ref.source} (once; GGUF weights are dequantized)")
         model, tokenizer = load_teacher(ref)
+        model = _plain(model)
         model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
         return {
@@ -84,6 +85,21 @@ def teacher_entry(ref: TeacherRef, cache: Path, log: Any = print) -> tuple[LMTea
 
     path, hit = store.get_or_build(entry_id, build)
     return LMTeacher(entry_id, path / "model", store.meta(entry_id) or {}), hit
+
+
+def _plain(model: torch.nn.Module) -> torch.nn.Module:
+    """A GGUF-loaded model is marked quantized and refuses `save_pretrained`, although its
+    weights are already dequantized float32: the same weights in an unmarked copy."""
+    if getattr(model, "hf_quantizer", None) is None:
+        return model
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    return plain.eval()
 
 
 @dataclass

