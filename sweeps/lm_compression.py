@@ -1,4 +1,6 @@
-"""Causal-LM distillation: is the gain consistent across student sizes? (3/6/10 teacher layers x {independent, kd})
+"""Causal-LM distillation: is the gain consistent across student sizes?
+
+Students of 3, 6 or 10 evenly spaced teacher layers x {independent, kd}.
 
 python sweeps/lm_compression.py                      # SmolLM2-135M (4-bit GGUF) teacher, fortunes
 python sweeps/lm_compression.py --smoke              # seconds per trial

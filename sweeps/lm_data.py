@@ -1,4 +1,6 @@
-"""Causal-LM distillation: whose tokens? corpus (independent, kd) vs teacher continuations (seqkd) vs student samples (on_policy)
+"""Causal-LM distillation: whose tokens should the student learn from?
+
+The corpus (independent, kd), teacher continuations (seqkd), student samples (on_policy).
 
 python sweeps/lm_data.py                      # SmolLM2-135M (4-bit GGUF) teacher, fortunes
 python sweeps/lm_data.py --smoke              # seconds per trial
