@@ -25,14 +25,14 @@ def test_lm_spaces_validate():
 
 
 def _common(tiny: dict) -> list[str]:
-    return [f"teacher={tiny['teacher']}", "max_docs=120", "--quiet"]
+    return [f"teacher={tiny['teacher']}", "max_docs=120"]  # overrides first: argparse
 
 
 @pytest.mark.e2e
 def test_divergence_smoke_with_seeds_confirm_report_and_rerun(tmp_path, tiny_lm):  # noqa: F811
     cache = tmp_path / "cache"
     args = [*_common(tiny_lm), "divergence={grid: [forward_kl, reverse_kl]}", "temperature=1",
-            "--seeds", "2", "--confirm", "1", "--confirm-seeds", "2"]  # fmt: skip
+            "--quiet", "--seeds", "2", "--confirm", "1", "--confirm-seeds", "2"]  # fmt: skip
     res = run_sweep_script("lm_divergence", tmp_path, cache, *args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "bytes/token" in res.stdout and "[baseline]" in res.stdout
@@ -75,14 +75,14 @@ def run_report(tmp: Path, sweep: str):
 def test_data_and_compression_smoke(tmp_path, tiny_lm):  # noqa: F811
     cache = tmp_path / "cache"
     res = run_sweep_script("lm_data", tmp_path, cache, *_common(tiny_lm), "prompt_tokens=8",
-                           "new_tokens=8")  # fmt: skip
+                           "new_tokens=8", "--quiet")  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     rows = (tmp_path / "runs" / "lm_data-lm-fortunes-smoke" / "trials.csv").read_text()
     for cond in ("independent", "kd", "seqkd", "on_policy"):
         assert cond in rows
     assert ",error," not in rows
     res = run_sweep_script("lm_compression", tmp_path, cache, *_common(tiny_lm),
-                           "student_layers={grid: [1, 2]}")  # fmt: skip
+                           "student_layers={grid: [1, 2]}", "--quiet")  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     rows = (tmp_path / "runs" / "lm_compression-lm-fortunes-smoke" / "trials.csv").read_text()
     assert rows.count("\n") == 1 + 4 and ",error," not in rows
