@@ -80,3 +80,16 @@ def test_checkpoint_round_trip_keeps_tied_weights(tiny_lm, tmp_path):  # noqa: F
         CONDITIONS["lm"]["independent"].trainable(cfg)
     student = load_checkpoint_student(s.last_checkpoint)
     assert student.lm_head.weight.data_ptr() == student.get_input_embeddings().weight.data_ptr()
+
+
+@pytest.mark.parametrize("condition", ["kd", "on_policy"])
+def test_gpu_packing_probe_step_runs_an_lm_step(condition, tiny_lm):  # noqa: F811
+    from trainables.probe import probe_step
+
+    cfg = {**tiny_lm, "condition": condition, "device": "cpu"}
+    if condition == "on_policy":
+        cfg.update(prompt_tokens=8, new_tokens=8)
+    step = probe_step(cfg)
+    before = [p.detach().clone() for p in step.model.parameters()]
+    step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters(), strict=True))

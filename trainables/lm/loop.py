@@ -303,3 +303,36 @@ def evaluate_lm_checkpoint(cfg: LMConfig, ckpt: Path, split: str = "test") -> di
         f"teacher_{split}_perplexity", math.nan
     )
     return out
+
+
+def probe_parts(cfg: LMConfig) -> tuple[nn.Module, Callable[[], torch.Tensor]]:
+    """(student, loss_of) at a trial's worst shapes, for the GPU packing probe
+    (trainables/probe.py): batch_size x the longest sequence, CE + a top-k divergence term
+    (and, for on_policy, the live teacher's forward on the same batch)."""
+    data = prepare_lm(cfg, log=lambda m: None)
+    device = pick_device(cfg.device)
+    student = build_student(cfg.student, cfg.student_init, cfg.student_layers,
+                            str(data.teacher.model_dir)).to(device)  # fmt: skip
+    teacher = data.teacher.load()[0].to(device) if isinstance(cfg, OnPolicyConfig) else None
+    length = cfg.block_size
+    if isinstance(cfg, SeqKDConfig | OnPolicyConfig):
+        length = max(length, cfg.prompt_tokens + cfg.new_tokens)
+    vocab = student.config.vocab_size
+    ids = torch.randint(0, vocab, (cfg.batch_size, length), device=device)
+    k = cfg.topk
+    logp = torch.log_softmax(torch.randn(cfg.batch_size, length - 1, k + 1, device=device), -1)
+    idx = torch.randint(0, vocab, (cfg.batch_size, length - 1, k), device=device)
+
+    def loss_of() -> torch.Tensor:
+        from kdsweep.lm.losses import next_token_ce, topk_divergence
+
+        logits = student(input_ids=ids[:, :-1]).logits
+        loss = next_token_ce(logits, ids[:, 1:], None)
+        tail = logp[..., -1].exp()
+        loss = loss + topk_divergence(logits, logp[..., :-1], idx, tail, None, "forward_kl")
+        if teacher is not None:
+            with torch.no_grad():
+                teacher(input_ids=ids[:, :-1])
+        return loss
+
+    return student, loss_of
