@@ -5,10 +5,10 @@
 1. epoch time of `kd` (forward KL from the memory-mapped top-k cache) / `independent`
    (goal <= 1.15x), and of `on_policy` (lmbda 0.5: half the batches sampled by the student and
    scored by the live teacher) / `kd`, stated: on the teacher's real vocabulary (default: the
-   SmolLM2-135M GGUF, 49,152 tokens), a 2-layer/128 student, 64 blocks of 64 tokens, 1 thread,
+   SmolLM2-135M GGUF, 49,152 tokens), a 2-layer/128 student, 32 blocks of 64 tokens, 1 thread,
    variants interleaved, each in a fresh process, the median of the repeats' last epochs;
 2. the cache's bytes per token against fp16 logits over the whole vocabulary;
-3. peak private (anonymous) memory of a `kd` trial as the corpus grows 16x (250 -> 4,000
+3. peak private (anonymous) memory of a `kd` trial as the corpus grows 16x (125 -> 2,000
    fortunes; goal <= 1.5x): on the tiny test teacher (the trial's data path does not depend on
    the teacher's size, and 4,000 fortunes through the real teacher take ~15 min on 2 cores).
    Sampled from /proc/self/smaps_rollup every 50 ms: memory-mapped cache pages are file-backed
@@ -31,10 +31,10 @@ import common  # noqa: E402
 
 SPEED = {
     "task": "lm",
-    "max_docs": 600,
+    "max_docs": 400,
     "block_size": 64,
-    "data_subset": 64,
-    "eval_subset": 8,
+    "data_subset": 32,
+    "eval_subset": 4,
     "topk": 16,
     "student": "L2-H128",
     "epochs": 2,
@@ -45,6 +45,7 @@ SPEED = {
 }
 ON_POLICY = {"divergence": "forward_kl", "alpha": 0.5, "lmbda": 0.5, "prompt_tokens": 16,
              "new_tokens": 48}  # fmt: skip
+DOCS = (125, 2000)  # the corpus grows 16x
 MEMORY = {**SPEED, "data_subset": 0, "epochs": 1, "student": "L2-H64"}
 
 
@@ -131,20 +132,20 @@ def main() -> None:
 
 
 def memory_growth(cache_dir: str) -> dict:
-    """Peak anonymous memory of a kd trial on 250 vs 4,000 documents (tiny teacher)."""
+    """Peak anonymous memory of a kd trial on 125 vs 2,000 documents (tiny teacher)."""
     from kdsweep.lm.tiny import build_tiny_teacher
 
     tiny = Path(common.BENCH_HOME) / "tiny-lm-teacher"
     if not (tiny / "config.json").is_file():
         build_tiny_teacher(tiny)
     out = {}
-    for docs in (250, 4000):
+    for docs in DOCS:
         cfg = {**MEMORY, "teacher": str(tiny), "max_docs": docs, "cache_dir": cache_dir}
         prepare(cfg, ("kd",))
         r = run("kd", cfg)
         out[f"peak_anon_mb_{docs}_docs"] = r["peak_anon_mb"]
         out[f"train_rows_{docs}_docs"] = r["last"]["train_rows"]
-    out["memory_ratio"] = out["peak_anon_mb_4000_docs"] / out["peak_anon_mb_250_docs"]
+    out["memory_ratio"] = out[f"peak_anon_mb_{DOCS[1]}_docs"] / out[f"peak_anon_mb_{DOCS[0]}_docs"]
     return out
 
 

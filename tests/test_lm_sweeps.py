@@ -33,7 +33,7 @@ def test_divergence_smoke_with_seeds_confirm_report_and_rerun(tmp_path, tiny_lm)
     cache = tmp_path / "cache"
     args = [*_common(tiny_lm), "divergence={grid: [forward_kl, reverse_kl]}", "temperature=1",
             "--quiet", "--seeds", "2", "--confirm", "1", "--confirm-seeds", "2"]  # fmt: skip
-    res = run_sweep_script("lm_divergence", tmp_path, cache, *args)
+    res = run_sweep_script("lm_divergence", tmp_path, cache, *args, timeout=2400)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "bytes/token" in res.stdout and "[baseline]" in res.stdout
     sweep = tmp_path / "runs" / "lm_divergence-lm-fortunes-smoke"
@@ -46,7 +46,7 @@ def test_divergence_smoke_with_seeds_confirm_report_and_rerun(tmp_path, tiny_lm)
     text = next((tmp_path / "runs").rglob("report.md")).read_text()
     assert "perplexity" in text
     # the same command again: nothing left to run (resumed / reused, no new trial)
-    again = run_sweep_script("lm_divergence", tmp_path, cache, *args)
+    again = run_sweep_script("lm_divergence", tmp_path, cache, *args, timeout=2400)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reused" in again.stdout
 
@@ -75,14 +75,14 @@ def run_report(tmp: Path, sweep: str):
 def test_data_and_compression_smoke(tmp_path, tiny_lm):  # noqa: F811
     cache = tmp_path / "cache"
     res = run_sweep_script("lm_data", tmp_path, cache, *_common(tiny_lm), "prompt_tokens=8",
-                           "new_tokens=8", "--quiet")  # fmt: skip
+                           "new_tokens=8", "--quiet", timeout=2400)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     rows = (tmp_path / "runs" / "lm_data-lm-fortunes-smoke" / "trials.csv").read_text()
     for cond in ("independent", "kd", "seqkd", "on_policy"):
         assert cond in rows
     assert ",error," not in rows
     res = run_sweep_script("lm_compression", tmp_path, cache, *_common(tiny_lm),
-                           "student_layers={grid: [1, 2]}", "--quiet")  # fmt: skip
+                           "student_layers={grid: [1, 2]}", "--quiet", timeout=2400)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     rows = (tmp_path / "runs" / "lm_compression-lm-fortunes-smoke" / "trials.csv").read_text()
     assert rows.count("\n") == 1 + 4 and ",error," not in rows
