@@ -86,3 +86,15 @@ def test_data_and_compression_smoke(tmp_path, tiny_lm):  # noqa: F811
     assert res.returncode == 0, res.stderr[-3000:]
     rows = (tmp_path / "runs" / "lm_compression-lm-fortunes-smoke" / "trials.csv").read_text()
     assert rows.count("\n") == 1 + 4 and ",error," not in rows
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["lm_divergence", "lm_compression", "lm_data"])
+def test_smoke_preset_fits_every_lm_space(name):
+    from driver.cli import build_parser, space_from_args
+
+    args = build_parser(name, None).parse_args(["--smoke"])
+    space = space_from_args(name, args)
+    assert space.task == "lm"
+    assert space.fixed["data_subset"] == 64 and space.fixed["block_size"] == 32
+    assert space.fixed["epochs"] == 2
