@@ -101,7 +101,7 @@ class SeqKDConfig(LMConfig):
 
     @property
     def needs(self) -> Needs:
-        return Needs(transcripts=True)  # teacher outputs as targets (as speech's transcripts)
+        return Needs(transcripts=True)  # the teacher's outputs as targets (like speech's)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,7 +128,7 @@ class OnPolicyConfig(KDConfig):
 
     @property
     def needs(self) -> Needs:
-        return Needs(logits=True, transcripts=False)
+        return Needs(logits=True, live_teacher=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -168,10 +168,10 @@ def _batch(rows: dict[str, Any], idx: torch.Tensor, device: torch.device) -> dic
 
 
 @recover_oom
-def run_lm_trial(cfg: LMConfig, objective: Objective, live_teacher: bool = False) -> None:
+def run_lm_trial(cfg: LMConfig, objective: Objective) -> None:
     """Train the student for `cfg.epochs`, reporting dev metrics + a checkpoint every epoch.
-    `live_teacher`: load the teacher into the trial (on_policy); the objective reads it as
-    batch['teacher']."""
+    A config whose `needs.live_teacher` (on_policy) gets the teacher loaded into the trial;
+    the objective reads it as batch['teacher']."""
     threads = set_threads(cfg.threads or int(tune_io.cpu_share()))
     device = pick_device(cfg.device)
     data = prepare_lm(cfg, log=lambda m: None)
@@ -179,7 +179,7 @@ def run_lm_trial(cfg: LMConfig, objective: Objective, live_teacher: bool = False
     student = build_student(cfg.student, cfg.student_init, cfg.student_layers,
                             str(data.teacher.model_dir)).to(device)  # fmt: skip
     model = Weights(student)
-    teacher = data.teacher.load()[0].to(device) if live_teacher else None
+    teacher = data.teacher.load()[0].to(device) if cfg.needs.live_teacher else None
     rows = train_rows(cfg, data)
     n = len(rows["tokens"])
     steps_per_epoch = optimizer_steps(math.ceil(n / cfg.batch_size), cfg.grad_accum)
@@ -313,7 +313,7 @@ def probe_parts(cfg: LMConfig) -> tuple[nn.Module, Callable[[], torch.Tensor]]:
     device = pick_device(cfg.device)
     student = build_student(cfg.student, cfg.student_init, cfg.student_layers,
                             str(data.teacher.model_dir)).to(device)  # fmt: skip
-    teacher = data.teacher.load()[0].to(device) if isinstance(cfg, OnPolicyConfig) else None
+    teacher = data.teacher.load()[0].to(device) if cfg.needs.live_teacher else None
     length = cfg.block_size
     if isinstance(cfg, SeqKDConfig | OnPolicyConfig):
         length = max(length, cfg.prompt_tokens + cfg.new_tokens)

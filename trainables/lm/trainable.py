@@ -85,7 +85,7 @@ def on_policy(config: dict[str, Any]) -> None:
         return d, {"loss_kd": d, "sample_seconds": seconds[0], "teacher_seconds": seconds[1],
                    "on_policy_batch": torch.tensor(1.0)}  # fmt: skip
 
-    run_lm_trial(cfg, objective, live_teacher=True)
+    run_lm_trial(cfg, objective)
 
 
 # One record per condition: its trainable and its typed config (which declares its `needs`).
