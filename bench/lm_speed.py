@@ -103,6 +103,7 @@ def main() -> None:
     p.add_argument("--teacher", default="smollm2", help="speed part's teacher")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cache-dir", default="", help="default: the benchmarks' own cache")
+    p.add_argument("--no-memory", action="store_true", help="only the speed part")
     p.add_argument("--out", type=Path, default=Path(common.BENCH_HOME) / "lm_speed.json")
     args = p.parse_args()
     speed = {**SPEED, "teacher": args.teacher, "cache_dir": args.cache_dir}
@@ -113,7 +114,7 @@ def main() -> None:
             cfg = {**speed, **(ON_POLICY if cond == "on_policy" else {})}
             times[cond].append(run(cond, cfg)["epoch_seconds"][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
-    memory = memory_growth(args.cache_dir)
+    memory = {"memory_ratio": float("nan")} if args.no_memory else memory_growth(args.cache_dir)
     result = {
         "kd_over_independent": med["kd"] / med["independent"],
         "on_policy_over_kd": med["on_policy"] / med["kd"],

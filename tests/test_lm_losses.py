@@ -148,3 +148,17 @@ def test_topk_gradients_are_finite_and_match_at_full_support():
         s.grad = None
         topk_divergence(s, vals, idx, tail, None, div, temperature=2.0).backward()
         assert bool(torch.isfinite(s.grad).all()), div
+
+
+def test_shared_softmax_kd_and_ce_equal_the_separate_ones():
+    from kdsweep.lm.losses import topk_kd_and_ce
+
+    t, s = _peaked(rows=6).view(2, 3, -1), _peaked(rows=6, scale=1.0).view(2, 3, -1)
+    y = torch.randint(0, t.shape[-1], (2, 3))
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    vals, idx, tail = teacher_topk(t, 16)
+    for temp in (1.0, 2.0):
+        kd, ce = topk_kd_and_ce(s, y, vals, idx, tail, mask, "jsd", temp, 0.3)
+        ref = topk_divergence(s, vals, idx, tail, mask, "jsd", temp, 0.3)
+        assert float(kd) == pytest.approx(float(ref), rel=1e-5)
+        assert float(ce) == pytest.approx(float(next_token_ce(s, y, mask)), rel=1e-5)

@@ -115,6 +115,13 @@ def topk_support(
     the tail): the student folded exactly from its full distribution at `temperature`; the
     teacher from the cache, tempered as the module docstring says (exact at T = 1)."""
     logq_full = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return fold_topk(logq_full, topk_logp, topk_idx, tail_mass, temperature)
+
+
+def fold_topk(
+    logq_full: Tensor, topk_logp: Tensor, topk_idx: Tensor, tail_mass: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """`topk_support` from the student's (tempered) full-vocabulary log-probs."""
     logq_k = logq_full.gather(-1, topk_idx.long())
     logq = torch.cat([logq_k, _log1mexp(torch.logsumexp(logq_k, -1)).unsqueeze(-1)], -1)
     log_tail = torch.log(tail_mass.float().clamp_min(0.0)).clamp_min(LOG_ZERO).unsqueeze(-1)
@@ -124,6 +131,30 @@ def topk_support(
     else:  # fp16 log-probs + tail sum to 1 only approximately: renormalise
         logp = logp - torch.logsumexp(logp, -1, keepdim=True)
     return logp, logq
+
+
+def topk_kd_and_ce(
+    student_logits: Tensor,
+    targets: Tensor,
+    topk_logp: Tensor,
+    topk_idx: Tensor,
+    tail_mass: Tensor,
+    mask: Tensor | None,
+    divergence: str,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> tuple[Tensor, Tensor]:
+    """(divergence against the cached top-k, next-token CE) from ONE full-vocabulary
+    log_softmax at T = 1: over a 49k vocabulary that softmax (and its backward) costs as much as
+    a small student, so computing it twice made a kd epoch ~1.8x an independent one. At T != 1
+    the tempered softmax is a second one (unavoidable)."""
+    logq = F.log_softmax(student_logits.float(), dim=-1)
+    ce = masked_mean(-logq.gather(-1, targets.unsqueeze(-1).long()).squeeze(-1), mask)
+    if temperature != 1.0:
+        logq = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    logp, logq_k = fold_topk(logq, topk_logp, topk_idx, tail_mass, temperature)
+    kd = masked_mean(kl_terms(logp, logq_k, divergence, beta), mask) * temperature**2
+    return kd, ce
 
 
 def topk_divergence(

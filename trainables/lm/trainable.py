@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kdsweep.lm.cache import generate
-from kdsweep.lm.losses import kd_objective, next_token_ce, token_divergence, topk_divergence
+from kdsweep.lm.losses import kd_objective, next_token_ce, token_divergence, topk_kd_and_ce
 from trainables.conditions import Condition
 from trainables.lm.config import KDConfig, LMConfig, OnPolicyConfig, SeqKDConfig
 from trainables.lm.loop import run_lm_trial
@@ -35,9 +35,9 @@ def _kd_objective(cfg: KDConfig):
 
     def objective(student, batch):
         logits = student(input_ids=batch["inputs"]).logits
-        ce = next_token_ce(logits, batch["targets"], batch["mask"])
-        kd = topk_divergence(logits, batch["logp"], batch["idx"], batch["tail"], batch["mask"],
-                             cfg.divergence, cfg.temperature, cfg.beta)  # fmt: skip
+        kd, ce = topk_kd_and_ce(logits, batch["targets"], batch["logp"], batch["idx"],
+                                batch["tail"], batch["mask"], cfg.divergence, cfg.temperature,
+                                cfg.beta)  # fmt: skip
         return kd_objective(kd, ce, cfg.alpha), {"loss_ce": ce, "loss_kd": kd}
 
     return objective
