@@ -24,6 +24,13 @@ def test_lm_spaces_validate():
     assert load_space("lm_data").conditions == ["independent", "kd", "seqkd", "on_policy"]
 
 
+def _rows(path: Path) -> list[dict]:
+    import csv
+
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
 def _common(tiny: dict) -> list[str]:
     return [f"teacher={tiny['teacher']}", "max_docs=120"]  # overrides first: argparse
 
@@ -37,8 +44,8 @@ def test_divergence_smoke_with_seeds_confirm_report_and_rerun(tmp_path, tiny_lm)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "bytes/token" in res.stdout and "[baseline]" in res.stdout
     sweep = tmp_path / "runs" / "lm_divergence-lm-fortunes-smoke"
-    rows = (sweep / "trials.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and not any(",error," in r for r in rows)
+    rows = _rows(sweep / "trials.csv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
     assert json.loads((sweep / "best.json").read_text())["test"]["test_perplexity"] > 1
     assert "independent" in (sweep / "confirm.md").read_text()
     report = run_report(tmp_path, "lm_divergence-lm-fortunes-smoke")
@@ -77,15 +84,14 @@ def test_data_and_compression_smoke(tmp_path, tiny_lm):  # noqa: F811
     res = run_sweep_script("lm_data", tmp_path, cache, *_common(tiny_lm), "prompt_tokens=8",
                            "new_tokens=8", "--quiet", timeout=2400)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    rows = (tmp_path / "runs" / "lm_data-lm-fortunes-smoke" / "trials.csv").read_text()
-    for cond in ("independent", "kd", "seqkd", "on_policy"):
-        assert cond in rows
-    assert ",error," not in rows
+    rows = _rows(tmp_path / "runs" / "lm_data-lm-fortunes-smoke" / "trials.csv")
+    assert {r["condition"] for r in rows} == {"independent", "kd", "seqkd", "on_policy"}
+    assert {r["status"] for r in rows} == {"finished"}
     res = run_sweep_script("lm_compression", tmp_path, cache, *_common(tiny_lm),
                            "student_layers={grid: [1, 2]}", "--quiet", timeout=2400)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    rows = (tmp_path / "runs" / "lm_compression-lm-fortunes-smoke" / "trials.csv").read_text()
-    assert rows.count("\n") == 1 + 4 and ",error," not in rows
+    rows = _rows(tmp_path / "runs" / "lm_compression-lm-fortunes-smoke" / "trials.csv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
 
 
 @pytest.mark.unit
