@@ -93,3 +93,20 @@ def test_gpu_packing_probe_step_runs_an_lm_step(condition, tiny_lm):  # noqa: F8
     before = [p.detach().clone() for p in step.model.parameters()]
     step()
     assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters(), strict=True))
+
+
+def test_gpu_probe_configs_pick_the_heaviest_lm_shapes(tiny_lm):  # noqa: F811
+    """An LM space varying the student is probed at the causal-LM student with the most
+    parameters (counted in the teacher's architecture, not as a BERT classifier)."""
+    from driver import packing
+    from driver.space import load_space
+
+    space = load_space("lm_data")
+    space.fixed["teacher"] = tiny_lm["teacher"]
+    space.dists["student"] = ("grid", ["L1-H32-A2", "L2-H64-A2", "L1-H16-A2"])
+    space.dists["block_size"] = ("grid", [32, 48])
+    cfgs = packing.probe_configs(space)
+    assert [c["condition"] for c in cfgs] == ["independent", "kd", "seqkd", "on_policy"]
+    assert all(c["student"] == "L2-H64-A2" and c["block_size"] == 48 for c in cfgs)
+    count = packing.lm_student_parameters
+    assert count("L2-H64-A2", tiny_lm["teacher"]) > count("L1-H32-A2", tiny_lm["teacher"])
