@@ -1,9 +1,10 @@
 """The epoch loop every causal-LM condition shares: data, teacher cache, student, resume, eval.
 
-A condition supplies its objective (`Objective`: student, batch -> loss, parts). The training
-step is `kdsweep.training`'s Stepper (as for text and speech); checkpoints, Tune reporting and
-out-of-memory recovery are the shared ones in trainables/. The teacher's top-k cache is built
-once by `prepare_lm` (the driver calls it before any trial) and memory-mapped by every trial.
+A condition supplies its objective (`Objective`: student, a typed `LMBatch` -> loss, parts).
+The training step is `kdsweep.training`'s Stepper (as for text and speech); checkpoints, Tune
+reporting and out-of-memory recovery are the shared ones in trainables/. The teacher's top-k
+cache is built once by `prepare_lm` (the driver calls it before any trial) and memory-mapped by
+every trial.
 """
 
 from __future__ import annotations
@@ -49,8 +50,23 @@ from trainables.checkpointing import resume_state, save_state
 from trainables.lm.config import LMConfig, OnPolicyConfig, SeqKDConfig
 from trainables.oom_guard import oom_metrics, recover_oom
 
-# objective(student, batch) -> (total loss, {component: value}); batch keys: see `_batch`
-Objective = Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+@dataclass
+class LMBatch:
+    """One training batch as an objective receives it (on the device; S = block_size)."""
+
+    inputs: torch.Tensor  # [B, S-1] token ids
+    targets: torch.Tensor  # [B, S-1] the next tokens
+    mask: torch.Tensor  # [B, S-1] bool: targets that count (seqkd: the teacher's tokens only)
+    rng: np.random.Generator  # on_policy's coin, resumable per epoch
+    logp: torch.Tensor | None = None  # [B, S-1, k] cached teacher top-k log-probs (fp16)
+    idx: torch.Tensor | None = None  # [B, S-1, k] their token ids
+    tail: torch.Tensor | None = None  # [B, S-1] teacher probability mass outside the top-k
+    teacher: nn.Module | None = None  # the live teacher, when the config's needs.live_teacher
+
+
+# objective(student, batch) -> (total loss, {component: value})
+Objective = Callable[[nn.Module, LMBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 EVAL_BATCH = 16
 
 
@@ -153,25 +169,31 @@ def train_rows(cfg: LMConfig, data: LMData) -> dict[str, Any]:
             "logp": logp, "idx": idx, "tail": tail}  # fmt: skip
 
 
-def _batch(rows: dict[str, Any], idx: torch.Tensor, device: torch.device) -> dict[str, Any]:
+def _batch(
+    rows: dict[str, Any],
+    idx: torch.Tensor,
+    device: torch.device,
+    rng: np.random.Generator,
+    teacher: nn.Module | None,
+) -> LMBatch:
     """inputs / targets (shifted by one) / mask, and the teacher's cached rows when present."""
     order = np.sort(idx.numpy())  # memmap reads in file order
-    tokens = torch.from_numpy(np.ascontiguousarray(rows["tokens"][order])).long()
-    out: dict[str, Any] = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-    mask = torch.ones_like(out["targets"], dtype=torch.bool)
+    tokens = torch.from_numpy(np.ascontiguousarray(rows["tokens"][order])).long().to(device)
+    mask = torch.ones_like(tokens[:, 1:], dtype=torch.bool)
     mask[:, : rows["first_target"]] = False
-    out["mask"] = mask
-    for key in ("logp", "idx", "tail"):
-        if key in rows:
-            out[key] = torch.from_numpy(np.ascontiguousarray(rows[key][order]))
-    return {k: v.to(device) for k, v in out.items()}
+    cached = {
+        key: torch.from_numpy(np.ascontiguousarray(rows[key][order])).to(device)
+        for key in ("logp", "idx", "tail")
+        if key in rows
+    }
+    return LMBatch(tokens[:, :-1], tokens[:, 1:], mask, rng, teacher=teacher, **cached)
 
 
 @recover_oom
 def run_lm_trial(cfg: LMConfig, objective: Objective) -> None:
     """Train the student for `cfg.epochs`, reporting dev metrics + a checkpoint every epoch.
     A config whose `needs.live_teacher` (on_policy) gets the teacher loaded into the trial;
-    the objective reads it as batch['teacher']."""
+    the objective reads it as `batch.teacher`."""
     threads = set_threads(cfg.threads or int(tune_io.cpu_share()))
     device = pick_device(cfg.device)
     data = prepare_lm(cfg, log=lambda m: None)
@@ -233,11 +255,10 @@ def _train_epoch(
     tokens = 0
     rng = np.random.default_rng([cfg.seed, epoch])  # on_policy's coin, resumable per epoch
     for step, idx in enumerate(batches(len(rows["tokens"]), cfg.batch_size, True, cfg.seed, epoch)):
-        batch = _batch(rows, idx, device)
-        batch["teacher"], batch["rng"] = teacher, rng
+        batch = _batch(rows, idx, device, rng, teacher)
         with amp.autocast():
             loss, parts = objective(student, batch)
-        tokens += int(batch["mask"].sum())
+        tokens += int(batch.mask.sum())
         stepper.micro_step(loss, parts, epoch, step)
     return {**stepper.end_epoch(), "train_tokens": tokens}
 

@@ -16,12 +16,12 @@ from kdsweep.lm.cache import generate
 from kdsweep.lm.losses import kd_objective, next_token_ce, token_divergence, topk_kd_and_ce
 from trainables.conditions import Condition
 from trainables.lm.config import KDConfig, LMConfig, OnPolicyConfig, SeqKDConfig
-from trainables.lm.loop import run_lm_trial
+from trainables.lm.loop import LMBatch, run_lm_trial
 
 
-def _ce(student, batch) -> tuple[torch.Tensor, dict]:
-    logits = student(input_ids=batch["inputs"]).logits
-    ce = next_token_ce(logits, batch["targets"], batch["mask"])
+def _ce(student, batch: LMBatch) -> tuple[torch.Tensor, dict]:
+    logits = student(input_ids=batch.inputs).logits
+    ce = next_token_ce(logits, batch.targets, batch.mask)
     return ce, {"loss_ce": ce}
 
 
@@ -33,10 +33,10 @@ def independent(cfg: LMConfig) -> None:
 def _kd_objective(cfg: KDConfig):
     """alpha * divergence(cached teacher top-k, student) + (1 - alpha) * CE on corpus blocks."""
 
-    def objective(student, batch):
-        logits = student(input_ids=batch["inputs"]).logits
-        kd, ce = topk_kd_and_ce(logits, batch["targets"], batch["logp"], batch["idx"],
-                                batch["tail"], batch["mask"], cfg.divergence, cfg.temperature,
+    def objective(student, batch: LMBatch):
+        logits = student(input_ids=batch.inputs).logits
+        kd, ce = topk_kd_and_ce(logits, batch.targets, batch.logp, batch.idx,
+                                batch.tail, batch.mask, cfg.divergence, cfg.temperature,
                                 cfg.beta)  # fmt: skip
         return kd_objective(kd, ce, cfg.alpha), {"loss_ce": ce, "loss_kd": kd}
 
@@ -59,20 +59,20 @@ def on_policy(cfg: OnPolicyConfig) -> None:
     Reports the seconds spent sampling and in the teacher (the condition's extra cost)."""
     corpus = _kd_objective(cfg)
 
-    def objective(student, batch):
-        if batch["rng"].random() >= cfg.lmbda:
+    def objective(student, batch: LMBatch):
+        if batch.rng.random() >= cfg.lmbda:
             return corpus(student, batch)
         t0 = time.perf_counter()
         was_training = student.training
         student.eval()  # sampling: no dropout, no gradient
-        prompts = batch["inputs"][:, : cfg.prompt_tokens]
+        prompts = batch.inputs[:, : cfg.prompt_tokens]
         eos = student.config.eos_token_id
         eos = eos[0] if isinstance(eos, list) else eos
         seq = generate(student, prompts, cfg.new_tokens, eos, sample=True).long()
         student.train(was_training)
         t1 = time.perf_counter()
         with torch.no_grad():
-            teacher_logits = batch["teacher"](input_ids=seq[:, :-1]).logits
+            teacher_logits = batch.teacher(input_ids=seq[:, :-1]).logits
         t2 = time.perf_counter()
         logits = student(input_ids=seq[:, :-1]).logits
         mask = torch.zeros(seq.shape[0], seq.shape[1] - 1, dtype=torch.bool, device=seq.device)
