@@ -57,10 +57,24 @@ SMOKE = {
         "batch_size": 8,
         "beam_width": 8,
     },
+    # lm: the default GGUF teacher is kept (the top-k cache of ~100 blocks costs a few seconds)
+    "lm": {
+        "max_docs": 400,
+        "block_size": 32,
+        "data_subset": 64,
+        "eval_subset": 8,
+        "topk": 8,
+        "student": "L2-H64",
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "continuation_tokens": 8,
+    },
 }
 # Smoke fixes what would make it slow even where the YAML varies it (unless the user gave it).
 SMOKE_FIXED = ("epochs", "student", "per_class", "max_len", "teacher_epochs", "n_utterances")
-SMOKE_FIXED += ("layers", "hidden", "teacher_layers", "teacher_hidden")
+SMOKE_FIXED += ("layers", "hidden", "teacher_layers", "teacher_hidden")  # asr
+SMOKE_FIXED += ("block_size", "data_subset")  # lm
 
 
 def gpu_share(text: str) -> str | float:
@@ -90,7 +104,7 @@ def build_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
         "--help-fields", action=HelpFields, space=name, help="list the config fields and exit"
     )
     p.add_argument("--space", default=name, help="search_spaces/<name>.yaml or a YAML path")
-    p.add_argument("--task", choices=["text", "asr"], help="override the YAML's task")
+    p.add_argument("--task", choices=["text", "asr", "lm"], help="override the YAML's task")
     p.add_argument("--dataset", help="fortunes | rotten_tomatoes | hf:<name> | file path")
     p.add_argument("--teacher", help="teacher backbone: minilm | model dir | hub name")
     p.add_argument("--student", help="student size, e.g. L2-H128, L4-H312")

@@ -39,6 +39,8 @@ def describe(config: dict[str, Any], varied: list[str]) -> str:
     size = config.get("student") or (  # asr: L<layers>-H<hidden>
         f"L{config['layers']}-H{config['hidden']}" if "hidden" in config else ""
     )
+    if config.get("student_init") == "teacher" and "student_layers" in config:
+        size = f"teacher-L{config['student_layers']}"  # lm: the teacher's own layers
     if isinstance(size, str) and size.startswith("/"):  # a model directory: its name
         size = PurePath(size).name or size
     return label(

@@ -31,6 +31,7 @@ from kdsweep.gpu import (
 
 # Dimensions whose largest value is the most memory a trial needs.
 LARGEST = ("batch_size", "max_len", "hidden", "layers", "n_utterances")
+LARGEST += ("block_size", "student_layers", "topk", "new_tokens")  # lm
 
 
 def fit_gpu_share(plan: SweepPlan, res: dict[str, Any]) -> dict[str, float]:
@@ -113,8 +114,10 @@ def probe_configs(space: SweepSpace) -> list[dict[str, Any]]:
         if key in LARGEST:
             cfg[key] = max(values)
         elif key == "student":
-            teacher = str(cfg.get("teacher") or space.fixed.get("teacher") or "minilm")
-            cfg[key] = max(values, key=lambda s: student_parameters(str(s), teacher))
+            lm = space.task == "lm"
+            count = lm_student_parameters if lm else student_parameters
+            teacher = str(cfg.get("teacher") or ("smollm2" if lm else "minilm"))
+            cfg[key] = max(values, key=lambda s: count(str(s), teacher))
         else:
             cfg[key] = values[0]
     if space.dists.get("batch_size", ("", []))[0] == "randint":
@@ -145,6 +148,23 @@ def student_parameters(student: str, teacher: str = "minilm") -> int:
         config = AutoConfig.from_pretrained(resolve_student(student))
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def lm_student_parameters(student: str, teacher: str = "smollm2") -> int:
+    """Parameters of a causal-LM student, counted from its config on the meta device: a shape
+    in the teacher's architecture and vocabulary, or a pretrained model (folder / hub name)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kdsweep.lm.models import is_shape, load_teacher_config, resolve_teacher, shape_config
+
+    if is_shape(student):
+        config = shape_config(student, load_teacher_config(resolve_teacher(teacher)))
+    else:
+        config = AutoConfig.from_pretrained(student)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 

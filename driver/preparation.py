@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from driver.lm_preparation import prepare_lm_sweep
 from driver.space import SweepSpace
 from kdsweep.gpu import run_isolated
 from kdsweep.text.data import describe
@@ -129,7 +130,7 @@ def asr_warnings(cfg: Any, data: Any, beam: dict[str, float] | None = None) -> d
 
 
 # Driver-side preparation per task (data + teacher, before any trial starts).
-PREPARERS: dict[str, Any] = {"text": _prepare_text, "asr": _prepare_asr}
+PREPARERS: dict[str, Any] = {"text": _prepare_text, "asr": _prepare_asr, "lm": prepare_lm_sweep}
 
 
 def prepare(space: SweepSpace, log=print) -> dict[str, Any]:
@@ -159,8 +160,9 @@ def prepare_here(space: SweepSpace, log=print) -> dict[str, Any]:
     """`prepare` in this process."""
     first = {k: (args[0]) for k, (kind, args) in space.dists.items()}
     out: dict[str, Any] = {}
-    # asr: conditions learn from different stored models (big teacher, the student's twin)
-    for cond in space.conditions if space.task == "asr" else space.conditions[:1]:
+    # asr: conditions learn from different stored models (big teacher, the student's twin);
+    # lm: seqkd reads the teacher's continuations, generated here too
+    for cond in space.conditions if space.task in ("asr", "lm") else space.conditions[:1]:
         cfg_dict = {**space.fixed, **first, "task": space.task, "condition": cond}
         if cond in space.own:  # a condition's own params (`conditions:` in the YAML) win
             own = space.own[cond]

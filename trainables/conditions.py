@@ -32,6 +32,7 @@ class Needs:
     attention: bool = False  # text: attention maps of the mapped teacher layers
     hidden_layers: tuple[int, ...] = ()  # speech: 1-based teacher layers, one per student layer
     project: bool = False  # learn Linear(student width -> teacher width) per mapped layer
+    live_teacher: bool = False  # lm on_policy: the teacher runs inside the trial (GPU probe)
 
     @property
     def features(self) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ def probe_step(config: dict[str, Any]) -> Callable[[], None]:
     from trainables.registry import config_for
 
     cfg = config_for(config)
-    make = _text_step if config.get("task", "text") == "text" else _asr_step
+    make = {"text": _text_step, "asr": _asr_step, "lm": _lm_step}[config.get("task", "text")]
     model, loss_of = make(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -100,6 +100,12 @@ def _text_step(cfg: Any) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
         return loss
 
     return model, loss_of
+
+
+def _lm_step(cfg: Any) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    from trainables.lm.loop import probe_parts
+
+    return probe_parts(cfg)
 
 
 def _asr_step(cfg: Any) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:

@@ -11,19 +11,29 @@ from typing import Any
 from kdsweep.config import BaseConfig
 from kdsweep.errors import KDSweepError
 from trainables.conditions import Condition
+from trainables.lm import trainable as lm
+from trainables.lm.loop import evaluate_lm_checkpoint
 from trainables.speech import trainable as asr
 from trainables.speech.loop import evaluate_asr_checkpoint
 from trainables.text import trainable as text
 from trainables.text.loop import evaluate_text_checkpoint
 
-CONDITIONS: dict[str, dict[str, Condition]] = {"text": text.CONDITIONS, "asr": asr.CONDITIONS}
+CONDITIONS: dict[str, dict[str, Condition]] = {
+    "text": text.CONDITIONS,
+    "asr": asr.CONDITIONS,
+    "lm": lm.CONDITIONS,
+}
 # Views of the records: the function trainables (dict -> typed config -> training) and the
 # config classes, by task and condition.
 TRAINABLES: dict[str, dict[str, Any]] = {task: dict(conds) for task, conds in CONDITIONS.items()}
 CONFIGS: dict[str, dict[str, type[BaseConfig]]] = {
     task: {name: c.config for name, c in conds.items()} for task, conds in CONDITIONS.items()
 }
-EVALUATORS: dict[str, Any] = {"text": evaluate_text_checkpoint, "asr": evaluate_asr_checkpoint}
+EVALUATORS: dict[str, Any] = {
+    "text": evaluate_text_checkpoint,
+    "asr": evaluate_asr_checkpoint,
+    "lm": evaluate_lm_checkpoint,
+}
 
 
 def config_class(task: str, condition: str) -> type[BaseConfig]:

@@ -16,6 +16,7 @@ NOT_CONFIG = {"seed", "student", "condition", "task", "cache_dir", "threads", "d
 PRIMARY = {
     "text": [("dev_accuracy", "accuracy", True), ("dev_f1", "F1", True)],
     "asr": [("dev_wer", "WER", False), ("dev_cer", "CER", False)],
+    "lm": [("dev_perplexity", "perplexity", False), ("dev_kl", "KL(teacher||student)", False)],
 }
 INCL_TEACHER = "train_seconds_incl_teacher"  # derived by budget.add_teacher_cost
 EXTRA = [

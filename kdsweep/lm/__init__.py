@@ -1,0 +1,1 @@
+"""Causal language-model distillation: corpus, teachers and students, divergences, caches."""

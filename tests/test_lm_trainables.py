@@ -1,0 +1,112 @@
+"""Every LM condition through its trainable with a config: reports, checkpoints, resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.lm_helpers import tiny_lm  # noqa: F401 - fixture
+from trainables.lm.loop import evaluate_lm_checkpoint, load_checkpoint_student, prepare_lm
+from trainables.registry import config_for, run_trial
+from trainables.tune_io import local_session
+
+pytestmark = pytest.mark.trial
+
+EPOCH_KEYS = {"dev_perplexity", "dev_kl", "dev_top1_agreement", "tokens_per_second", "loss"}
+EXTRA = {
+    "independent": {},
+    "kd": {"divergence": "jsd", "beta": 0.3, "temperature": 2.0},
+    "seqkd": {"prompt_tokens": 8, "new_tokens": 8},
+    "on_policy": {"lmbda": 1.0, "prompt_tokens": 8, "new_tokens": 8},
+}
+
+
+@pytest.mark.parametrize("condition", list(EXTRA))
+def test_each_condition_trains_reports_and_checkpoints(condition, tiny_lm, tmp_path):  # noqa: F811
+    cfg = {**tiny_lm, "condition": condition, **EXTRA[condition]}
+    with local_session(tmp_path / "trial") as session:
+        run_trial(cfg)
+    assert [r["epoch"] for r in session.results] == [1, 2]
+    for r in session.results:
+        assert set(r) >= EPOCH_KEYS, condition
+        assert math.isfinite(r["dev_perplexity"]) and r["dev_perplexity"] > 1
+        assert r["dev_kl"] >= 0 and 0 <= r["dev_top1_agreement"] <= 1
+    last = session.last_checkpoint
+    assert (last / "continuations.md").read_text().count("- student:") == 3
+    if condition == "on_policy":  # every batch sampled (lmbda = 1): cost is measured
+        assert session.results[0]["on_policy_batch"] == 1.0
+        assert session.results[0]["teacher_seconds"] > 0
+    if condition == "kd":
+        assert session.results[0]["loss_kd"] > 0
+    typed = config_for(cfg)
+    test = evaluate_lm_checkpoint(typed, last, "test")
+    assert math.isfinite(test["test_perplexity"]) and test["teacher_test_perplexity"] > 1
+
+
+def test_training_lowers_dev_perplexity_and_resume_continues(tiny_lm, tmp_path):  # noqa: F811
+    cfg = {**tiny_lm, "condition": "kd", "epochs": 3, "divergence": "forward_kl"}
+    with local_session(tmp_path / "a") as full:
+        run_trial(cfg)
+    ppl = [r["dev_perplexity"] for r in full.results]
+    assert ppl[-1] < ppl[0]
+    # a fresh session restored from the epoch-2 checkpoint: only epoch 3 runs, same numbers
+    with local_session(tmp_path / "b", restore_from=full.checkpoints[1]) as resumed:
+        run_trial(cfg)
+    assert [r["epoch"] for r in resumed.results] == [3]
+    assert resumed.results[0]["dev_perplexity"] == pytest.approx(ppl[-1], rel=1e-5)
+
+
+def test_student_from_teacher_layers_starts_near_the_teacher(tiny_lm):  # noqa: F811
+    from kdsweep.lm.models import student_from_teacher
+
+    data = prepare_lm(config_for({**tiny_lm, "condition": "independent"}), log=lambda m: None)
+    teacher, _ = data.teacher.load()
+    full = student_from_teacher(teacher, teacher.config.num_hidden_layers)
+    ids = data.blocks["dev"][:2].long()
+    with torch.no_grad():  # every layer kept: the same model
+        assert torch.allclose(full(input_ids=ids).logits, teacher(input_ids=ids).logits, atol=1e-5)
+    half = student_from_teacher(teacher, 2)
+    assert half.config.num_hidden_layers == 2
+    assert torch.equal(
+        half.model.layers[1].mlp.up_proj.weight, teacher.model.layers[3].mlp.up_proj.weight
+    )
+
+
+def test_checkpoint_round_trip_keeps_tied_weights(tiny_lm, tmp_path):  # noqa: F811
+    cfg = {**tiny_lm, "condition": "independent", "epochs": 1}
+    with local_session(tmp_path / "t") as s:
+        run_trial(cfg)
+    student = load_checkpoint_student(s.last_checkpoint)
+    assert student.lm_head.weight.data_ptr() == student.get_input_embeddings().weight.data_ptr()
+
+
+@pytest.mark.parametrize("condition", ["kd", "on_policy"])
+def test_gpu_packing_probe_step_runs_an_lm_step(condition, tiny_lm):  # noqa: F811
+    from trainables.probe import probe_step
+
+    cfg = {**tiny_lm, "condition": condition, "device": "cpu"}
+    if condition == "on_policy":
+        cfg.update(prompt_tokens=8, new_tokens=8)
+    step = probe_step(cfg)
+    before = [p.detach().clone() for p in step.model.parameters()]
+    step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters(), strict=True))
+
+
+def test_gpu_probe_configs_pick_the_heaviest_lm_shapes(tiny_lm):  # noqa: F811
+    """An LM space varying the student is probed at the causal-LM student with the most
+    parameters (counted in the teacher's architecture, not as a BERT classifier)."""
+    from driver import packing
+    from driver.space import load_space
+
+    space = load_space("lm_data")
+    space.fixed["teacher"] = tiny_lm["teacher"]
+    space.dists["student"] = ("grid", ["L1-H32-A2", "L2-H64-A2", "L1-H16-A2"])
+    space.dists["block_size"] = ("grid", [32, 48])
+    cfgs = packing.probe_configs(space)
+    assert [c["condition"] for c in cfgs] == ["independent", "kd", "seqkd", "on_policy"]
+    assert all(c["student"] == "L2-H64-A2" and c["block_size"] == 48 for c in cfgs)
+    count = packing.lm_student_parameters
+    assert count("L2-H64-A2", tiny_lm["teacher"]) > count("L1-H32-A2", tiny_lm["teacher"])

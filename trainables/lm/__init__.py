@@ -1,0 +1,1 @@
+"""Causal-LM distillation conditions."""
