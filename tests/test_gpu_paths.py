@@ -74,7 +74,7 @@ def test_a_trial_with_no_gpu_share_hides_the_devices(small_text, tmp_path):
     os.environ["CUDA_VISIBLE_DEVICES"] = "0"
     cfg = {**small_text, **FAST, "data_subset": 8, "batch_size": 8, "epochs": 1}
     with local_session(tmp_path / "s", gpus=0.0) as s:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)  # the record: a dict in, typed config built
     assert len(s.results) == 1
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # device=auto -> CPU, never the card
 
@@ -158,7 +158,7 @@ def test_dev_eval_oom_backs_off_on_its_own_batch(small_text, tmp_path, monkeypat
     monkeypatch.setattr(loop, "predict_logits", eval_oom)
     trial = tmp_path / "trial"
     with local_session(tmp_path / "a1", trial_dir=trial) as s:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)  # the record: a dict in, typed config built
     assert sizes == [128, 64, 32] and len(s.results) == 1
     assert not (trial / oom.STATE_FILE).exists()  # the training batch was not halved
     assert "oom_batch_size" not in s.results[0]
@@ -179,7 +179,7 @@ def test_eval_that_never_fits_says_so_not_out_of_memory_at_batch_size_one(
         local_session(tmp_path / "a1", trial_dir=trial),
         pytest.raises(oom.OutOfMemoryInPass, match="in dev eval even at batch size 1"),
     ):
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)  # the record: a dict in, typed config built
     assert not (trial / oom.STATE_FILE).exists()
 
 
