@@ -137,7 +137,7 @@ def oom(out: Path, device: str) -> list[dict]:
             with local_session(out / "oom" / f"a{attempt}", restore_from=last,
                                trial_dir=trial) as s:  # fmt: skip
                 attempts.append(attempt)
-                text_mod.soft(config)
+                text_mod.TEXT_TRAINABLES["soft"](config)
             break
         except Exception as e:  # noqa: BLE001
             if "out of memory" not in str(e).lower():
@@ -161,7 +161,7 @@ def oom(out: Path, device: str) -> list[dict]:
     loop.predict_logits = hungry_eval
     try:
         with local_session(out / "oom" / "eval", trial_dir=out / "oom" / "eval-trial") as s:
-            text_mod.soft({**config, "epochs": 1})
+            text_mod.TEXT_TRAINABLES["soft"]({**config, "epochs": 1})
         ok = sizes[:2] == [128, 64] and load_oom_state(out / "oom" / "eval-trial") is None
         rows.append({"part": "eval", "batch_sizes": sizes, "ok": ok})
     except Exception as e:  # noqa: BLE001

@@ -52,7 +52,7 @@ def test_oom_retries_from_the_checkpoint_with_half_the_batch(small_text, tmp_pat
         local_session(tmp_path / "a1", trial_dir=trial) as first,
         pytest.raises(torch.cuda.OutOfMemoryError),
     ):
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     assert [r["epoch"] for r in first.results] == [1]
     assert "oom_batch_size" not in first.results[0]
     state = json.loads((trial / STATE_FILE).read_text())
@@ -61,7 +61,7 @@ def test_oom_retries_from_the_checkpoint_with_half_the_batch(small_text, tmp_pat
 
     seen.clear()
     with local_session(tmp_path / "a2", restore_from=first.last_checkpoint, trial_dir=trial) as s:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     assert [r["epoch"] for r in s.results] == [2, 3]  # resumed after the last checkpoint
     assert set(seen) == {8} and len(seen) == 8  # 2 epochs x 32 rows / 8
     for r in s.results:
@@ -80,17 +80,17 @@ def test_oom_at_batch_size_one_ends_with_that_reason(small_text, tmp_path, monke
     trial = tmp_path / "trial"
     oom = torch.cuda.OutOfMemoryError
     with local_session(tmp_path / "a1", trial_dir=trial), pytest.raises(oom):
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     with (
         local_session(tmp_path / "a2", trial_dir=trial),
         pytest.raises(OutOfMemoryAtBatchOne, match="out of memory at batch size 1") as e,
     ):
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     assert "CUDA out of memory" in str(e.value)  # the original error is in the reason
     assert seen == [2, 1]
     # A further retry fails at once, training nothing.
     with local_session(tmp_path / "a3", trial_dir=trial), pytest.raises(OutOfMemoryAtBatchOne):
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     assert seen == [2, 1]
     assert json.loads((trial / STATE_FILE).read_text())["gave_up"]
 
@@ -100,7 +100,7 @@ def test_no_trial_dir_means_no_recovery_state(small_text, tmp_path, monkeypatch)
     cfg = {**small_text, **FAST, "data_subset": 4, "batch_size": 2, "epochs": 1}
     _objective_oom(monkeypatch, lambda call, rows: True)
     with local_session(tmp_path / "a1"), pytest.raises(torch.cuda.OutOfMemoryError):
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     assert not list(tmp_path.rglob(STATE_FILE))
 
 

@@ -165,7 +165,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(small_text, tmp
     cfg = {**small_text, "student": "L2-H128", "student_init": "random", "lr": 3e-3}
     cfg.update(attribution_examples=0, epochs=2, data_subset=64)
     with local_session(tmp_path / "straight") as straight:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
 
     real_save, calls, scratch = ckpt_mod.torch.save, [], []
 
@@ -179,7 +179,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(small_text, tmp
 
     monkeypatch.setattr(ckpt_mod.torch, "save", save_until_disk_full)
     with local_session(tmp_path / "full") as full, pytest.raises(KDSweepError) as e:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     monkeypatch.undo()
     msg = str(e.value)
     assert "disk full" in msg and "epoch 2" in msg and str(scratch[0]) in msg, msg
@@ -189,7 +189,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(small_text, tmp
     torch.load(full.checkpoints[0] / "state.pt", weights_only=True)
 
     with local_session(tmp_path / "resumed", restore_from=full.checkpoints[0]) as resumed:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     assert [r["epoch"] for r in resumed.results] == [2]
     assert resumed.results[0]["dev_accuracy"] == straight.results[1]["dev_accuracy"]
 
@@ -210,13 +210,13 @@ def test_half_deleted_checkpoint_falls_back_to_the_newer_complete_one(small_text
     cfg = {**small_text, "student": "L2-H128", "student_init": "random", "lr": 3e-3}
     cfg.update(attribution_examples=0, epochs=3, data_subset=64)
     with local_session(tmp_path / "straight") as straight:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     first, second, third = straight.checkpoints
     shutil.rmtree(third)  # epoch 3 never happened in the killed run
     (first / "model.safetensors").unlink()  # Ray's delete of epoch 1 cut by the kill
 
     with local_session(tmp_path / "resumed", restore_from=first) as resumed:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     assert [r["epoch"] for r in resumed.results] == [3]  # resumed after epoch 2, not epoch 0
     assert resumed.results[0]["dev_accuracy"] == straight.results[2]["dev_accuracy"]
     err = capfd.readouterr().err
@@ -239,12 +239,12 @@ def test_half_deleted_checkpoint_falls_back_to_the_newer_complete_one(small_text
     shutil.copy(resumed.checkpoints[0] / "model.safetensors", mixed / "model.safetensors")
     assert checkpoint_epoch(mixed) is None
     with local_session(tmp_path / "m", restore_from=mixed), pytest.raises(KDSweepError) as e:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     assert "weights of epoch 3 but training state of epoch 2" in str(e.value)
 
     (second / "state.pt").write_bytes(b"\0" * 10)  # nothing loadable left: a clear error
     with local_session(tmp_path / "again", restore_from=first), pytest.raises(KDSweepError) as e:
-        text_mod.soft(cfg)
+        text_mod.TEXT_TRAINABLES["soft"](cfg)
     assert str(first) in str(e.value) and "cannot load" in str(e.value)
 
 
