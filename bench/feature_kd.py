@@ -32,7 +32,10 @@ BASE = {"dataset": "fortunes", "per_class": 149, "student": "L2-H128", "lr": 1e-
 def run(cond: str, cfg: dict) -> dict:
     """One trial: per-epoch dev accuracy, training CE and feature-term values."""
     t0 = time.perf_counter()
-    with local_session(Path(tempfile.mkdtemp(prefix="feature_kd-"))) as s:
+    with (
+        tempfile.TemporaryDirectory(prefix="feature_kd-") as tmp,
+        local_session(Path(tmp)) as s,
+    ):
         TEXT_TRAINABLES[cond](cfg)
     out = {"cond": cond, "seed": cfg["seed"], "seconds": time.perf_counter() - t0}
     for key in s.results[0]:

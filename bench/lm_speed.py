@@ -22,6 +22,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -62,7 +63,11 @@ def child(condition: str, cfg: dict) -> None:
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
-    with local_session(Path(common.BENCH_HOME) / f"lm-{condition}-{time.time_ns()}") as s:
+    Path(common.BENCH_HOME).mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix=f"lm-{condition}-", dir=common.BENCH_HOME) as tmp,
+        local_session(Path(tmp)) as s,  # per-epoch checkpoints (~150 MB each) go with it
+    ):
         run_trial({**cfg, "condition": condition})  # drops the keys a condition lacks
     out = {"epoch_seconds": [r["epoch_seconds"] for r in s.results],
            "peak_anon_mb": max(peak[0], _anon_kb()) / 1024, "last": s.results[-1]}  # fmt: skip

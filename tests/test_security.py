@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,7 @@ def token_cluster():
         with contextlib.suppress(subprocess.TimeoutExpired):
             server.wait(timeout=60)
         _stop_groups([server.pid])
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _client(address: str, env: dict[str, str]) -> str:
