@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +112,52 @@ def test_gpu_probe_configs_pick_the_heaviest_lm_shapes(tiny_lm):  # noqa: F811
     assert all(c["student"] == "L2-H64-A2" and c["block_size"] == 48 for c in cfgs)
     count = packing.lm_student_parameters
     assert count("L2-H64-A2", tiny_lm["teacher"]) > count("L1-H32-A2", tiny_lm["teacher"])
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: nothing after the raise runs (not an Exception: no handler)."""
+
+
+def test_a_killed_cache_build_resumes_at_its_last_batch(tiny_lm, tmp_path, monkeypatch):  # noqa: F811
+    import kdsweep.lm.cache as cache_mod
+
+    # seqkd: the top-k cache and the teacher continuations are both built before any trial
+    cfg = config_for({**tiny_lm, "condition": "seqkd", **EXTRA["seqkd"], "data_subset": 24})
+    fresh = prepare_lm(replace(cfg, cache_dir=str(tmp_path / "fresh")), log=lambda m: None)
+
+    real_topk, real_generate, calls = cache_mod.teacher_topk, cache_mod.generate, []
+
+    def dies_on_batch(n: int, real):
+        def run(*args, **kwargs):
+            calls.append(real.__name__)
+            if calls.count(real.__name__) == n:
+                raise _Killed
+            return real(*args, **kwargs)
+
+        return run
+
+    again = replace(cfg, cache_dir=str(tmp_path / "killed"))
+    monkeypatch.setattr(cache_mod, "teacher_topk", dies_on_batch(3, real_topk))
+    with pytest.raises(_Killed):  # train is 3 batches of 8 blocks: dies on the third
+        prepare_lm(again, log=lambda m: None)
+    monkeypatch.setattr(cache_mod, "teacher_topk", dies_on_batch(0, real_topk))
+    monkeypatch.setattr(cache_mod, "generate", dies_on_batch(2, real_generate))
+    lines: list[str] = []
+    with pytest.raises(_Killed):  # the top-k cache is published; seqkd dies on batch 2 of 3
+        prepare_lm(again, log=lines.append)
+    assert any("top-8 (train): resuming at block 16 of 24" in m for m in lines), lines
+    assert calls.count("teacher_topk") == 3 + 1 + 1 + 1  # killed run, then train 1, dev, test
+    calls.clear()
+    monkeypatch.setattr(cache_mod, "generate", dies_on_batch(0, real_generate))
+    lines.clear()
+    resumed = prepare_lm(again, log=lines.append)
+
+    assert calls == ["generate", "generate"]  # seqkd resumed at batch 2: no top-k pass again
+    assert any("resuming at prompt 8 of 24" in m for m in lines), lines
+    for split in ("train", "dev", "test"):
+        for a, b in zip(resumed.cache.rows(split), fresh.cache.rows(split), strict=True):
+            assert np.array_equal(np.asarray(a), np.asarray(b)), split
+    for key in ("teacher_train_perplexity", "teacher_dev_perplexity"):
+        assert resumed.cache.meta[key] == pytest.approx(fresh.cache.meta[key], rel=1e-6)
+    assert np.array_equal(np.asarray(resumed.seqkd), np.asarray(fresh.seqkd))
+    assert not list((tmp_path / "killed").rglob("*.partial*"))  # resume files are gone

@@ -19,6 +19,7 @@ entry (`cached_file`). No ray, no mlflow.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from kdsweep.lm.data import SPLITS
 from kdsweep.lm.losses import teacher_topk
 from kdsweep.lm.models import TeacherRef, load_teacher, load_teacher_config, max_positions
 from kdsweep.progress import progress
-from kdsweep.store import Store, cached_file, content_id, npy_matches, read_json
+from kdsweep.store import Store, cached_file, content_id, npy_matches, read_json, write_json
 
 TEACHER_STORE, CACHE_STORE = "lm_teachers", "lm_caches"
 PROMPTS = ("The meaning of life is", "Once upon a time, there was", "A computer is")
@@ -134,11 +135,14 @@ def topk_cache(
 
     def build(tmp: Path) -> dict[str, Any]:
         model, tokenizer = teacher.load()
+        work = store.partial(entry_id)  # survives a kill: the next build resumes from it
         t0, meta = time.perf_counter(), {"k": k, "block_size": block_size, "teacher": teacher.id}
         for split in SPLITS:
-            nll, n = _write_split(model, blocks[split], k, tmp, split)
+            nll, n = _write_split(model, blocks[split], k, work, split, log)
             meta[f"teacher_{split}_perplexity"] = math.exp(nll / max(n, 1))
             meta[f"{split}_tokens"] = n
+            for name in ("logp", "idx", "tail"):
+                os.replace(work / f"{split}_{name}.npy", tmp / f"{split}_{name}.npy")
         meta["seconds"] = time.perf_counter() - t0
         meta["continuations"] = greedy_continuations(model, tokenizer, PROMPTS, 32)
         return meta
@@ -157,27 +161,43 @@ def _digest(t: torch.Tensor) -> str:
 
 @torch.no_grad()
 def _write_split(
-    model: torch.nn.Module, blocks: torch.Tensor, k: int, out: Path, split: str
+    model: torch.nn.Module, blocks: torch.Tensor, k: int, work: Path, split: str, log: Any = print
 ) -> tuple[float, int]:
-    """Teacher top-k of one split into three .npy memmaps; (summed NLL, predicted tokens)."""
+    """Teacher top-k of one split into three .npy memmaps in `work`; (summed NLL, predicted
+    tokens). After every batch the arrays are flushed and `<split>_done.json` records the rows
+    written and the NLL so far, so a build killed after hours resumes at its last batch (a
+    teacher forward over a real corpus on CPU cores is the slow part of an LM sweep)."""
     n, s = blocks.shape
-    shape = (n, s - 1, k)
-    logp = np.lib.format.open_memmap(out / f"{split}_logp.npy", "w+", np.float16, shape)
-    idx = np.lib.format.open_memmap(out / f"{split}_idx.npy", "w+", np.int32, shape)
-    tail = np.lib.format.open_memmap(out / f"{split}_tail.npy", "w+", np.float32, shape[:2])
-    nll = 0.0
-    starts = range(0, n, BATCH)
+    spec = {"logp": (np.float16, (n, s - 1, k)), "idx": (np.int32, (n, s - 1, k))}
+    spec["tail"] = (np.float32, (n, s - 1))
+    paths = {name: work / f"{split}_{name}.npy" for name in spec}
+    state_path = work / f"{split}_done.json"
+    state = read_json(state_path) or {}
+    resumable = all(npy_matches(paths[m], *spec[m]) for m in spec)
+    done = int(state.get("rows", 0)) if resumable else 0
+    nll = float(state.get("nll", 0.0)) if done else 0.0
+    work.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        m: np.lib.format.open_memmap(paths[m], "r+" if done else "w+", dtype, shape)
+        for m, (dtype, shape) in spec.items()
+    }
+    if done:
+        log(f"[kdsweep] teacher top-{k} ({split}): resuming at block {done} of {n}")
+    starts = range(done, n, BATCH)
     for a in progress(starts, total=len(starts), desc=f"teacher top-{k} ({split})"):
         ids = blocks[a : a + BATCH].long()
         logits = model(input_ids=ids).logits[:, :-1].float()
         v, i, t = teacher_topk(logits, k)
-        logp[a : a + BATCH], idx[a : a + BATCH], tail[a : a + BATCH] = v, i, t
+        arrays["logp"][a : a + BATCH], arrays["idx"][a : a + BATCH] = v, i
+        arrays["tail"][a : a + BATCH] = t
         ce = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
         )
         nll += float(ce)
-    for arr in (logp, idx, tail):
-        arr.flush()
+        for arr in arrays.values():
+            arr.flush()  # the rows on disk before the record that says they are there
+        write_json(state_path, {"rows": min(a + BATCH, n), "nll": nll})
+    del arrays  # close the maps before the files are moved
     return nll, n * (s - 1)
 
 
@@ -213,14 +233,27 @@ def seqkd_rows(
     name = f"seqkd_{content_id({'new': new_tokens}, _digest(prompts))}.npy"
 
     def write(tmp: Path) -> None:
+        # Generated into a resume file beside the entry (a kill keeps what was generated),
+        # which becomes the published file once every row is there.
+        work = cache.path / f".{name}.partial.npy"
+        state_path = work.with_suffix(".json")
+        shape = (n, p + new_tokens)
+        state = read_json(state_path) or {}
+        done = int(state.get("rows", 0)) if npy_matches(work, np.int32, shape) else 0
+        out = np.lib.format.open_memmap(work, "r+" if done else "w+", np.int32, shape)
+        if done:
+            log(f"[kdsweep] teacher continuations (seqkd): resuming at prompt {done} of {n}")
         model, tokenizer = teacher.load()
-        out = np.lib.format.open_memmap(tmp, "w+", np.int32, (n, p + new_tokens))
-        starts = range(0, n, BATCH)
+        starts = range(done, n, BATCH)
         for a in progress(starts, total=len(starts), desc="teacher continuations (seqkd)"):
             ids = prompts[a : a + BATCH].long()
             gen = generate(model, ids, new_tokens, tokenizer.eos_token_id, sample=False)
             out[a : a + BATCH] = gen.numpy()
-        out.flush()
+            out.flush()
+            write_json(state_path, {"rows": min(a + BATCH, n)})
+        del out
+        os.replace(work, tmp)
+        state_path.unlink(missing_ok=True)
 
     path = cached_file(
         cache.path / name, write, lambda f: npy_matches(f, np.int32, (n, p + new_tokens))
