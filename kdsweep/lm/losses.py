@@ -115,14 +115,13 @@ def topk_support(
     the tail): the student folded exactly from its full distribution at `temperature`; the
     teacher from the cache, tempered as the module docstring says (exact at T = 1)."""
     logq_full = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return fold_topk(logq_full, topk_logp, topk_idx, tail_mass, temperature)
+    return fold_topk(logq_full.gather(-1, topk_idx.long()), topk_logp, tail_mass, temperature)
 
 
 def fold_topk(
-    logq_full: Tensor, topk_logp: Tensor, topk_idx: Tensor, tail_mass: Tensor, temperature: float
+    logq_k: Tensor, topk_logp: Tensor, tail_mass: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor]:
-    """`topk_support` from the student's (tempered) full-vocabulary log-probs."""
-    logq_k = logq_full.gather(-1, topk_idx.long())
+    """`topk_support` from the student's (tempered) log-probs of the teacher's top-k tokens."""
     logq = torch.cat([logq_k, _log1mexp(torch.logsumexp(logq_k, -1)).unsqueeze(-1)], -1)
     log_tail = torch.log(tail_mass.float().clamp_min(0.0)).clamp_min(LOG_ZERO).unsqueeze(-1)
     logp = torch.cat([topk_logp.float(), log_tail], -1)
@@ -149,12 +148,16 @@ def topk_kd_and_ce(
     a small student, so computing it twice made a kd epoch ~1.8x an independent one. At T != 1
     the tempered softmax is a second one (unavoidable)."""
     logq = F.log_softmax(student_logits.float(), dim=-1)
-    ce = masked_mean(-logq.gather(-1, targets.unsqueeze(-1).long()).squeeze(-1), mask)
-    if temperature != 1.0:
-        logq = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    logp, logq_k = fold_topk(logq, topk_logp, topk_idx, tail_mass, temperature)
+    ids = topk_idx.long()
+    if temperature == 1.0:  # one gather for both terms: each gather's backward is a full-V scatter
+        both = logq.gather(-1, torch.cat([targets.unsqueeze(-1).long(), ids], -1))
+        ce_tok, logq_k = -both[..., 0], both[..., 1:]
+    else:
+        ce_tok = -logq.gather(-1, targets.unsqueeze(-1).long()).squeeze(-1)
+        logq_k = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, ids)
+    logp, logq_k = fold_topk(logq_k, topk_logp, tail_mass, temperature)
     kd = masked_mean(kl_terms(logp, logq_k, divergence, beta), mask) * temperature**2
-    return kd, ce
+    return kd, masked_mean(ce_tok, mask)
 
 
 def topk_divergence(
