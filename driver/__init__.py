@@ -8,7 +8,8 @@ Imports go one way: sweeps/ -> driver/ -> trainables/ -> kdsweep/, with no cycle
 imports included). Ray and MLflow are imported only where that is the file's job
 (tests/test_layers.py holds every other file of driver/, trainables/ and kdsweep/ to this):
 
-    ray: driver/tuner.py (Ray start, Tuner, searchers), driver/space.py (the param space),
+    ray: driver/tuner.py (Ray start, Tuner, searchers), driver/space.py and driver/dists.py
+         (the param space),
          driver/confirm.py (the confirm grid's param space), driver/group_asha.py (scheduler),
          driver/seed_groups.py (searcher), driver/progress.py, driver/pruning.py,
          driver/tracking.py (Tune callbacks), driver/ray_auth.py (token auth),

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from driver.dists import representative_values
 from driver.plan import SweepPlan
-from driver.space import SweepSpace, representative_values
+from driver.space import SweepSpace
 from kdsweep.gpu import (
     check_cuda_build,
     check_share,

@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from driver.dists import parse_dist, representative_values, tune_dim
 from kdsweep.errors import KDSweepError
 from trainables.registry import CONFIGS, config_class
 
@@ -54,7 +55,6 @@ TOP_KEYS = {
     "conditions",
 }
 ASHA_KEYS = {"grace_period", "reduction_factor", "max_t", "min_epochs"}
-DIST_KINDS = {"grid", "choice", "uniform", "loguniform", "randint"}
 SEED = "seed"  # --seeds: a grid of its own, crossed with every grid point (seed groups)
 POINT = "grid_point"  # per-condition grids: the index of a trial's point (not a config field)
 
@@ -152,17 +152,7 @@ class SweepSpace:
         else:
             space["condition"] = tune.choice(self.conditions)
         for name, (kind, args) in self.dists.items():
-            if kind == "grid":
-                # Optuna cannot enumerate a grid: it samples the values as a choice instead.
-                space[name] = tune.choice(args) if self.uses_optuna else tune.grid_search(args)
-            elif kind == "choice":
-                space[name] = tune.choice(args)
-            elif kind == "uniform":
-                space[name] = tune.uniform(*args)
-            elif kind == "loguniform":
-                space[name] = tune.loguniform(*args)
-            elif kind == "randint":
-                space[name] = tune.randint(args[0], args[1] + 1)  # YAML bounds are inclusive
+            space[name] = tune_dim(kind, args, enumerate_grid=not self.uses_optuna)
         return space
 
 
@@ -201,10 +191,11 @@ def _own_param_space(space: SweepSpace) -> dict[str, Any]:
     if space.uses_optuna:
         out |= space.fixed | {"condition": tune.choice(space.conditions)}
         for name, (kind, args) in space.dists.items():
-            out[name] = _optuna_dim(kind, args)
+            out[name] = tune_dim(kind, args, enumerate_grid=False)
         for cond, own in space.own.items():
             out |= {f"{cond}.{k}": v for k, v in own.fixed.items()}
-            out |= {f"{cond}.{k}": _optuna_dim(kind, a) for k, (kind, a) in own.dists.items()}
+            dims = {k: tune_dim(kd, a, enumerate_grid=False) for k, (kd, a) in own.dists.items()}
+            out |= {f"{cond}.{k}": d for k, d in dims.items()}
         return out
     points = _points(space)
     keys = sorted({k for p in points for k in p} - {"condition"})
@@ -220,17 +211,6 @@ def _own_param_space(space: SweepSpace) -> dict[str, Any]:
     for k in ["condition", *keys]:  # resolved after the grid: the value of this trial's point
         out[k] = tune.sample_from(lambda config, k=k: points[config[POINT]].get(k))
     return out
-
-
-def _optuna_dim(kind: str, args: list) -> Any:
-    """One dimension for Optuna (which cannot enumerate a grid: it samples its values)."""
-    from ray import tune
-
-    if kind in ("grid", "choice"):
-        return tune.choice(args)
-    if kind == "randint":
-        return tune.randint(args[0], args[1] + 1)  # YAML bounds are inclusive
-    return tune.uniform(*args) if kind == "uniform" else tune.loguniform(*args)
 
 
 def _condition_spec(raw: dict, overrides: dict[str, Any], where: str) -> Any:
@@ -390,9 +370,9 @@ def _split(params: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str
     fixed, dists = {}, {}
     for key, value in params.items():
         if isinstance(value, dict):
-            dists[key] = _dist(key, value, where)
+            dists[key] = parse_dist(key, value, where)
         elif isinstance(value, list):
-            dists[key] = _dist(key, {"choice": value}, where)
+            dists[key] = parse_dist(key, {"choice": value}, where)
         else:
             fixed[key] = value
     return fixed, dists
@@ -412,40 +392,10 @@ def _conditions(raw: Any, where: str) -> tuple[list[str], bool]:
     )
 
 
-def _dist(key: str, spec: dict, where: str) -> tuple[str, list]:
-    if len(spec) != 1 or next(iter(spec)) not in DIST_KINDS:
-        raise KDSweepError(
-            f"search space {where}: parameter {key!r} must be a value, a list, or one of "
-            f"{{{', '.join(sorted(DIST_KINDS))}: ...}}; got {spec!r}"
-        )
-    kind, args = next(iter(spec.items()))
-    if not isinstance(args, list) or not args:
-        raise KDSweepError(
-            f"search space {where}: parameter {key!r}: {kind} needs a non-empty list"
-        )
-    if kind in ("uniform", "loguniform", "randint"):
-        if (
-            len(args) != 2
-            or not all(isinstance(a, int | float) for a in args)
-            or args[0] >= args[1]
-        ):
-            raise KDSweepError(
-                f"search space {where}: parameter {key!r}: {kind} needs [low, high] with low < high"
-            )
-        if kind == "loguniform" and args[0] <= 0:
-            raise KDSweepError(f"search space {where}: parameter {key!r}: loguniform needs low > 0")
-    return kind, list(args)
-
-
 def _int(value: Any, key: str, where: str, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise KDSweepError(f"search space {where}: {key!r} must be an integer >= {minimum}")
     return value
-
-
-def representative_values(kind: str, args: list) -> list:
-    """Values that stand for a dimension in validation: every listed value, or both bounds."""
-    return list(args) if kind in ("grid", "choice") else [args[0], args[1]]
 
 
 def validate(space: SweepSpace, sources: dict[str, str] | None = None) -> None:
