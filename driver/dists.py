@@ -3,6 +3,7 @@ checks, the values that stand for it in validation, and its Ray Tune object."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from kdsweep.errors import KDSweepError
@@ -53,3 +54,34 @@ def tune_dim(kind: str, args: list, enumerate_grid: bool = True) -> Any:
     if kind == "randint":
         return tune.randint(args[0], args[1] + 1)  # YAML bounds are inclusive
     return tune.uniform(*args) if kind == "uniform" else tune.loguniform(*args)
+
+
+def optuna_suggest(trial: Any, name: str, kind: str, args: list) -> Any:
+    """One dimension suggested on an Optuna trial (define-by-run): bounds inclusive as in the
+    YAML, a grid sampled as a choice (Optuna cannot enumerate it)."""
+    if kind in ("grid", "choice"):
+        return trial.suggest_categorical(name, list(args))
+    if kind == "randint":
+        return trial.suggest_int(name, args[0], args[1])
+    return trial.suggest_float(name, args[0], args[1], log=kind == "loguniform")
+
+
+@dataclass(frozen=True)
+class ConditionalSpace:
+    """Optuna's define-by-run space for a sweep whose conditions have params of their own.
+
+    The condition is suggested first, then only the dimensions that condition has: shared ones
+    whose field it takes and its own (`<condition>.<field>`). So TPE never models a field on
+    trials that ignore it (a flat space would sample `dkd.beta` on every soft trial too and
+    fit its density to noise). Returns the condition's own fixed values. Picklable: Tune saves
+    the searcher, and with it this object, for resume."""
+
+    conditions: tuple[str, ...]
+    dims: dict[str, dict[str, tuple[str, list]]]  # condition -> suggested name -> (kind, args)
+    fixed: dict[str, dict[str, Any]]  # condition -> suggested name -> value
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        condition = trial.suggest_categorical("condition", list(self.conditions))
+        for name, (kind, args) in self.dims.get(condition, {}).items():
+            optuna_suggest(trial, name, kind, args)
+        return dict(self.fixed.get(condition, {}))

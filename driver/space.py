@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from driver.dists import parse_dist, representative_values, tune_dim
+from driver.dists import ConditionalSpace, parse_dist, representative_values, tune_dim
 from kdsweep.errors import KDSweepError
 from trainables.registry import CONFIGS, config_class
 
@@ -116,6 +116,19 @@ class SweepSpace:
                 n *= len(args)
         return n
 
+    def optuna_space(self) -> ConditionalSpace | None:
+        """Optuna's define-by-run space when conditions have params of their own (each trial
+        suggests only its condition's dimensions); None: the flat param space suffices."""
+        if not (self.own and self.uses_optuna):
+            return None
+        dims: dict[str, dict[str, tuple[str, list]]] = {}
+        for cond in self.conditions:
+            names, own = self.config_class(cond).field_names(), self.own.get(cond, OwnParams())
+            shared = {k: d for k, d in self.dists.items() if k in names and k != SEED}
+            dims[cond] = shared | {f"{cond}.{k}": d for k, d in own.dists.items()}
+        fixed = {c: {f"{c}.{k}": v for k, v in o.fixed.items()} for c, o in self.own.items()}
+        return ConditionalSpace(tuple(self.conditions), dims, fixed)
+
     def config_class(self, condition: str) -> type:
         """The typed config class of one of the space's conditions."""
         return config_class(self.task, condition)
@@ -183,20 +196,14 @@ def _own_param_space(space: SweepSpace) -> dict[str, Any]:
     """Tune's param space with per-condition params. A grid: one grid over the points' index,
     each key resolved from its point (tune.sample_from; a key a condition has but its point
     does not set takes the shared value or the field's default, a key it lacks is None and
-    dropped by run_trial). Optuna: condition-scoped keys `<condition>.<field>` (run_trial
-    gives the trial's condition its own and drops the others')."""
+    dropped by run_trial). Optuna: the constants only; each trial's dimensions come from
+    `optuna_space()` (its condition's own under `<condition>.<field>`, which run_trial maps
+    back to the field)."""
     from ray import tune
 
     out: dict[str, Any] = {"task": space.task}
-    if space.uses_optuna:
-        out |= space.fixed | {"condition": tune.choice(space.conditions)}
-        for name, (kind, args) in space.dists.items():
-            out[name] = tune_dim(kind, args, enumerate_grid=False)
-        for cond, own in space.own.items():
-            out |= {f"{cond}.{k}": v for k, v in own.fixed.items()}
-            dims = {k: tune_dim(kd, a, enumerate_grid=False) for k, (kd, a) in own.dists.items()}
-            out |= {f"{cond}.{k}": d for k, d in dims.items()}
-        return out
+    if space.uses_optuna:  # constants only: the dimensions are `optuna_space()`'s
+        return out | {k: v for k, v in space.fixed.items()}
     points = _points(space)
     keys = sorted({k for p in points for k in p} - {"condition"})
     out |= {k: v for k, v in space.fixed.items() if k not in keys}

@@ -128,6 +128,7 @@ def make_searcher(plan: SweepPlan):
 
         storage = optuna.storages.RDBStorage(plan.optuna_storage)
     tpe = OptunaSearch(
+        space=plan.space.optuna_space(),  # None: Tune's param space is converted instead
         metric=plan.metric,
         mode=plan.mode,
         seed=plan.searcher_seed,

@@ -328,14 +328,33 @@ def test_per_condition_params_under_optuna_are_scoped_to_their_condition():
     raw["conditions"]["soft"] = {"alpha": 0.3}
     space = parse_space(raw, "t.yaml")
     assert space.uses_optuna
-    ps = space.param_space()
-    assert "hard.alpha" in ps and ps["soft.alpha"] == 0.3 and "alpha" not in ps
+    ps = space.param_space()  # constants only: Optuna suggests the dimensions (define-by-run)
+    assert ps == {"task": "text"}
     config = {"task": "text", "condition": "soft", "soft.alpha": 0.3, "hard.alpha": 0.7}
     assert registry.trial_fields(config) == {"task": "text", "condition": "soft", "alpha": 0.3}
     config["condition"] = "hard"
     assert registry.trial_fields(config)["alpha"] == 0.7
     config["condition"] = "independent"
     assert "alpha" not in registry.trial_fields(config)
+
+    # Each suggestion holds only its condition's dimensions, through Ray's OptunaSearch.
+    import pickle
+
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(space=space.optuna_space(), metric="m", mode="max", seed=0)
+    seen = {}
+    for i in range(24):
+        cfg = searcher.suggest(str(i))
+        searcher.on_trial_complete(str(i), {"m": float(i % 5)})
+        seen.setdefault(cfg["condition"], set()).add(frozenset(cfg))
+    assert seen["hard"] == {frozenset({"condition", "hard.alpha"})}
+    assert seen["soft"] == {frozenset({"condition", "temperature", "soft.alpha"})}
+    assert seen["independent"] == {frozenset({"condition"})}
+    restored = pickle.loads(pickle.dumps(space.optuna_space()))  # Tune saves it for resume
+    assert restored == space.optuna_space()
+    grid_only = parse_space(yaml.safe_load(PER_CONDITION), "t.yaml")
+    assert grid_only.optuna_space() is None  # a grid: Tune enumerates the points itself
 
 
 @pytest.mark.parametrize(
