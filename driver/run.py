@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 from driver import ray_auth
@@ -113,9 +114,13 @@ def open_journal(plan: SweepPlan, prep: dict):
     space = plan.space
     artifact_root = (PROJECT_DIR / "mlartifacts").as_uri()
     journal = Journal(plan.path, plan.tracking_uri, f"kdsweep/{plan.name}", artifact_root)
+    # The parent run is this sweep folder's: a resume finds it again by the uid its journal
+    # holds; a new sweep under a reused name (its folder deleted) gets a run of its own instead
+    # of logging changed params onto the old one, which MLflow refuses.
+    opened = [ev["uid"] for ev in journal.events() if ev["ev"] == "parent"]
     journal.append(
         ev="parent",
-        uid=f"sweep:{plan.name}",
+        uid=opened[0] if opened else f"sweep:{plan.name}:{uuid.uuid4().hex[:12]}",
         name=plan.name,
         tags={"kdsweep.sweep": plan.name, "task": space.task, **prep.get("tags", {})},
         params={

@@ -53,6 +53,12 @@ def ui_link(tracking_uri: str, experiment_id: str | None) -> str:
     return f"{base or LOCAL_UI}/{page}?{UI_VIEW}"
 
 
+def _refusal(e: Exception) -> bool:
+    """Whether MLflow answered and said no (INVALID_PARAMETER_VALUE and kin), not an outage."""
+    code = getattr(e, "error_code", "")
+    return code in ("INVALID_PARAMETER_VALUE", "INVALID_STATE", "RESOURCE_ALREADY_EXISTS")
+
+
 def _public(d: dict[str, Any]) -> dict[str, Any]:
     """Drop anything that looks like a credential before it becomes a param or tag."""
     return {k: v for k, v in d.items() if not any(m in k.lower() for m in SECRET_MARKERS)}
@@ -171,11 +177,16 @@ class Journal:
                 self._save_state(state)
                 self._next_try = time.monotonic() + RETRY_AFTER_S
                 self._client = None
+                # A refusal (a bad value, a run in the wrong state) is not an outage: it will
+                # not pass by itself, so say which it is.
+                refused = _refusal(e)
                 if not self.warned:
+                    what = "refused an event" if refused else "unreachable"
+                    when = "once its cause is fixed" if refused else "when it is back"
                     print(
-                        f"[kdsweep] MLflow at {self.tracking_uri} unreachable "
+                        f"[kdsweep] MLflow at {self.tracking_uri} {what} "
                         f"({type(e).__name__}: {str(e)[:120]}); {len(events) - state['line']} "
-                        f"event(s) wait in {self.path} and will be sent when it is back "
+                        f"event(s) wait in {self.path} and will be sent {when} "
                         f"(or run: python -m sweeps.sync_mlflow {self.dir})"
                     )
                     self.warned = True

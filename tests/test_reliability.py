@@ -317,3 +317,37 @@ def test_scratch_checkpoints_of_killed_workers_are_removed(tmp_path):
     finally:
         shutil.rmtree(live, ignore_errors=True)
         shutil.rmtree(orphan, ignore_errors=True)
+
+
+@pytest.mark.trial
+def test_a_new_sweep_under_a_deleted_sweeps_name_gets_its_own_parent_run(tmp_path, capsys):
+    """Delete a sweep's folder and run the same command with other params: before, the new
+    sweep found the old parent run by its name and MLflow refused the changed params (every
+    later event waited behind that one). A resume of one folder keeps its parent run."""
+    import dataclasses
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from driver.cli import build_parser, build_plan
+    from driver.run import open_journal
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+    def opened(*overrides: str) -> str:
+        args = build_parser("temperature", None).parse_args(["--smoke", *overrides])
+        plan = build_plan("temperature", args)
+        plan = dataclasses.replace(plan, storage=tmp_path / "runs", tracking_uri=uri)
+        journal, _ = open_journal(plan, {"tags": {}})
+        assert journal.pending() == 0, capsys.readouterr().out
+        return journal.state()["parent"]
+
+    first = opened("max_len=32", "--name", "same")
+    assert opened("max_len=32", "--name", "same") == first  # a resume: the same parent run
+    shutil.rmtree(tmp_path / "runs" / "same")
+    second = opened("max_len=48", "--name", "same")  # a new sweep, the old name
+    assert second != first
+    assert "refused" not in capsys.readouterr().out
+    client = MlflowClient(uri)
+    assert client.get_run(second).data.params["fixed.max_len"] == "48"
+    assert client.get_run(first).data.params["fixed.max_len"] == "32"
