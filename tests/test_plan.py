@@ -8,6 +8,7 @@ import dataclasses
 import pickle
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +114,26 @@ def test_optuna_with_per_condition_params_runs_through_tune(local_ray, tmp_path,
         want = {"soft": {"temperature"}, "hard": {"hard.alpha"}, "independent": set()}
         assert searched == want[cfg["condition"]], cfg
     assert len({r.config["condition"] for r in grid}) > 1  # seed 0: 8 trials cover several
+
+
+@pytest.mark.e2e
+def test_the_trainables_seam_sees_its_tune_trial_through_public_apis(local_ray, tmp_path):
+    """trainables/tune_io.py, now without ray.train._internal: inside a trial it knows it is
+    in Tune, its CPU share and its folder in the sweep's storage (OOM-recovery state lives
+    there); outside it knows it is not."""
+    from ray import tune
+
+    from trainables import tune_io
+
+    def fn(config):
+        where = tune_io.trial_dir()
+        tune.report({"in_tune": tune_io._in_tune(), "dir": str(where), "cpus": tune_io.cpu_share()})
+
+    run = tune.RunConfig(storage_path=str(tmp_path), name="seam", verbose=0)
+    result = tune.Tuner(tune.with_resources(fn, {"cpu": 0.5}), run_config=run).fit()[0]
+    assert result.metrics["in_tune"] is True and result.metrics["cpus"] == 0.5
+    assert result.metrics["dir"] == str(tmp_path / "seam" / Path(result.path).name)
+    assert not tune_io._in_tune() and tune_io.trial_dir() is None
 
 
 # ---------------------------------------------------------------- provenance

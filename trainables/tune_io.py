@@ -61,9 +61,15 @@ def local_session(
 
 
 def _in_tune() -> bool:
-    from ray.train._internal.session import get_session  # the check Tune itself uses
+    """Whether this runs inside a Tune trial (public API: outside one, the context's trial id
+    is None, with a warning we silence)."""
+    import warnings
 
-    return get_session() is not None
+    from ray import tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tune.get_context().get_trial_id() is not None
 
 
 def cpu_share() -> float:
@@ -113,9 +119,8 @@ def trial_dir() -> Path | None:
         return None
     import pyarrow.fs
     from ray import tune
-    from ray.train._internal.session import get_session
 
-    storage = get_session().storage
+    storage = tune.get_context().get_storage()
     if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
         return Path(storage.trial_fs_path)
     return Path(tune.get_context().get_trial_dir())
