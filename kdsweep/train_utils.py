@@ -64,6 +64,15 @@ def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_rat
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def make_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, warmup_ratio: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `model`'s parameters and its `warmup_linear` schedule over `total_steps`
+    optimizer steps: the optimizer of every loop (students, teacher fine-tunes, speech twin)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return opt, warmup_linear(opt, total_steps, warmup_ratio)
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, tokens: dict[str, torch.Tensor], batch_size: int, device: torch.device

@@ -28,7 +28,7 @@ from kdsweep.speech.data import CharVocab, FeatureSet, SpecAugment, bucket_batch
 from kdsweep.speech.decoding import cer, greedy_decode, wer
 from kdsweep.speech.losses import ctc_loss
 from kdsweep.speech.models import BiLSTMCTC, CTCOutput
-from kdsweep.train_utils import warmup_linear
+from kdsweep.train_utils import make_optimizer
 from kdsweep.training import Precision, Stepper, optimizer_steps
 
 SPLITS = ("train", "dev", "test")
@@ -105,11 +105,6 @@ def pad_frames(rows: Sequence[Tensor], length: int) -> Tensor:
         pad = [0, 0] * (out.dim() - 2) + [0, length - out.shape[1]]
         out = nn.functional.pad(out, pad)
     return out[:, :length]
-
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, warmup_ratio: float, total):
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    return opt, warmup_linear(opt, total, warmup_ratio)
 
 
 def train_epoch(

@@ -40,9 +40,9 @@ from kdsweep.text.models import (
 from kdsweep.train_utils import (
     batches,
     classification_metrics,
+    make_optimizer,
     predict_logits,
     trim_padding,
-    warmup_linear,
 )
 from kdsweep.training import Precision, Stepper, check_finite, optimizer_steps
 
@@ -346,9 +346,9 @@ def finetune(
     if n == 0:
         raise KDSweepError("teacher: the training split is empty")
     per_epoch = (n + recipe.batch_size - 1) // recipe.batch_size
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     # The schedule counts optimizer steps: with grad_accum=k one step per k batches.
-    sched = warmup_linear(opt, recipe.epochs * optimizer_steps(per_epoch, recipe.grad_accum), 0.1)
+    total = recipe.epochs * optimizer_steps(per_epoch, recipe.grad_accum)
+    opt, sched = make_optimizer(model, recipe.lr, 0.01, 0.1, total)
     amp = Precision.of(recipe.precision, device)
     scaler = amp.scaler
     stepper = Stepper(model.parameters(), opt, sched, scaler, 1.0, recipe.grad_accum)

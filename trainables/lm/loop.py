@@ -43,7 +43,7 @@ from kdsweep.lm.models import (
 )
 from kdsweep.paths import cache_root
 from kdsweep.text.models import pick_device
-from kdsweep.train_utils import batches, warmup_linear
+from kdsweep.train_utils import batches, make_optimizer
 from kdsweep.training import Precision, Stepper, optimizer_steps, set_threads
 from trainables import tune_io
 from trainables.checkpointing import resume_state, save_state
@@ -205,8 +205,8 @@ def run_lm_trial(cfg: LMConfig, objective: Objective) -> None:
     rows = train_rows(cfg, data)
     n = len(rows["tokens"])
     steps_per_epoch = optimizer_steps(math.ceil(n / cfg.batch_size), cfg.grad_accum)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = warmup_linear(opt, cfg.epochs * steps_per_epoch, cfg.warmup_ratio)
+    total = cfg.epochs * steps_per_epoch
+    opt, sched = make_optimizer(student, cfg.lr, cfg.weight_decay, cfg.warmup_ratio, total)
     amp = Precision.of(cfg.precision, device)
     stepper = Stepper(student.parameters(), opt, sched, amp.scaler, cfg.grad_clip, cfg.grad_accum)
     with tune_io.restored_checkpoints() as ckpts:

@@ -45,7 +45,6 @@ from kdsweep.speech.teacher import (
     LossFn,
     SpeechBatch,
     build_model,
-    make_optimizer,
     pad_frames,
     steps_per_epoch,
     train_epoch,
@@ -59,7 +58,7 @@ from kdsweep.speech.transfer import (
     take_rows,
 )
 from kdsweep.text.models import pick_device
-from kdsweep.train_utils import mixed_epoch_index, transfer_count
+from kdsweep.train_utils import make_optimizer, mixed_epoch_index, transfer_count
 from kdsweep.training import Precision, set_threads, torch_threads
 from trainables import tune_io
 from trainables.checkpointing import resume_state, save_state

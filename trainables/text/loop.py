@@ -43,11 +43,11 @@ from kdsweep.train_utils import (
     batches,
     classification_metrics,
     first_rows,
+    make_optimizer,
     mixed_epoch_index,
     predict_logits,
     transfer_count,
     trim_padding,
-    warmup_linear,
 )
 from kdsweep.training import Precision, Stepper, optimizer_steps, set_threads
 from trainables import tune_io
@@ -227,8 +227,8 @@ def run_text_trial(cfg: TextConfig, loss_fn: LossFn) -> None:
     rows = _train_rows(cfg, data, teacher_config)
     student, model = _build_student(cfg, data, teacher_config)
     steps_per_epoch = optimizer_steps(math.ceil(rows.per_epoch / cfg.batch_size), cfg.grad_accum)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = warmup_linear(opt, cfg.epochs * steps_per_epoch, cfg.warmup_ratio)
+    total = cfg.epochs * steps_per_epoch
+    opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup_ratio, total)
     amp = Precision.of(cfg.precision, device)
     stepper = Stepper(model.parameters(), opt, sched, amp.scaler, cfg.grad_clip, cfg.grad_accum)
 
