@@ -197,3 +197,36 @@ def npy_matches(path: Path, dtype: Any, shape: tuple[int, ...]) -> bool:
     except (OSError, ValueError):
         return False
     return complete and got_dtype == np.dtype(dtype) and tuple(got[: len(shape)]) == tuple(shape)
+
+
+class ResumableRows:
+    """Row-wise results written batch by batch into `.npy` memmaps that survive a kill.
+
+    `spec` maps a name to (path, dtype, shape); rows run along axis 0 of every array. After
+    each batch `commit(rows, **totals)` flushes the arrays and only then writes the JSON record
+    at `state_path` that says how many rows are on disk (plus running totals such as a summed
+    NLL). A later instance over the same paths and shapes opens the arrays `r+` and starts at
+    `done` with the recorded `totals`; a missing, truncated or differently shaped array starts
+    over from row 0. `close()` releases the maps before the caller moves the files."""
+
+    def __init__(self, state_path: Path, spec: Mapping[str, tuple[Path, Any, tuple[int, ...]]]):
+        self.state_path = Path(state_path)
+        state = read_json(self.state_path) or {}
+        resumable = all(npy_matches(p, dtype, shape) for p, dtype, shape in spec.values())
+        self.done = int(state.get("rows", 0)) if resumable else 0
+        self.totals = {k: v for k, v in state.items() if k != "rows"} if self.done else {}
+        mode = "r+" if self.done else "w+"
+        self.arrays: dict[str, np.memmap] = {}
+        for name, (path, dtype, shape) in spec.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.arrays[name] = np.lib.format.open_memmap(path, mode, dtype, shape)
+
+    def commit(self, rows: int, **totals: Any) -> None:
+        """Record that the first `rows` rows (and `totals`) are written: data first, then record."""
+        for arr in self.arrays.values():
+            arr.flush()
+        write_json(self.state_path, {"rows": rows, **totals})
+
+    def close(self) -> None:
+        """Drop the maps (the files can be moved or renamed afterwards)."""
+        self.arrays.clear()

@@ -14,6 +14,7 @@ import pytest
 
 from kdsweep.store import (
     META,
+    ResumableRows,
     Store,
     cached_file,
     content_id,
@@ -200,3 +201,25 @@ def test_npy_matches_checks_dtype_shape_and_completeness(tmp_path):
     assert not npy_matches(tmp_path / "missing.npy", np.float16, ())
     (tmp_path / "junk.npy").write_bytes(b"not an npy file")
     assert not npy_matches(tmp_path / "junk.npy", np.float16, ())
+
+
+def test_resumable_rows_resume_at_the_last_commit_and_restart_on_other_shapes(tmp_path):
+    spec = {
+        "a": (tmp_path / "a.npy", np.float32, (6, 2)),
+        "b": (tmp_path / "b.npy", np.int32, (6,)),
+    }
+    out = ResumableRows(tmp_path / "done.json", spec)
+    assert (out.done, out.totals) == (0, {})
+    out.arrays["a"][0:2], out.arrays["b"][0:2] = 1.5, 7
+    out.commit(2, nll=3.0)
+    out.arrays["a"][2:4] = 9.0  # written but never committed: a kill before the record
+    out.close()
+    again = ResumableRows(tmp_path / "done.json", spec)
+    assert (again.done, again.totals) == (2, {"nll": 3.0})
+    assert again.arrays["a"][:2].tolist() == [[1.5, 1.5], [1.5, 1.5]]
+    assert again.arrays["b"][:2].tolist() == [7, 7]
+    again.close()
+    other = {**spec, "b": (tmp_path / "b.npy", np.int32, (5,))}  # other content: start over
+    fresh = ResumableRows(tmp_path / "done.json", other)
+    assert (fresh.done, fresh.totals) == (0, {})
+    assert not fresh.arrays["a"].any()

@@ -32,7 +32,7 @@ from kdsweep.lm.data import SPLITS
 from kdsweep.lm.losses import teacher_topk
 from kdsweep.lm.models import TeacherRef, load_teacher, load_teacher_config, max_positions
 from kdsweep.progress import progress
-from kdsweep.store import Store, cached_file, content_id, npy_matches, read_json, write_json
+from kdsweep.store import ResumableRows, Store, cached_file, content_id, npy_matches, read_json
 
 TEACHER_STORE, CACHE_STORE = "lm_teachers", "lm_caches"
 PROMPTS = ("The meaning of life is", "Once upon a time, there was", "A computer is")
@@ -170,34 +170,26 @@ def _write_split(
     n, s = blocks.shape
     spec = {"logp": (np.float16, (n, s - 1, k)), "idx": (np.int32, (n, s - 1, k))}
     spec["tail"] = (np.float32, (n, s - 1))
-    paths = {name: work / f"{split}_{name}.npy" for name in spec}
-    state_path = work / f"{split}_done.json"
-    state = read_json(state_path) or {}
-    resumable = all(npy_matches(paths[m], *spec[m]) for m in spec)
-    done = int(state.get("rows", 0)) if resumable else 0
-    nll = float(state.get("nll", 0.0)) if done else 0.0
-    work.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        m: np.lib.format.open_memmap(paths[m], "r+" if done else "w+", dtype, shape)
-        for m, (dtype, shape) in spec.items()
-    }
-    if done:
-        log(f"[kdsweep] teacher top-{k} ({split}): resuming at block {done} of {n}")
-    starts = range(done, n, BATCH)
+    out = ResumableRows(
+        work / f"{split}_done.json",
+        {m: (work / f"{split}_{m}.npy", dtype, shape) for m, (dtype, shape) in spec.items()},
+    )
+    nll = float(out.totals.get("nll", 0.0))
+    if out.done:
+        log(f"[kdsweep] teacher top-{k} ({split}): resuming at block {out.done} of {n}")
+    starts = range(out.done, n, BATCH)
     for a in progress(starts, total=len(starts), desc=f"teacher top-{k} ({split})"):
         ids = blocks[a : a + BATCH].long()
         logits = model(input_ids=ids).logits[:, :-1].float()
         v, i, t = teacher_topk(logits, k)
-        arrays["logp"][a : a + BATCH], arrays["idx"][a : a + BATCH] = v, i
-        arrays["tail"][a : a + BATCH] = t
+        out.arrays["logp"][a : a + BATCH], out.arrays["idx"][a : a + BATCH] = v, i
+        out.arrays["tail"][a : a + BATCH] = t
         ce = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
         )
         nll += float(ce)
-        for arr in arrays.values():
-            arr.flush()  # the rows on disk before the record that says they are there
-        write_json(state_path, {"rows": min(a + BATCH, n), "nll": nll})
-    del arrays  # close the maps before the files are moved
+        out.commit(min(a + BATCH, n), nll=nll)
+    out.close()  # close the maps before the files are moved
     return nll, n * (s - 1)
 
 
@@ -237,21 +229,17 @@ def seqkd_rows(
         # which becomes the published file once every row is there.
         work = cache.path / f".{name}.partial.npy"
         state_path = work.with_suffix(".json")
-        shape = (n, p + new_tokens)
-        state = read_json(state_path) or {}
-        done = int(state.get("rows", 0)) if npy_matches(work, np.int32, shape) else 0
-        out = np.lib.format.open_memmap(work, "r+" if done else "w+", np.int32, shape)
-        if done:
-            log(f"[kdsweep] teacher continuations (seqkd): resuming at prompt {done} of {n}")
+        out = ResumableRows(state_path, {"ids": (work, np.int32, (n, p + new_tokens))})
+        if out.done:
+            log(f"[kdsweep] teacher continuations (seqkd): resuming at prompt {out.done} of {n}")
         model, tokenizer = teacher.load()
-        starts = range(done, n, BATCH)
+        starts = range(out.done, n, BATCH)
         for a in progress(starts, total=len(starts), desc="teacher continuations (seqkd)"):
             ids = prompts[a : a + BATCH].long()
             gen = generate(model, ids, new_tokens, tokenizer.eos_token_id, sample=False)
-            out[a : a + BATCH] = gen.numpy()
-            out.flush()
-            write_json(state_path, {"rows": min(a + BATCH, n)})
-        del out
+            out.arrays["ids"][a : a + BATCH] = gen.numpy()
+            out.commit(min(a + BATCH, n))
+        out.close()
         os.replace(work, tmp)
         state_path.unlink(missing_ok=True)
 
