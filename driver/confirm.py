@@ -74,6 +74,7 @@ class ConfirmOutcome:
     artifacts: list[Path] = field(default_factory=list)
     search_pruned: int = 0  # configs the search stopped early
     search_seeds: int = 1  # seeds per config in the search (--seeds; 0 or 1: single-seed)
+    search_asha: bool = True  # whether the search could stop configs early (--no-asha: no)
 
 
 # ---------------------------------------------------------------- input and choices (pure)
@@ -279,6 +280,7 @@ def run_confirm(
               for r in outcome.rows if r["status"] == "pruned"}  # fmt: skip
     done.search_pruned = len(pruned)
     done.search_seeds = max(1, plan.seeds)
+    done.search_asha = plan.scheduler.asha
     done.complete = len(rows) == cspace.grid_size() and all(r["done"] for r in rows)
     write_answer(done, plan.space.task, Path(outcome.path))
     return done
@@ -361,7 +363,7 @@ def write_answer(done: ConfirmOutcome, task: str, sweep_dir: Path) -> None:
         head += f"/{len(labels) * len(done.seeds)} trials done; run the same command to finish"
     status = {a.label: a.search_status for a in done.arms}
     pruned = pruned_line(test, status, MODE[task] == "max", done.search_pruned)
-    pruned += "\n\n" + search_line(done.search_seeds, done.search_pruned)
+    pruned += "\n\n" + search_line(done.search_seeds, done.search_pruned, done.search_asha)
     done.text = "\n".join([f"[kdsweep] {head}", format_answer(done.answer, short), pruned])
     md, js = sweep_dir / "confirm.md", sweep_dir / "confirm.json"
     md.write_text(

@@ -155,13 +155,20 @@ def interval_notes(answer: dict[str, Any]) -> list[str]:
     return notes
 
 
-def search_line(search_seeds: int, pruned_in_search: int) -> str:
+def search_line(search_seeds: int, pruned_in_search: int, asha: bool = True) -> str:
     """What the search's ranking rests on: a single-seed search pruned on one seed per config,
-    in the order trials arrived, so the confirm stage (fresh seeds, no pruning) is the answer."""
+    in the order trials arrived, so the confirm stage (fresh seeds, no pruning) is the answer.
+    A search without early stopping (`--no-asha`) still ranked on one seed per config."""
     if search_seeds > 1:
+        stop = "pruned by seed group" if asha else "no early stopping"
         return (
-            f"search: {search_seeds} seeds per config, pruned by seed group; this stage, on "
+            f"search: {search_seeds} seeds per config, {stop}; this stage, on "
             "fresh seeds, full length and without pruning, is the answer"
+        )
+    if not asha:
+        return (
+            "search: one seed per config, no early stopping; its ranking rests on one seed "
+            "each, so it is a lead, and this stage (fresh seeds) is the answer"
         )
     pruned = f", stopped {pruned_in_search} config(s) early" if pruned_in_search else ""
     return (

@@ -116,6 +116,9 @@ def test_search_line_says_single_seed_pruning_is_a_lead():
     assert "one seed per config, stopped 2 config(s) early" in one and "is the answer" in one
     assert "stopped" not in search_line(0, 0) and "one seed per config" in search_line(0, 0)
     assert search_line(3, 1).startswith("search: 3 seeds per config, pruned by seed group")
+    no_asha = search_line(1, 0, asha=False)  # --no-asha: nothing was stopped early
+    assert "no early stopping" in no_asha and "its early stopping" not in no_asha
+    assert "no early stopping" in search_line(3, 0, asha=False)
 
 
 def test_top_configs_rank_by_seed_mean_and_skip_errors():
