@@ -155,7 +155,10 @@ def run_dataset(name: str, args: argparse.Namespace, scale: dict) -> dict:
     record = json.loads(kept.read_text()) if kept.is_file() else {}
     sweep = f"reproduce-{tag}"
     confirm = storage / sweep / "confirm.json"
-    if not (confirm.is_file() and json.loads(confirm.read_text()).get("complete")):
+    done = json.loads(confirm.read_text()) if confirm.is_file() else {}
+    # a stored answer counts only with the seeds asked for: `--seeds 5` after a 3-seed run
+    # resumes the finished search and runs a 5-seed confirm stage
+    if not (done.get("complete") and len(done.get("seeds", [])) == args.seeds):
         cmd = sweep_args(dataset, scale, sweep, args.seeds, storage)
         print("[reproduce] " + " ".join(cmd[1:]), flush=True)
         t0 = time.time()

@@ -155,6 +155,13 @@ def test_reproduce_quick_end_to_end(tmp_path):
     trials = record["confirm"]["trials"]
     assert len(trials) == 6 and all(t["done"] and "test_accuracy" in t["test"] for t in trials)
     assert 0.0 <= record["teacher"]["test_accuracy"] <= 1.0
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "[reproduce] " not in again.stdout  # stored: nothing reruns
+    more = [*cmd[:2], "--scale", "quick", "--seeds", "3", *cmd[3:]]  # more seeds: a new confirm
+    proc = subprocess.run(more, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "runs/reproduce/r8-quick.json").read_text())
+    assert record["confirm"]["seeds"] == [1000, 1001, 1002] and record["confirm"]["complete"]
 
 
 @pytest.mark.unit
