@@ -49,11 +49,11 @@ DATASETS = ("20ng", "r8", "r52")
 #   8-52 classes); students from scratch: lr 1e-3 (the config's default for random-init
 #   students), batch 16, warm-up 10%, linear decay (the config's defaults).
 # - reduced: 600 train / 200 dev / 600 test documents (stratified samples of the published
-#   splits), max_len 96, teacher 10 epochs, students 8 (a whole run's time on 2 CPU cores is not
-#   measured yet). Measured on dev, not chosen by taste: at 200 train documents and 3 teacher
-#   epochs the R52 teacher predicted the majority class (dev 0.355 = the majority rate, the
-#   sweep's own warning); at 600 documents and 5 epochs it reached dev 0.676 (183 s), at 10
-#   epochs and max_len 96 dev 0.798.
+#   splits), max_len 96, teacher 10 epochs, students 8 (measured 2026-12-05: ~40 min per
+#   dataset on 2 CPU cores, bench/README.md). Measured on dev, not chosen by taste: at 200 train
+#   documents and 3 teacher epochs the R52 teacher predicted the majority class (dev 0.355 =
+#   the majority rate, the sweep's own warning); at 600 documents and 5 epochs it reached dev
+#   0.676 (183 s), at 10 epochs and max_len 96 dev 0.798.
 SCALES = {
     "full": {"train": 0, "dev": 0, "test": 0, "max_len": 128, "teacher_epochs": 4, "epochs": 10},
     "reduced": {
